@@ -1,0 +1,74 @@
+"""pysaga: sagas for Python.
+
+Declare a saga's steps and compensations in typed async code, and run it durably: on the
+embedded default (a SQLite saga log, no server) or, later, across services.
+"""
+
+from __future__ import annotations
+
+import contextlib as _contextlib
+
+from ._version import __version__ as __version__
+from .definition import Retry as Retry
+from .definition import Saga as Saga
+from .definition import Step as Step
+from .definition import StepContext as StepContext
+from .definition import StepKind as StepKind
+from .errors import BusinessError as BusinessError
+from .errors import ConcurrencyError as ConcurrencyError
+from .errors import LeaseLost as LeaseLost
+from .errors import PysagaError as PysagaError
+from .errors import SagaDefinitionError as SagaDefinitionError
+from .errors import SagaNotFoundError as SagaNotFoundError
+from .errors import SagaNotRegisteredError as SagaNotRegisteredError
+from .errors import SchemaVersionError as SchemaVersionError
+from .errors import StepError as StepError
+from .errors import StoreError as StoreError
+from .models import EntryKind as EntryKind
+from .models import Failure as Failure
+from .models import LogEntry as LogEntry
+from .models import SagaOutcome as SagaOutcome
+from .models import SagaRecord as SagaRecord
+from .models import SagaStatus as SagaStatus
+from .models import SagaUpdate as SagaUpdate
+from .models import StepState as StepState
+from .models import StepStatus as StepStatus
+from .orchestrator import Orchestrator as Orchestrator
+from .protocols import SagaLog as SagaLog
+
+__all__ = (
+    "BusinessError",
+    "ConcurrencyError",
+    "EntryKind",
+    "Failure",
+    "LeaseLost",
+    "LogEntry",
+    "Orchestrator",
+    "PysagaError",
+    "Retry",
+    "Saga",
+    "SagaDefinitionError",
+    "SagaLog",
+    "SagaNotFoundError",
+    "SagaNotRegisteredError",
+    "SagaOutcome",
+    "SagaRecord",
+    "SagaStatus",
+    "SagaUpdate",
+    "SchemaVersionError",
+    "Step",
+    "StepContext",
+    "StepError",
+    "StepKind",
+    "StepState",
+    "StepStatus",
+    "StoreError",
+    "__version__",
+)
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if not _name.startswith("__") and hasattr(_obj, "__module__"):
+        with _contextlib.suppress(AttributeError, TypeError):
+            _obj.__module__ = "pysaga"
+del _name, _obj

@@ -1,0 +1,524 @@
+"""Driving one saga instance: the forward path, retries, deadlines, and compensation.
+
+A :class:`Run` holds what the orchestrator knows of one saga (its record, as last written) and
+moves it to a terminal status, writing every transition to the saga log. See the
+:mod:`pysaga.orchestrator` docstring for the recovery rules these writes make possible.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import anyio
+from pydantic import BaseModel
+
+from .definition import Retry, Saga, Step, StepContext, StepKind
+from .models import (
+    EntryKind,
+    Failure,
+    LogEntry,
+    SagaOutcome,
+    SagaRecord,
+    SagaStatus,
+    SagaUpdate,
+    StepState,
+    StepStatus,
+)
+from .tracing import (
+    ATTR_ATTEMPT,
+    ATTR_OUTCOME,
+    ATTR_SAGA_ID,
+    ATTR_SAGA_NAME,
+    ATTR_SAGA_STATUS,
+    ATTR_SAGA_VERSION,
+    ATTR_STEP_NAME,
+    mark_error,
+    telemetry,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from .protocols import SagaLog
+
+__all__ = ("DeadlineExceeded", "Run")
+
+DataT = TypeVar("DataT", bound=BaseModel)
+
+_TO_UNDO = (StepStatus.SUCCEEDED, StepStatus.STARTED, StepStatus.COMPENSATING)
+
+
+class DeadlineExceeded(Exception):
+    """The saga's deadline passed before it got past its pivot."""
+
+
+class _BadReturn(TypeError):
+    """A step returned something other than the saga's data or None."""
+
+
+def failure_of(step: str | None, exc: BaseException, *, business: bool = False) -> Failure:
+    """Describe *exc* as a :class:`~pysaga.Failure`."""
+    return Failure(
+        step=step,
+        type=type(exc).__name__,
+        message=str(exc) or type(exc).__name__,
+        business=business,
+        details=getattr(exc, "details", None),
+    )
+
+
+class Run(Generic[DataT]):
+    """One saga instance being driven by one orchestrator."""
+
+    __slots__ = (
+        "_pending_data",
+        "_pending_entries",
+        "_pending_steps",
+        "_write_lock",
+        "created_at",
+        "data",
+        "deadline_at",
+        "failure",
+        "log",
+        "owner",
+        "revision",
+        "saga",
+        "saga_id",
+        "status",
+        "steps",
+    )
+
+    def __init__(
+        self, log: SagaLog, owner: str, saga: Saga[DataT], record: SagaRecord, data: DataT
+    ) -> None:
+        self.log = log
+        self.owner = owner
+        self.saga = saga
+        self.saga_id = record.saga_id
+        self.revision = record.revision
+        self.status = record.status
+        self.steps: dict[str, StepState] = dict(record.steps)
+        self.data = data
+        self.failure = record.failure
+        self.deadline_at = record.deadline_at
+        self.created_at = record.created_at
+        self._pending_entries: list[LogEntry] = []
+        self._pending_steps: dict[str, StepState] = {}
+        self._pending_data: str | None = None
+        self._write_lock: anyio.Lock | None = None
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _stage(self, entry: LogEntry, step: str, state: StepState) -> None:
+        """Keep an outcome to be written with the next write (before anything else happens)."""
+        self._pending_entries.append(entry)
+        self._pending_steps[step] = state
+        self.steps[step] = state
+
+    async def _write(
+        self,
+        entries: Sequence[LogEntry],
+        *,
+        status: SagaStatus | None = None,
+        steps: Mapping[str, StepState] | None = None,
+        failure: Failure | None = None,
+    ) -> None:
+        if self._write_lock is not None:  # parallel branches share this saga's revision
+            async with self._write_lock:
+                await self._write_now(entries, status, steps, failure)
+        else:
+            await self._write_now(entries, status, steps, failure)
+
+    async def _write_now(
+        self,
+        entries: Sequence[LogEntry],
+        status: SagaStatus | None,
+        steps: Mapping[str, StepState] | None,
+        failure: Failure | None,
+    ) -> None:
+        all_steps = self._pending_steps
+        if steps:
+            all_steps = {**all_steps, **steps}
+        update = SagaUpdate(
+            entries=[*self._pending_entries, *entries] if self._pending_entries else entries,
+            status=status or self.status,
+            steps=all_steps,
+            data=self._pending_data,
+            failure=failure,
+        )
+        self.revision = await self.log.update(
+            self.saga_id, update, revision=self.revision, owner=self.owner
+        )
+        self._pending_entries = []
+        self._pending_steps = {}
+        self._pending_data = None
+        if steps:
+            self.steps.update(steps)
+        if status is not None:
+            self.status = status
+        if failure is not None:
+            self.failure = failure
+
+    def _entry(
+        self,
+        kind: EntryKind,
+        step: str | None = None,
+        attempt: int = 0,
+        failure: Failure | None = None,
+    ) -> LogEntry:
+        return LogEntry(
+            kind, at=time.time(), step=step, attempt=attempt, failure=failure, owner=self.owner
+        )
+
+    # -- driving -----------------------------------------------------------------------------
+
+    async def drive(self) -> SagaOutcome[DataT]:
+        """Take the saga from where the log left it to a terminal status."""
+        saga = self.saga
+        attributes = {
+            ATTR_SAGA_ID: self.saga_id,
+            ATTR_SAGA_NAME: saga.name,
+            ATTR_SAGA_VERSION: saga.version,
+        }
+        with telemetry.span(f"saga {saga.name}", attributes) as span:
+            if self.status is SagaStatus.RUNNING:
+                await self._forward()
+            if self.status is SagaStatus.COMPENSATING:
+                await self._backward()
+            if span is not None:
+                span.set_attribute(ATTR_SAGA_STATUS, self.status.value)
+                if self.failure is not None:
+                    span.set_attribute("saga.failure", str(self.failure))
+        instruments = telemetry.instruments
+        if instruments is not None and self.status.is_terminal:
+            labels = {ATTR_SAGA_NAME: saga.name, ATTR_SAGA_STATUS: self.status.value}
+            instruments.sagas.add(1, labels)
+            instruments.saga_duration.record(max(0.0, time.time() - self.created_at), labels)
+        return SagaOutcome(self.saga_id, saga.name, self.status, self.data, self.failure)
+
+    def _deadline_applies(self) -> bool:
+        if self.deadline_at is None:
+            return False
+        pivot = self.saga.pivot
+        if pivot is None:
+            return True
+        state = self.steps.get(pivot.name)
+        return state is None or state.status is not StepStatus.SUCCEEDED
+
+    def _time_left(self) -> float | None:
+        if self.deadline_at is None or not self._deadline_applies():
+            return None
+        return self.deadline_at - time.time()
+
+    async def _forward(self) -> None:
+        for stage in self.saga.stages:
+            todo = [s for s in stage if self._status_of(s) is not StepStatus.SUCCEEDED]
+            if not todo:
+                continue
+            left = self._time_left()
+            if left is not None and left <= 0:
+                await self._turn_back(None, failure_of(None, _deadline_error()))
+                return
+            if len(todo) == 1 and len(stage) == 1:
+                failure = await self._run_single(todo[0])
+            else:
+                failure = await self._run_group(todo)
+            if failure is not None:
+                await self._turn_back(
+                    self.saga.get_step(failure.step) if failure.step else None, failure
+                )
+                return
+        await self._write([self._entry(EntryKind.SAGA_COMPLETED)], status=SagaStatus.COMPLETED)
+
+    def _status_of(self, step: Step[DataT]) -> StepStatus | None:
+        state = self.steps.get(step.name)
+        return None if state is None else state.status
+
+    async def _turn_back(self, step: Step[DataT] | None, failure: Failure) -> None:
+        """A step failed for good: compensate (before the pivot) or fail (after it)."""
+        if step is not None and step.kind is StepKind.RETRIABLE:
+            await self._write(
+                [self._entry(EntryKind.SAGA_FAILED, step.name, failure=failure)],
+                status=SagaStatus.FAILED,
+                failure=failure,
+            )
+            return
+        await self._write(
+            [self._entry(EntryKind.SAGA_COMPENSATING, failure=failure)],
+            status=SagaStatus.COMPENSATING,
+            failure=failure,
+        )
+
+    async def _run_single(self, step: Step[DataT]) -> Failure | None:
+        base = self.data
+        result, failure = await self._attempts(step, base, intent_written=False)
+        if failure is None and result is not None and result is not base:
+            self.data = result
+            self._pending_data = result.model_dump_json()
+        return failure
+
+    async def _run_group(self, todo: list[Step[DataT]]) -> Failure | None:
+        base = self.data
+        intents: dict[str, StepState] = {}
+        entries = []
+        for step in todo:
+            state = self.steps.get(step.name)
+            attempts = (state.attempts if state else 0) + 1
+            intents[step.name] = StepState(
+                StepStatus.STARTED, attempts, state.failures if state else 0
+            )
+            entries.append(self._entry(EntryKind.STEP_STARTED, step.name, attempts))
+        await self._write(entries, steps=intents)
+        results: dict[str, tuple[DataT | None, Failure | None]] = {}
+
+        async def branch(step: Step[DataT]) -> None:
+            results[step.name] = await self._attempts(step, base, intent_written=True)
+
+        self._write_lock = anyio.Lock()
+        try:
+            async with anyio.create_task_group() as tg:
+                for step in todo:
+                    tg.start_soon(branch, step)
+        finally:
+            self._write_lock = None
+        for step in todo:
+            failure = results[step.name][1]
+            if failure is not None:
+                return failure
+        changes: dict[str, tuple[str, Any]] = {}
+        for step in todo:
+            result = results[step.name][0]
+            if result is None or result is base:
+                continue
+            for field in type(base).model_fields:
+                value = getattr(result, field)
+                if value == getattr(base, field):
+                    continue
+                if field in changes and changes[field][1] != value:
+                    return Failure(
+                        step=step.name,
+                        type="ParallelConflict",
+                        message=f"parallel steps {changes[field][0]!r} and {step.name!r} both "
+                        f"changed field {field!r} differently; parallel steps must update "
+                        "disjoint fields",
+                    )
+                changes[field] = (step.name, value)
+        if changes:
+            self.data = base.model_copy(update={f: v for f, (_, v) in changes.items()})
+            self._pending_data = self.data.model_dump_json()
+        return None
+
+    async def _attempts(
+        self, step: Step[DataT], data: DataT, *, intent_written: bool
+    ) -> tuple[DataT | None, Failure | None]:
+        """Run *step* until it succeeds or its retry policy gives up.
+
+        The outcome is staged, not written: the caller writes it with the next transition.
+        """
+        state = self.steps.get(step.name)
+        attempts = state.attempts if state else 0
+        failures = state.failures if state else 0
+        policy: Retry = step.retry
+        while True:
+            left = self._time_left()
+            if left is not None and left <= 0:
+                return None, failure_of(step.name, _deadline_error())
+            if intent_written:
+                intent_written = False
+            else:
+                attempts += 1
+                await self._write(
+                    [self._entry(EntryKind.STEP_STARTED, step.name, attempts)],
+                    steps={step.name: StepState(StepStatus.STARTED, attempts, failures)},
+                )
+            ctx = StepContext(
+                saga_id=self.saga_id,
+                saga_name=self.saga.name,
+                step=step.name,
+                attempt=attempts,
+                idempotency_key=f"{self.saga_id}/{step.name}",
+            )
+            try:
+                result = await self._call(step, data, ctx, left)
+            except Exception as exc:
+                failures += 1
+                left = self._time_left()
+                deadline_hit = left is not None and left <= 0
+                if deadline_hit and isinstance(exc, TimeoutError):
+                    exc = _deadline_error()
+                business = policy.is_business(exc)
+                failure = failure_of(step.name, exc, business=business)
+                # An interrupted attempt may have had its effect: it stays in doubt (STARTED).
+                in_doubt = isinstance(exc, (TimeoutError, DeadlineExceeded, _BadReturn))
+                status = StepStatus.STARTED if in_doubt else StepStatus.FAILED
+                retry = (
+                    not deadline_hit
+                    and not isinstance(exc, _BadReturn)
+                    and policy.may_retry(exc, failures)
+                )
+                entry = self._entry(EntryKind.STEP_FAILED, step.name, attempts, failure)
+                new_state = StepState(status, attempts, failures)
+                if not retry:
+                    self._stage(entry, step.name, new_state)
+                    return None, failure
+                await self._write([entry], steps={step.name: new_state})
+                delay = policy.delay(failures)
+                left = self._time_left()
+                await anyio.sleep(delay if left is None else max(0.0, min(delay, left)))
+                continue
+            self._stage(
+                self._entry(EntryKind.STEP_SUCCEEDED, step.name, attempts),
+                step.name,
+                StepState(StepStatus.SUCCEEDED, attempts, failures),
+            )
+            return result, None
+
+    async def _call(
+        self, step: Step[DataT], data: DataT, ctx: StepContext, time_left: float | None
+    ) -> DataT | None:
+        limit = step.timeout
+        if time_left is not None:
+            limit = time_left if limit is None else min(limit, time_left)
+        started = time.perf_counter()
+        outcome = "succeeded"
+        attributes = {
+            ATTR_SAGA_ID: self.saga_id,
+            ATTR_SAGA_NAME: self.saga.name,
+            ATTR_STEP_NAME: step.name,
+            ATTR_ATTEMPT: ctx.attempt,
+        }
+        with telemetry.span(f"step {step.name}", attributes) as span:
+            try:
+                with anyio.fail_after(limit):
+                    if step.wants_context:
+                        result = await step.action(data, ctx)
+                    else:
+                        result = await step.action(data)
+                if result is not None and not isinstance(result, self.saga.data_type):
+                    raise _BadReturn(
+                        f"step {step.name!r} returned {type(result).__name__}; a step returns "
+                        f"the saga's data ({self.saga.data_type.__name__}) or None"
+                    )
+            except Exception as exc:
+                outcome = "failed"
+                mark_error(span, exc)
+                raise
+            finally:
+                if span is not None:
+                    span.set_attribute(ATTR_OUTCOME, outcome)
+                instruments = telemetry.instruments
+                if instruments is not None:
+                    labels = {
+                        ATTR_SAGA_NAME: self.saga.name,
+                        ATTR_STEP_NAME: step.name,
+                        ATTR_OUTCOME: outcome,
+                    }
+                    instruments.steps.add(1, labels)
+                    instruments.step_duration.record(time.perf_counter() - started, labels)
+        return result
+
+    # -- turning back ------------------------------------------------------------------------
+
+    async def _backward(self) -> None:
+        for step in reversed(self.saga.steps):
+            state = self.steps.get(step.name)
+            if state is None or state.status not in _TO_UNDO or step.compensation is None:
+                continue
+            failure = await self._compensate(step, state)
+            if failure is not None:
+                await self._write(
+                    [self._entry(EntryKind.SAGA_FAILED, step.name, failure=failure)],
+                    status=SagaStatus.FAILED,
+                    failure=failure,
+                )
+                return
+        await self._write([self._entry(EntryKind.SAGA_COMPENSATED)], status=SagaStatus.COMPENSATED)
+
+    async def _compensate(self, step: Step[DataT], state: StepState) -> Failure | None:
+        compensation = step.compensation
+        assert compensation is not None
+        resuming = state.status is StepStatus.COMPENSATING
+        attempts = state.attempts if resuming else 0
+        failures = state.failures if resuming else 0
+        policy = step.compensation_retry
+        while True:
+            attempts += 1
+            ctx = StepContext(
+                saga_id=self.saga_id,
+                saga_name=self.saga.name,
+                step=step.name,
+                attempt=attempts,
+                idempotency_key=f"{self.saga_id}/{step.name}",
+                compensating=True,
+            )
+            # A compensation, once begun, is never cut short by cancellation.
+            with anyio.CancelScope(shield=True):
+                await self._write(
+                    [self._entry(EntryKind.COMPENSATION_STARTED, step.name, attempts)],
+                    steps={step.name: StepState(StepStatus.COMPENSATING, attempts, failures)},
+                )
+                try:
+                    await self._call_compensation(step, ctx)
+                except Exception as exc:
+                    failures += 1
+                    failure = failure_of(step.name, exc, business=policy.is_business(exc))
+                    entry = self._entry(EntryKind.COMPENSATION_FAILED, step.name, attempts, failure)
+                    if not policy.may_retry(exc, failures):
+                        self._stage(
+                            entry,
+                            step.name,
+                            StepState(StepStatus.COMPENSATION_FAILED, attempts, failures),
+                        )
+                        return failure
+                    await self._write(
+                        [entry],
+                        steps={step.name: StepState(StepStatus.COMPENSATING, attempts, failures)},
+                    )
+                else:
+                    self._stage(
+                        self._entry(EntryKind.COMPENSATION_SUCCEEDED, step.name, attempts),
+                        step.name,
+                        StepState(StepStatus.COMPENSATED, attempts, failures),
+                    )
+                    return None
+            await anyio.sleep(policy.delay(failures))
+
+    async def _call_compensation(self, step: Step[DataT], ctx: StepContext) -> None:
+        compensation = step.compensation
+        assert compensation is not None
+        started = time.perf_counter()
+        outcome = "succeeded"
+        attributes = {
+            ATTR_SAGA_ID: self.saga_id,
+            ATTR_SAGA_NAME: self.saga.name,
+            ATTR_STEP_NAME: step.name,
+            ATTR_ATTEMPT: ctx.attempt,
+        }
+        with telemetry.span(f"compensate {step.name}", attributes) as span:
+            try:
+                with anyio.fail_after(step.compensation_timeout):
+                    if step.compensation_wants_context:
+                        await compensation(self.data, ctx)
+                    else:
+                        await compensation(self.data)
+            except Exception as exc:
+                outcome = "failed"
+                mark_error(span, exc)
+                raise
+            finally:
+                if span is not None:
+                    span.set_attribute(ATTR_OUTCOME, outcome)
+                instruments = telemetry.instruments
+                if instruments is not None:
+                    labels = {
+                        ATTR_SAGA_NAME: self.saga.name,
+                        ATTR_STEP_NAME: step.name,
+                        ATTR_OUTCOME: outcome,
+                    }
+                    instruments.compensations.add(1, labels)
+                    instruments.step_duration.record(time.perf_counter() - started, labels)
+
+
+def _deadline_error() -> DeadlineExceeded:
+    return DeadlineExceeded("the saga's deadline passed before it got past its pivot")

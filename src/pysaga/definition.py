@@ -1,0 +1,653 @@
+"""Declaring sagas: :class:`Saga`, its steps, their compensations and policies.
+
+A definition is pure data: declaring a saga does no I/O and needs no running loop. Every
+mistake that can be seen in a declaration raises :class:`~pysaga.SagaDefinitionError` right
+there, when the module that declares the saga is imported, with a message that says how to
+fix it.
+
+Step kinds follow Garcia-Molina & Salem's *Sagas* (1987) and the later pivot/retriable split:
+
+* **compensatable** steps come before the pivot and may declare a compensation;
+* at most one **pivot** step: once it succeeds the saga can only go forward;
+* **retriable** steps come after the pivot: never compensated, retried until they succeed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import inspect
+import random
+import re
+import typing
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, overload
+
+from pydantic import BaseModel
+
+from .errors import BusinessError, SagaDefinitionError, StepError
+
+__all__ = (
+    "Action",
+    "Compensation",
+    "Retry",
+    "Saga",
+    "Step",
+    "StepContext",
+    "StepKind",
+)
+
+DataT = TypeVar("DataT", bound=BaseModel)
+
+Action = Callable[..., Awaitable[Any]]
+"""A step's action: ``async def step(data, ctx) -> data | None`` (``ctx`` is optional)."""
+Compensation = Callable[..., Awaitable[Any]]
+"""A step's compensation: ``async def undo(data, ctx) -> None`` (``ctx`` is optional)."""
+
+_ActionT = TypeVar("_ActionT", bound=Action)
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """What a step (or compensation) is told about the call it is in.
+
+    Attributes:
+        saga_id: The running saga's id.
+        saga_name: The saga definition's name.
+        step: The step's name.
+        attempt: 1 for the first attempt, 2 for the first retry, and so on. A step that was
+            interrupted by a crash runs again with the next attempt number.
+        idempotency_key: Stable for this step of this saga across retries, restarts and
+            orchestrators. Pass it to the service you call so that a repeated call has no
+            second effect; the compensation receives the same key, naming the effect to undo.
+        compensating: ``True`` when the compensation is running.
+    """
+
+    saga_id: str
+    saga_name: str
+    step: str
+    attempt: int
+    idempotency_key: str
+    compensating: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """When and how often a failing step or compensation is tried again.
+
+    The delay before retry *n* is ``backoff * multiplier ** (n - 1)``, capped at
+    ``max_backoff``, then reduced by a random fraction of at most ``jitter`` so that many
+    sagas failing together do not retry in lock-step.
+
+    Args:
+        attempts: Attempts in all, the first included; ``None`` means until it succeeds.
+        backoff: Delay before the first retry, in seconds.
+        multiplier: Growth of the delay from one retry to the next.
+        max_backoff: Upper bound of a single delay, in seconds.
+        jitter: Fraction (0 to 1) of each delay that is randomised.
+        retry_on: Exception types worth another attempt. Others fail the step at once.
+        abort_on: Exception types that mean a business "no": no retry, compensate now.
+            :class:`~pysaga.BusinessError` always means that.
+    """
+
+    attempts: int | None = 3
+    backoff: float = 0.1
+    multiplier: float = 2.0
+    max_backoff: float = 30.0
+    jitter: float = 0.5
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    abort_on: tuple[type[BaseException], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.attempts is not None and (not isinstance(self.attempts, int) or self.attempts < 1):
+            raise SagaDefinitionError(
+                f"Retry(attempts={self.attempts!r}): attempts counts the first try too, so it "
+                "must be an int of at least 1 (or None to retry until it succeeds)"
+            )
+        for name in ("backoff", "max_backoff"):
+            if getattr(self, name) < 0:
+                raise SagaDefinitionError(f"Retry({name}=...) must be >= 0 seconds")
+        if self.multiplier < 1:
+            raise SagaDefinitionError("Retry(multiplier=...) must be >= 1 (1 = constant delay)")
+        if not 0 <= self.jitter <= 1:
+            raise SagaDefinitionError("Retry(jitter=...) is a fraction between 0 and 1")
+        for name in ("retry_on", "abort_on"):
+            types = getattr(self, name)
+            if not isinstance(types, tuple) or not all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in types
+            ):
+                raise SagaDefinitionError(
+                    f"Retry({name}=...) must be a tuple of exception classes, got {types!r}"
+                )
+
+    def is_business(self, exc: BaseException) -> bool:
+        """Whether *exc* is a business refusal under this policy."""
+        return isinstance(exc, (BusinessError, self.abort_on))
+
+    def may_retry(self, exc: BaseException, failures: int) -> bool:
+        """Whether another attempt follows, after *failures* failed attempts ending with *exc*."""
+        if self.is_business(exc):
+            return False
+        if isinstance(exc, StepError) and not exc.retryable:
+            return False
+        if not isinstance(exc, self.retry_on) and not isinstance(exc, TimeoutError):
+            return False
+        return self.attempts is None or failures < self.attempts
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait before the attempt that follows failure number *failures*."""
+        base = min(self.max_backoff, self.backoff * self.multiplier ** max(0, failures - 1))
+        return base * (1.0 - self.jitter * random.random())
+
+
+DEFAULT_RETRY = Retry()
+"""Steps before the pivot, and the pivot: three attempts."""
+RETRIABLE_RETRY = Retry(attempts=None, backoff=0.1, max_backoff=10.0)
+"""Steps after the pivot: until they succeed."""
+COMPENSATION_RETRY = Retry(attempts=10, backoff=0.1, max_backoff=5.0)
+"""Compensations: ten attempts, then the saga is FAILED and needs an operator."""
+
+
+class StepKind(enum.StrEnum):
+    """What a step is, given where it stands relative to the pivot."""
+
+    COMPENSATABLE = "compensatable"
+    """Before the pivot: undone (if it declares a compensation) when a later step fails."""
+    PIVOT = "pivot"
+    """The point of no return: after it succeeds the saga only goes forward."""
+    RETRIABLE = "retriable"
+    """After the pivot: never compensated, retried until it succeeds."""
+
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,199}$")
+
+
+class Step(Generic[DataT]):
+    """One step of a saga, as the step decorator returns it.
+
+    A step object is still callable like the function it wraps, so a step can be unit-tested
+    by calling it directly.
+    """
+
+    __slots__ = (
+        "_compensation",
+        "_compensation_retry",
+        "_compensation_timeout",
+        "action",
+        "group",
+        "index",
+        "kind",
+        "name",
+        "retry",
+        "saga",
+        "timeout",
+        "wants_context",
+    )
+
+    def __init__(
+        self,
+        saga: Saga[DataT],
+        action: Action,
+        *,
+        name: str,
+        kind: StepKind,
+        retry: Retry,
+        timeout: float | None,
+        group: str | None,
+        index: int,
+    ) -> None:
+        self.saga = saga
+        self.action = action
+        self.name = name
+        self.kind = kind
+        self.retry = retry
+        self.timeout = timeout
+        self.group = group
+        self.index = index
+        self.wants_context = _check_callable(action, saga, f"step {name!r}")
+        self._compensation: Compensation | None = None
+        self._compensation_retry = COMPENSATION_RETRY
+        self._compensation_timeout: float | None = None
+
+    def __repr__(self) -> str:
+        return f"<Step {self.saga.name}.{self.name} ({self.kind.value})>"
+
+    async def __call__(self, data: DataT, ctx: StepContext | None = None) -> Any:
+        """Run the action directly (for unit tests); the orchestrator does not go through here."""
+        if self.wants_context:
+            return await self.action(data, ctx)
+        return await self.action(data)
+
+    @property
+    def compensation(self) -> Compensation | None:
+        """The compensation, if one was declared."""
+        return self._compensation
+
+    @property
+    def compensation_retry(self) -> Retry:
+        """The compensation's retry budget."""
+        return self._compensation_retry
+
+    @property
+    def compensation_timeout(self) -> float | None:
+        """The compensation's per-attempt timeout, in seconds."""
+        return self._compensation_timeout
+
+    @property
+    def compensation_wants_context(self) -> bool:
+        """Whether the compensation takes the context argument."""
+        fn = self._compensation
+        return fn is not None and len(_positional(fn)) == 2
+
+    @overload
+    def compensate(self, fn: _ActionT, /) -> _ActionT: ...
+
+    @overload
+    def compensate(
+        self, /, *, retry: Retry | None = None, timeout: float | None = None
+    ) -> Callable[[_ActionT], _ActionT]: ...
+
+    def compensate(
+        self,
+        fn: _ActionT | None = None,
+        /,
+        *,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+    ) -> _ActionT | Callable[[_ActionT], _ActionT]:
+        """Declare this step's compensation; usable bare or with arguments.
+
+        Args:
+            fn: ``async def undo(data, ctx) -> None``. It receives the saga's latest data and
+                the step's idempotency key, and must be idempotent: it may run more than once
+                (after a crash), and for a step whose outcome is in doubt it may run when the
+                step's effect never happened.
+            retry: Its retry budget (default: ten attempts). When it runs out the saga ends
+                FAILED and names this step.
+            timeout: Seconds allowed per attempt.
+        """
+
+        def register(func: _ActionT) -> _ActionT:
+            self._set_compensation(func, retry, timeout)
+            return func
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def _set_compensation(
+        self, fn: Compensation, retry: Retry | None, timeout: float | None
+    ) -> None:
+        self.saga._check_open()
+        where = f"compensation of step {self.name!r} in saga {self.saga.name!r}"
+        if self.kind is not StepKind.COMPENSATABLE:
+            raise SagaDefinitionError(
+                f"{where}: a {self.kind.value} step cannot be compensated "
+                + (
+                    "(the pivot is the point of no return). Move the compensation to a step "
+                    "before the pivot, or drop pivot=True."
+                    if self.kind is StepKind.PIVOT
+                    else "(it comes after the pivot, so it is retried until it succeeds instead). "
+                    "Declare it before the pivot step if it must be undoable."
+                )
+            )
+        if self._compensation is not None:
+            raise SagaDefinitionError(
+                f"{where}: step {self.name!r} already has the compensation "
+                f"{_qualname(self._compensation)}; a step has at most one"
+            )
+        _check_callable(fn, self.saga, where)
+        _check_policy(retry, timeout, where)
+        self._compensation = fn
+        if retry is not None:
+            self._compensation_retry = retry
+        self._compensation_timeout = timeout
+
+
+class Saga(Generic[DataT]):
+    """A saga definition: a name, a version, the pydantic model of its data, and its steps.
+
+    Args:
+        name: Unique among the sagas one orchestrator runs; stored in the saga log.
+        data_type: The pydantic model that every step receives and returns.
+        version: Bump it when a change to the steps would confuse sagas already in flight.
+        deadline: Seconds a saga has to get past its pivot (or to complete, without a pivot);
+            when it runs out before that, the saga compensates. Kept in the log, so it
+            survives restarts.
+
+    Example::
+
+        place_order = Saga("place-order", Order, version=1)
+
+        @place_order.step(retry=Retry(attempts=5))
+        async def reserve_stock(order: Order, ctx: StepContext) -> Order: ...
+    """
+
+    def __init__(
+        self,
+        name: str,
+        data_type: type[DataT],
+        *,
+        version: int = 1,
+        deadline: float | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise SagaDefinitionError(
+                f"saga name {name!r} is not usable: use 1-200 characters, letters, digits and "
+                "'_.:-', starting with a letter or '_' (for example 'place-order')"
+            )
+        if not (isinstance(data_type, type) and issubclass(data_type, BaseModel)):
+            raise SagaDefinitionError(
+                f"saga {name!r}: data_type must be a pydantic model class (a subclass of "
+                f"pydantic.BaseModel), got {data_type!r}"
+            )
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise SagaDefinitionError(f"saga {name!r}: version must be an int >= 1")
+        if deadline is not None and not deadline > 0:
+            raise SagaDefinitionError(f"saga {name!r}: deadline must be > 0 seconds or None")
+        self.name = name
+        self.data_type: type[DataT] = data_type
+        self.version = version
+        self.deadline = deadline
+        self._steps: list[Step[DataT]] = []
+        self._by_name: dict[str, Step[DataT]] = {}
+        self._pivot: Step[DataT] | None = None
+        self._group: str | None = None
+        self._groups_seen: set[str] = set()
+        self._sealed = False
+        self._stages: tuple[tuple[Step[DataT], ...], ...] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Saga {self.name} v{self.version}: {len(self._steps)} steps>"
+
+    # -- declaring ---------------------------------------------------------------------------
+
+    @overload
+    def step(self, fn: Action, /) -> Step[DataT]: ...
+
+    @overload
+    def step(
+        self,
+        /,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        pivot: bool = False,
+    ) -> Callable[[Action], Step[DataT]]: ...
+
+    def step(
+        self,
+        fn: Action | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: float | None = None,
+        pivot: bool = False,
+    ) -> Step[DataT] | Callable[[Action], Step[DataT]]:
+        """Declare the next step; usable bare (``@saga.step``) or with arguments.
+
+        Steps run in the order they are declared (steps declared inside
+        :meth:`parallel` run together).
+
+        Args:
+            fn: ``async def step(data, ctx) -> data | None``. Return the updated data
+                (``data.model_copy(update=...)``), or ``None`` to leave it as it was.
+            name: The step's name in the log (default: the function's name).
+            retry: Its retry policy. Default: three attempts before the pivot, and until it
+                succeeds after it.
+            timeout: Seconds allowed per attempt; a timed-out attempt counts as a failure
+                that may be retried.
+            pivot: Make this step the pivot: the point of no return.
+        """
+
+        def register(func: Action) -> Step[DataT]:
+            return self._add_step(func, name=name, retry=retry, timeout=timeout, pivot=pivot)
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def compensate(
+        self, step_name: str, *, retry: Retry | None = None, timeout: float | None = None
+    ) -> Callable[[_ActionT], _ActionT]:
+        """Declare the compensation of the step called *step_name* (same as ``step.compensate``)."""
+        step = self._by_name.get(step_name)
+        if step is None:
+            known = ", ".join(repr(s) for s in self._by_name) or "none yet"
+            raise SagaDefinitionError(
+                f"saga {self.name!r}: cannot declare a compensation for unknown step "
+                f"{step_name!r} (steps declared so far: {known}). Declare the step first, "
+                "then its compensation."
+            )
+        return step.compensate(retry=retry, timeout=timeout)
+
+    @contextlib.contextmanager
+    def parallel(self, name: str) -> Iterator[None]:
+        """Steps declared inside this block run concurrently, as one group.
+
+        The group finishes when all its steps have; if one fails, the others are awaited and
+        those that succeeded are compensated. Steps in a group must update disjoint fields of
+        the saga's data. The pivot cannot be part of a group.
+        """
+        self._check_open()
+        where = f"saga {self.name!r}: parallel({name!r})"
+        if self._group is not None:
+            raise SagaDefinitionError(
+                f"{where} is inside parallel({self._group!r}); groups do not nest. Put all "
+                "the concurrent steps in one group."
+            )
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise SagaDefinitionError(f"{where}: the group needs a name like 'reserve-all'")
+        if name in self._groups_seen or name in self._by_name:
+            raise SagaDefinitionError(f"{where}: the name {name!r} is already used in this saga")
+        self._groups_seen.add(name)
+        self._group = name
+        before = len(self._steps)
+        try:
+            yield
+        finally:
+            self._group = None
+        if len(self._steps) == before:
+            raise SagaDefinitionError(f"{where} declares no step; declare steps inside the block")
+
+    def _add_step(
+        self,
+        fn: Action,
+        *,
+        name: str | None,
+        retry: Retry | None,
+        timeout: float | None,
+        pivot: bool,
+    ) -> Step[DataT]:
+        self._check_open()
+        step_name = name if name is not None else getattr(fn, "__name__", None)
+        where = f"step {step_name!r} in saga {self.name!r}"
+        if not isinstance(step_name, str) or not _NAME.match(step_name):
+            raise SagaDefinitionError(
+                f"{where}: a step name needs 1-200 letters, digits or '_.:-'; "
+                "pass name='...' to the decorator"
+            )
+        if step_name in self._by_name or step_name in self._groups_seen:
+            raise SagaDefinitionError(
+                f"{where}: the name is already used in this saga. Step names must be unique; "
+                "rename the function or pass name='...'"
+            )
+        _check_policy(retry, timeout, where)
+        if pivot:
+            if self._pivot is not None:
+                raise SagaDefinitionError(
+                    f"{where}: saga already has the pivot {self._pivot.name!r}; a saga has at "
+                    "most one pivot (the point of no return)"
+                )
+            if self._group is not None:
+                raise SagaDefinitionError(
+                    f"{where}: the pivot cannot run inside parallel({self._group!r}); declare "
+                    "it outside the group"
+                )
+            kind = StepKind.PIVOT
+        elif self._pivot is not None:
+            kind = StepKind.RETRIABLE
+        else:
+            kind = StepKind.COMPENSATABLE
+        if retry is None:
+            retry = RETRIABLE_RETRY if kind is StepKind.RETRIABLE else DEFAULT_RETRY
+        step = Step(
+            self,
+            fn,
+            name=step_name,
+            kind=kind,
+            retry=retry,
+            timeout=timeout,
+            group=self._group,
+            index=len(self._steps),
+        )
+        self._steps.append(step)
+        self._by_name[step_name] = step
+        if pivot:
+            self._pivot = step
+        return step
+
+    def _check_open(self) -> None:
+        if self._sealed:
+            raise SagaDefinitionError(
+                f"saga {self.name!r} is already in use by an orchestrator; declare all its "
+                "steps before creating the Orchestrator (at import time)"
+            )
+
+    def seal(self) -> None:
+        """Freeze the definition; called when an orchestrator takes the saga.
+
+        Raises:
+            SagaDefinitionError: if the saga has no step.
+        """
+        if not self._steps:
+            raise SagaDefinitionError(
+                f"saga {self.name!r} has no steps; declare at least one with @saga.step"
+            )
+        self._sealed = True
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def steps(self) -> Sequence[Step[DataT]]:
+        """The steps, in declaration order."""
+        return tuple(self._steps)
+
+    @property
+    def pivot(self) -> Step[DataT] | None:
+        """The pivot step, if any."""
+        return self._pivot
+
+    def get_step(self, name: str) -> Step[DataT]:
+        """The step called *name*.
+
+        Raises:
+            KeyError: when there is no such step.
+        """
+        return self._by_name[name]
+
+    @property
+    def stages(self) -> tuple[tuple[Step[DataT], ...], ...]:
+        """The steps grouped in the order they run: one step, or one parallel group, a stage."""
+        if self._stages is not None and self._sealed:
+            return self._stages
+        stages: list[tuple[Step[DataT], ...]] = []
+        for step in self._steps:
+            if step.group is not None and stages and stages[-1][0].group == step.group:
+                stages[-1] = (*stages[-1], step)
+            else:
+                stages.append((step,))
+        self._stages = tuple(stages)
+        return self._stages
+
+    def to_mermaid(self) -> str:
+        """Draw the saga as a mermaid flowchart: forward steps, and compensations going back.
+
+        Shapes: a rectangle is a compensatable step, a hexagon the pivot, a rounded box a
+        retriable step, a parallelogram a compensation.
+        """
+        from ._mermaid import saga_to_mermaid
+
+        return saga_to_mermaid(self)
+
+
+# -- declaration checks ----------------------------------------------------------------------
+
+
+def _qualname(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or repr(fn))
+
+
+def _positional(fn: Callable[..., Any]) -> list[inspect.Parameter]:
+    sig = inspect.signature(fn)
+    return [
+        p
+        for p in sig.parameters.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+def _check_callable(fn: Any, saga: Saga[Any], where: str) -> bool:
+    """Check a step's or compensation's signature; return whether it takes ``ctx``."""
+    if not callable(fn):
+        raise SagaDefinitionError(f"{where}: expected an async function, got {fn!r}")
+    if not inspect.iscoroutinefunction(fn):
+        raise SagaDefinitionError(
+            f"{where}: {_qualname(fn)} must be an 'async def' function (steps and "
+            "compensations are awaited); add 'async' to its definition"
+        )
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError) as exc:  # pragma: no cover - builtins only
+        raise SagaDefinitionError(f"{where}: cannot read the signature of {fn!r}") from exc
+    positional = _positional(fn)
+    required_other = [
+        p.name
+        for p in sig.parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
+    ]
+    has_varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in sig.parameters.values())
+    if required_other or has_varargs or not 1 <= len(positional) <= 2:
+        raise SagaDefinitionError(
+            f"{where}: {_qualname(fn)}{sig} has the wrong signature; write it as "
+            f"'async def {getattr(fn, '__name__', 'fn')}(data: {saga.data_type.__name__}, "
+            "ctx: StepContext)' (ctx may be left out)"
+        )
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # forward references we cannot resolve: nothing to check
+        hints = {}
+    first = hints.get(positional[0].name)
+    if (
+        isinstance(first, type)
+        and issubclass(first, BaseModel)
+        and not issubclass(saga.data_type, first)
+    ):
+        raise SagaDefinitionError(
+            f"{where}: its first parameter is annotated {first.__name__}, but saga "
+            f"{saga.name!r} carries {saga.data_type.__name__}; annotate it "
+            f"'{positional[0].name}: {saga.data_type.__name__}'"
+        )
+    returned = hints.get("return")
+    if (
+        isinstance(returned, type)
+        and issubclass(returned, BaseModel)
+        and not issubclass(returned, saga.data_type)
+    ):
+        raise SagaDefinitionError(
+            f"{where}: it is annotated to return {returned.__name__}, but a step returns the "
+            f"saga's data ({saga.data_type.__name__}) or None"
+        )
+    return len(positional) == 2
+
+
+def _check_policy(retry: Retry | None, timeout: float | None, where: str) -> None:
+    if retry is not None and not isinstance(retry, Retry):
+        raise SagaDefinitionError(f"{where}: retry must be a pysaga.Retry, got {retry!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
+        raise SagaDefinitionError(f"{where}: timeout must be a number of seconds > 0, or None")

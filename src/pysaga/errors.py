@@ -1,0 +1,155 @@
+"""Exceptions raised by pysaga, factored into one module to avoid import loops.
+
+Every error pysaga raises derives from :class:`PysagaError`. Where a caller would
+naturally catch a builtin, the error also derives from it::
+
+    PysagaError
+    ├── SagaDefinitionError (TypeError)   a saga or step was declared wrongly
+    ├── SagaNotRegisteredError (LookupError)
+    ├── SagaNotFoundError (LookupError)
+    ├── StoreError                        the saga log failed
+    │   ├── ConcurrencyError              someone else wrote the saga first (optimistic version)
+    │   │   └── LeaseLost                 this orchestrator no longer holds the saga's lease
+    │   └── SchemaVersionError            the log's schema is newer than this library
+    └── StepError                         raised *by user code* inside a step
+        └── BusinessError                 "no" for a business reason: never retried, compensate now
+
+``StepError`` and ``BusinessError`` are the two exceptions users raise themselves; every
+other exception a step raises is a technical failure, which the step's retry policy decides
+whether to retry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = (
+    "BusinessError",
+    "ConcurrencyError",
+    "LeaseLost",
+    "PysagaError",
+    "SagaDefinitionError",
+    "SagaNotFoundError",
+    "SagaNotRegisteredError",
+    "SchemaVersionError",
+    "StepError",
+    "StoreError",
+)
+
+
+class PysagaError(Exception):
+    """Root of every exception pysaga raises."""
+
+
+class SagaDefinitionError(PysagaError, TypeError):
+    """A saga or one of its steps was declared wrongly.
+
+    Raised at declaration time (when the module that declares the saga is imported), never
+    while a saga runs. The message says what is wrong and how to fix it.
+    """
+
+
+class SagaNotRegisteredError(PysagaError, LookupError):
+    """An orchestrator was asked to run a saga that was not given to it in ``sagas=[...]``."""
+
+
+class SagaNotFoundError(PysagaError, LookupError):
+    """No saga with the given id exists in the saga log."""
+
+    def __init__(self, saga_id: str) -> None:
+        super().__init__(f"no saga with id {saga_id!r} in the saga log")
+        self._saga_id = saga_id
+
+    @property
+    def saga_id(self) -> str:
+        """The id that was looked up."""
+        return self._saga_id
+
+
+class StoreError(PysagaError):
+    """The saga log could not complete an operation."""
+
+
+class ConcurrencyError(StoreError):
+    """The saga's record changed since it was read (optimistic concurrency check failed)."""
+
+    def __init__(self, saga_id: str, message: str | None = None) -> None:
+        super().__init__(
+            message
+            or f"saga {saga_id!r} was changed by someone else since it was read; "
+            "re-read it and try again"
+        )
+        self._saga_id = saga_id
+
+    @property
+    def saga_id(self) -> str:
+        """The saga whose write was refused."""
+        return self._saga_id
+
+
+class LeaseLost(ConcurrencyError):
+    """This orchestrator no longer holds the saga's lease: another one has taken it over.
+
+    The orchestrator stops driving the saga at once; the new holder continues it from the log.
+    """
+
+    def __init__(self, saga_id: str, owner: str) -> None:
+        super().__init__(
+            saga_id,
+            f"orchestrator {owner!r} lost the lease on saga {saga_id!r} (another orchestrator "
+            "claimed it after the lease expired); it stops driving this saga",
+        )
+        self._owner = owner
+
+    @property
+    def owner(self) -> str:
+        """The orchestrator that lost the lease."""
+        return self._owner
+
+
+class SchemaVersionError(StoreError):
+    """The saga log was written by a newer pysaga whose schema this version cannot read."""
+
+
+class StepError(PysagaError):
+    """Base for the errors a step raises on purpose.
+
+    Args:
+        message: What went wrong, for people.
+        retryable: Whether the step's retry policy may try again. ``False`` ends the step at
+            once (and starts compensation, before the pivot).
+        details: JSON-able details kept in the saga's history.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True, details: Any = None) -> None:
+        super().__init__(message)
+        self._message = message
+        self._retryable = retryable
+        self._details = details
+
+    @property
+    def message(self) -> str:
+        """What went wrong."""
+        return self._message
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the retry policy may run the step again."""
+        return self._retryable
+
+    @property
+    def details(self) -> Any:
+        """JSON-able details kept in the saga's history."""
+        return self._details
+
+
+class BusinessError(StepError):
+    """A business "no" (stock short, payment declined): never retried, compensate now.
+
+    Args:
+        message: The reason, kept in the saga's history and shown to operators.
+        details: JSON-able details kept in the saga's history.
+    """
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message, retryable=False, details=details)

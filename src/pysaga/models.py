@@ -1,0 +1,257 @@
+"""The records pysaga keeps about sagas: statuses, history entries, state rows and outcomes.
+
+These are plain, immutable dataclasses (not pydantic models): they sit on the hot path of
+every saga and every log write, and the saga log gives them their durable form. The user's
+saga *data* is a pydantic model; the log keeps it as JSON text.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+__all__ = (
+    "EntryKind",
+    "Failure",
+    "LogEntry",
+    "SagaOutcome",
+    "SagaRecord",
+    "SagaStatus",
+    "SagaUpdate",
+    "StepState",
+    "StepStatus",
+)
+
+D = TypeVar("D")
+
+
+class SagaStatus(enum.StrEnum):
+    """Where a saga is in its life. The last three are terminal."""
+
+    RUNNING = "running"
+    """Running its steps forward."""
+    COMPENSATING = "compensating"
+    """A step failed before the pivot: undoing the finished steps in reverse order."""
+    COMPLETED = "completed"
+    """Every step succeeded."""
+    COMPENSATED = "compensated"
+    """A step failed and every finished step was undone: the net effect is nothing."""
+    FAILED = "failed"
+    """A compensation (or a step after the pivot) could not succeed: an operator must look."""
+
+    @property
+    def is_terminal(self) -> bool:
+        """``True`` for COMPLETED, COMPENSATED and FAILED."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+ACTIVE_STATUSES: tuple[SagaStatus, ...] = (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+
+
+class StepStatus(enum.StrEnum):
+    """Where one step of one saga is."""
+
+    STARTED = "started"
+    """Intent written, outcome not (yet): running now, or in doubt after a crash."""
+    SUCCEEDED = "succeeded"
+    """The action returned: its effect happened."""
+    FAILED = "failed"
+    """The action raised on its last allowed attempt: its effect is taken not to have happened."""
+    COMPENSATING = "compensating"
+    """Intent to compensate written, outcome not (yet)."""
+    COMPENSATED = "compensated"
+    """The compensation returned: the step's effect is undone."""
+    COMPENSATION_FAILED = "compensation_failed"
+    """The compensation used up its retry budget: an operator must look."""
+
+
+class EntryKind(enum.StrEnum):
+    """The kind of one history entry."""
+
+    SAGA_STARTED = "saga_started"
+    """The saga was created with its input data."""
+    SAGA_CLAIMED = "saga_claimed"
+    """An orchestrator took the saga's lease (on start-up or after another one stopped)."""
+    STEP_STARTED = "step_started"
+    """Intent: an attempt of a step is about to run."""
+    STEP_SUCCEEDED = "step_succeeded"
+    """Outcome: the attempt returned."""
+    STEP_FAILED = "step_failed"
+    """Outcome: the attempt raised or timed out; ``retrying`` says whether another follows."""
+    COMPENSATION_STARTED = "compensation_started"
+    """Intent: an attempt of a compensation is about to run."""
+    COMPENSATION_SUCCEEDED = "compensation_succeeded"
+    """Outcome: the compensation returned."""
+    COMPENSATION_FAILED = "compensation_failed"
+    """Outcome: the compensation attempt raised or timed out."""
+    SAGA_COMPENSATING = "saga_compensating"
+    """The saga turned back: compensation starts."""
+    SAGA_COMPLETED = "saga_completed"
+    """Terminal: every step succeeded."""
+    SAGA_COMPENSATED = "saga_compensated"
+    """Terminal: every finished step was undone."""
+    SAGA_FAILED = "saga_failed"
+    """Terminal: needs an operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a step, a compensation or a saga failed.
+
+    Attributes:
+        step: The step concerned, if any (``None`` for a saga-level failure such as a deadline).
+        type: The exception's class name (``"TimeoutError"``, ``"BusinessError"``...).
+        message: The exception's message.
+        business: ``True`` for a business refusal (:class:`~pysaga.BusinessError`).
+        details: JSON-able details the step attached to its error, if any.
+    """
+
+    step: str | None
+    type: str
+    message: str
+    business: bool = False
+    details: Any = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the failure as a JSON-able dict."""
+        return {
+            "step": self.step,
+            "type": self.type,
+            "message": self.message,
+            "business": self.business,
+            "details": self.details,
+        }
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> Failure:
+        """Build a failure from :meth:`to_json`'s output."""
+        return cls(
+            step=value.get("step"),
+            type=value["type"],
+            message=value["message"],
+            business=bool(value.get("business", False)),
+            details=value.get("details"),
+        )
+
+    def __str__(self) -> str:
+        where = f"step {self.step!r}: " if self.step else ""
+        return f"{where}{self.type}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One transition in a saga's append-only history.
+
+    Attributes:
+        kind: What happened.
+        at: When, as seconds since the epoch.
+        step: The step concerned, if any.
+        attempt: The attempt number (1-based) for step and compensation entries, else 0.
+        failure: Why, for failure entries.
+        owner: The orchestrator that wrote the entry.
+    """
+
+    kind: EntryKind
+    at: float
+    step: str | None = None
+    attempt: int = 0
+    failure: Failure | None = None
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepState:
+    """The current state of one step of one saga.
+
+    Attributes:
+        status: Where the step is.
+        attempts: How many times the action (or, once compensating, the compensation) started.
+        failures: How many of those attempts failed.
+    """
+
+    status: StepStatus
+    attempts: int = 0
+    failures: int = 0
+
+
+@dataclass(slots=True)
+class SagaRecord:
+    """The current-state row of one saga, as kept by the saga log.
+
+    Attributes:
+        saga_id: The saga's id.
+        name: The saga definition's name.
+        version: The saga definition's version.
+        status: Where the saga is.
+        data: The saga's data, as JSON text.
+        steps: Each started step's state, by step name.
+        revision: Optimistic-concurrency counter: every write adds one.
+        owner: The orchestrator holding the lease, if any.
+        lease_expires_at: When the owner's lease ends (seconds since the epoch).
+        deadline_at: When the saga must have passed its pivot, if it has a deadline.
+        created_at: When the saga was started.
+        updated_at: When the row was last written.
+        failure: Why the saga turned back or failed, if it did.
+    """
+
+    saga_id: str
+    name: str
+    version: int
+    status: SagaStatus
+    data: str
+    steps: dict[str, StepState] = field(default_factory=dict)
+    revision: int = 0
+    owner: str | None = None
+    lease_expires_at: float = 0.0
+    deadline_at: float | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    failure: Failure | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SagaUpdate:
+    """One atomic write to a saga: history entries to append and the new current state.
+
+    Attributes:
+        entries: Appended to the history, in order.
+        status: The saga's new status.
+        steps: The steps whose state changed (merged into the record's ``steps``).
+        data: The saga's new data as JSON text, or ``None`` when it did not change.
+        failure: The saga's failure, or ``None`` to keep the current one.
+    """
+
+    entries: Sequence[LogEntry]
+    status: SagaStatus
+    steps: Mapping[str, StepState] = field(default_factory=dict)
+    data: str | None = None
+    failure: Failure | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SagaOutcome(Generic[D]):
+    """How a saga ended, as :meth:`Orchestrator.run() <pysaga.Orchestrator.run>` returns it.
+
+    Attributes:
+        saga_id: The saga's id.
+        name: The saga definition's name.
+        status: COMPLETED, COMPENSATED or FAILED.
+        data: The saga's data at the end, as the saga's pydantic model.
+        failure: Why it turned back or failed; ``None`` when it completed.
+    """
+
+    saga_id: str
+    name: str
+    status: SagaStatus
+    data: D
+    failure: Failure | None = None
+
+    @property
+    def ok(self) -> bool:
+        """``True`` when the saga completed."""
+        return self.status is SagaStatus.COMPLETED

@@ -1,0 +1,394 @@
+"""The orchestrator: runs saga instances from the saga log.
+
+Every decision is written to the log before it is acted on (intent) and after (outcome), so a
+saga can continue from its last durable record in any process, after any crash:
+
+* a step whose intent is written but whose outcome is not is *in doubt*: going forward it runs
+  again with the same idempotency key; turning back, it is compensated (its compensation must
+  tolerate "nothing to undo");
+* a step that raised is taken to have had no effect, and is not compensated;
+* a timed-out step is in doubt (it was interrupted), and is compensated when turning back.
+
+To save commits, a step's outcome is written together with the next step's intent (or with the
+saga's end): the outcome is still durable before anything else happens.
+
+Each saga in the log carries a lease (owner and expiry) that its orchestrator renews while it
+runs. On start-up, and then periodically, an orchestrator claims unfinished sagas whose lease
+expired and resumes them. A write is refused (``LeaseLost``) once another orchestrator has
+claimed the saga, which stops the old holder from touching it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import anyio
+import anyio.abc
+from pydantic import BaseModel, ValidationError
+
+from . import stores
+from ._engine import Run as _Run
+from .definition import Saga
+from .errors import (
+    LeaseLost,
+    SagaNotFoundError,
+    SagaNotRegisteredError,
+)
+from .models import (
+    EntryKind,
+    LogEntry,
+    SagaOutcome,
+    SagaRecord,
+    SagaStatus,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+    from types import TracebackType
+
+    from .protocols import SagaLog
+
+__all__ = ("Orchestrator",)
+
+logger = logging.getLogger("pysaga.orchestrator")
+
+DataT = TypeVar("DataT", bound=BaseModel)
+
+
+class Orchestrator:
+    """Runs sagas durably from a saga log.
+
+    Args:
+        sagas: The saga definitions this orchestrator may run and resume.
+        log: A saga log URL (``"sqlite:///sagas.db"``, ``"memory://"``) or a
+            :class:`~pysaga.SagaLog` object. Entering the orchestrator enters the log.
+        lease: Seconds a saga stays claimed by this orchestrator without a renewal. After a
+            crash, its sagas are resumed by another orchestrator (or this one, restarted)
+            once their lease has run out.
+        claim_interval: Seconds between looks for abandoned sagas (default: ``lease / 2``).
+        drain_timeout: On a normal exit, seconds to let running sagas finish before they are
+            interrupted (they resume later from the log).
+        owner: This orchestrator's name in the log (default: host, pid and a random part).
+
+    Use it as an async context manager, or run :meth:`serve` in a task group::
+
+        async with Orchestrator(sagas=[place_order], log="sqlite:///sagas.db") as orch:
+            outcome = await orch.run(place_order, Order(...))
+    """
+
+    def __init__(
+        self,
+        *,
+        sagas: Iterable[Saga[Any]],
+        log: str | SagaLog = "sqlite:///sagas.db",
+        lease: float = 15.0,
+        claim_interval: float | None = None,
+        drain_timeout: float = 10.0,
+        owner: str | None = None,
+    ) -> None:
+        self._sagas: dict[str, Saga[Any]] = {}
+        for saga in sagas:
+            if not isinstance(saga, Saga):
+                raise TypeError(f"sagas=[...] takes pysaga.Saga objects, got {saga!r}")
+            if saga.name in self._sagas and self._sagas[saga.name] is not saga:
+                raise ValueError(f"two different sagas are both named {saga.name!r}")
+            saga.seal()
+            self._sagas[saga.name] = saga
+        if not lease > 0:
+            raise ValueError("lease must be > 0 seconds")
+        self._log: SagaLog = stores.from_url(log) if isinstance(log, str) else log
+        self.lease = lease
+        self.claim_interval = claim_interval if claim_interval is not None else lease / 2
+        self.drain_timeout = drain_timeout
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._running: dict[str, _Run[Any]] = {}
+        self._done: dict[str, anyio.Event] = {}
+        self._outcomes: dict[str, SagaOutcome[Any]] = {}
+        self._quarantined: set[str] = set()
+        self._unknown: set[tuple[str, int]] = set()
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    def __repr__(self) -> str:
+        return f"<Orchestrator {self.owner} sagas={sorted(self._sagas)} log={self._log!r}>"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def log(self) -> SagaLog:
+        """The saga log this orchestrator writes to."""
+        return self._log
+
+    @property
+    def unknown_sagas(self) -> frozenset[tuple[str, int]]:
+        """``(name, version)`` of unfinished sagas in the log that this orchestrator does not
+        run (not in ``sagas=[...]``, or another version). They are left untouched."""
+        return frozenset(self._unknown)
+
+    async def __aenter__(self) -> Self:
+        if self._stack is not None:
+            raise RuntimeError("this Orchestrator is already running; enter it once")
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(self._log)
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.push_async_callback(self._shutdown)
+            await self._report_unknown()
+            await self._claim()
+            self._tg.start_soon(self._maintain)
+            self._stack = stack.pop_all()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        if exc_type is None and self._running:
+            with anyio.move_on_after(self.drain_timeout):
+                await self._idle.wait()
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+        await stack.__aexit__(exc_type, exc, tb)
+
+    async def _shutdown(self) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._log.release(self.owner)
+            except Exception:  # the log may be the reason we stop
+                logger.warning("could not release the leases of %s", self.owner, exc_info=True)
+
+    async def serve(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run until cancelled: resume abandoned sagas, keep leases, run started sagas.
+
+        Reports readiness through ``task_status`` once the log is open and the first claim of
+        abandoned sagas is done (``await task_group.start(orch.serve)``).
+        """
+        async with self:
+            task_status.started()
+            await anyio.sleep_forever()
+
+    async def _maintain(self) -> None:
+        renew_every = self.lease / 3
+        next_claim = anyio.current_time() + self.claim_interval
+        while True:
+            await anyio.sleep(min(renew_every, self.claim_interval))
+            try:
+                await self._log.renew(self.owner, until=time.time() + self.lease)
+                if anyio.current_time() >= next_claim:
+                    next_claim = anyio.current_time() + self.claim_interval
+                    await self._claim()
+            except Exception:
+                logger.exception("orchestrator %s: lease upkeep failed; will retry", self.owner)
+
+    async def _report_unknown(self) -> None:
+        known = {(s.name, s.version) for s in self._sagas.values()}
+        unknown = await self._log.active_kinds() - known
+        for name, version in sorted(unknown):
+            if (name, version) not in self._unknown:
+                registered = self._sagas.get(name)
+                hint = (
+                    f"this orchestrator runs version {registered.version}"
+                    if registered
+                    else "it is not in this orchestrator's sagas=[...]"
+                )
+                logger.warning(
+                    "the saga log holds unfinished sagas of %r version %d, but %s; they are "
+                    "left untouched until an orchestrator that runs them starts",
+                    name,
+                    version,
+                    hint,
+                )
+        self._unknown = unknown
+
+    async def _claim(self) -> None:
+        kinds = {(s.name, s.version) for s in self._sagas.values()}
+        while True:
+            claimed = await self._log.claim(
+                self.owner, kinds=kinds, lease=self.lease, now=time.time(), limit=100
+            )
+            for record in claimed:
+                if record.saga_id in self._running or record.saga_id in self._quarantined:
+                    continue
+                saga = self._sagas[record.name]
+                try:
+                    data = saga.data_type.model_validate_json(record.data)
+                except ValidationError as exc:
+                    self._quarantined.add(record.saga_id)
+                    logger.error(
+                        "saga %s (%s): its data in the log no longer fits %s, so it is left "
+                        "as it is for an operator: %s",
+                        record.saga_id,
+                        saga.name,
+                        saga.data_type.__name__,
+                        exc,
+                    )
+                    continue
+                logger.info("resuming saga %s (%s) from the log", record.saga_id, saga.name)
+                self._launch(_Run(self._log, self.owner, saga, record, data))
+            if len(claimed) < 100:
+                return
+
+    def _launch(self, run: _Run[Any]) -> None:
+        if self._tg is None:
+            raise RuntimeError(
+                "the Orchestrator is not running; use 'async with Orchestrator(...) as orch:'"
+            )
+        self._running[run.saga_id] = run
+        self._done.setdefault(run.saga_id, anyio.Event())
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        self._tg.start_soon(self._drive, run)
+
+    async def _drive(self, run: _Run[Any]) -> None:
+        try:
+            outcome = await run.drive()
+        except LeaseLost as exc:
+            logger.warning("%s", exc)
+            outcome = None
+        except Exception:
+            logger.exception(
+                "saga %s (%s): the orchestrator hit an error while driving it; it stays in "
+                "the log and is resumed when its lease is claimed again",
+                run.saga_id,
+                run.saga.name,
+            )
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self._log.release(self.owner, [run.saga_id])
+            outcome = None
+        finally:
+            self._running.pop(run.saga_id, None)
+            if not self._running:
+                self._idle.set()
+        if outcome is not None:
+            self._outcomes[run.saga_id] = outcome
+        event = self._done.pop(run.saga_id, None)
+        if event is not None:
+            event.set()
+
+    # -- the public API ----------------------------------------------------------------------
+
+    def _registered(self, saga: Saga[DataT] | str) -> Saga[DataT]:
+        name = saga if isinstance(saga, str) else saga.name
+        found = self._sagas.get(name)
+        if found is None or (not isinstance(saga, str) and found is not saga):
+            raise SagaNotRegisteredError(
+                f"saga {name!r} is not registered with this orchestrator; pass it in "
+                "Orchestrator(sagas=[...])"
+            )
+        return found
+
+    async def start(
+        self,
+        saga: Saga[DataT],
+        data: DataT | Mapping[str, Any],
+        *,
+        saga_id: str | None = None,
+    ) -> str:
+        """Record a new saga in the log and start running it; return its id at once.
+
+        Args:
+            saga: A saga given to this orchestrator.
+            data: The saga's input: an instance of its data model, or a mapping validated
+                into one.
+            saga_id: Your own id for the saga (default: a random UUID). Starting the same id
+                twice fails, which makes a retried request safe.
+
+        Raises:
+            pydantic.ValidationError: *data* does not fit the saga's data model (nothing is
+                written).
+            ConcurrencyError: a saga with *saga_id* exists already.
+            SagaNotRegisteredError: *saga* was not given to this orchestrator.
+        """
+        definition = self._registered(saga)
+        model = definition.data_type.model_validate(data)
+        now = time.time()
+        record = SagaRecord(
+            saga_id=saga_id or str(uuid.uuid4()),
+            name=definition.name,
+            version=definition.version,
+            status=SagaStatus.RUNNING,
+            data=model.model_dump_json(),
+            owner=self.owner,
+            lease_expires_at=now + self.lease,
+            deadline_at=now + definition.deadline if definition.deadline else None,
+            created_at=now,
+            updated_at=now,
+        )
+        if self._tg is None:
+            raise RuntimeError(
+                "the Orchestrator is not running; use 'async with Orchestrator(...) as orch:'"
+            )
+        await self._log.create(record, [LogEntry(EntryKind.SAGA_STARTED, at=now, owner=self.owner)])
+        self._launch(_Run(self._log, self.owner, definition, record, model))
+        return record.saga_id
+
+    async def run(
+        self,
+        saga: Saga[DataT],
+        data: DataT | Mapping[str, Any],
+        *,
+        saga_id: str | None = None,
+    ) -> SagaOutcome[DataT]:
+        """Start a saga and wait for its outcome (COMPLETED, COMPENSATED or FAILED)."""
+        started = await self.start(saga, data, saga_id=saga_id)
+        return await self.wait(started)
+
+    async def wait(self, saga_id: str, *, poll_interval: float = 0.1) -> SagaOutcome[Any]:
+        """Wait until the saga *saga_id* ends and return its outcome.
+
+        Works for sagas driven by this orchestrator and, by polling the log, for those
+        driven by another one.
+
+        Raises:
+            SagaNotFoundError: no saga with that id is in the log.
+        """
+        while True:
+            outcome = self._outcomes.pop(saga_id, None)
+            if outcome is not None:
+                return outcome
+            event = self._done.get(saga_id)
+            if event is not None:
+                await event.wait()
+                continue
+            record = await self._log.get(saga_id)
+            if record is None:
+                raise SagaNotFoundError(saga_id)
+            if record.status.is_terminal:
+                return self._outcome_from(record)
+            await anyio.sleep(poll_interval)
+
+    async def get(self, saga_id: str) -> SagaRecord:
+        """The saga's current state in the log.
+
+        Raises:
+            SagaNotFoundError: no saga with that id is in the log.
+        """
+        record = await self._log.get(saga_id)
+        if record is None:
+            raise SagaNotFoundError(saga_id)
+        return record
+
+    async def history(self, saga_id: str) -> list[LogEntry]:
+        """The saga's history, oldest first."""
+        return await self._log.history(saga_id)
+
+    def _outcome_from(self, record: SagaRecord) -> SagaOutcome[Any]:
+        saga = self._sagas.get(record.name)
+        data: Any = (
+            saga.data_type.model_validate_json(record.data) if saga is not None else record.data
+        )
+        return SagaOutcome(record.saga_id, record.name, record.status, data, record.failure)

@@ -1,0 +1,108 @@
+"""The pluggable contracts pysaga's core talks to. Adapters implement them; core never
+imports an adapter.
+
+Only the saga log is here for now; the broker contract joins it with messaging.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Sequence
+    from types import TracebackType
+
+    from .models import LogEntry, SagaRecord, SagaStatus, SagaUpdate
+
+__all__ = ("SagaLog",)
+
+
+@runtime_checkable
+class SagaLog(Protocol):
+    """**Protocol**: the durable record of every saga; the single source of truth.
+
+    It keeps, per saga, an append-only history of :class:`~pysaga.LogEntry` and one
+    current-state :class:`~pysaga.SagaRecord` with an optimistic-concurrency ``revision``
+    and a lease (``owner``, ``lease_expires_at``). Every write is atomic: the entries and the
+    new state land together or not at all.
+
+    Use it as an async context manager: entering opens it (and applies the schema), leaving
+    closes it.
+    """
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def create(self, record: SagaRecord, entries: Sequence[LogEntry]) -> None:
+        """Insert a new saga with its first history entries.
+
+        Raises:
+            ConcurrencyError: a saga with the same id exists.
+        """
+        ...
+
+    async def update(self, saga_id: str, update: SagaUpdate, *, revision: int, owner: str) -> int:
+        """Apply *update* if the saga is still at *revision* and leased by *owner*.
+
+        Returns:
+            The saga's new revision (``revision + 1``).
+
+        Raises:
+            LeaseLost: another orchestrator holds the saga now.
+            ConcurrencyError: the saga changed since *revision* was read.
+            SagaNotFoundError: there is no such saga.
+        """
+        ...
+
+    async def get(self, saga_id: str) -> SagaRecord | None:
+        """The saga's current state, or ``None``."""
+        ...
+
+    async def history(self, saga_id: str) -> list[LogEntry]:
+        """The saga's history, oldest first (empty when there is no such saga)."""
+        ...
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        kinds: Collection[tuple[str, int]],
+        lease: float,
+        now: float,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        """Take the lease of unfinished sagas whose lease expired before *now*.
+
+        Only sagas whose ``(name, version)`` is in *kinds* are claimed; each claim adds one to
+        the revision and appends a ``SAGA_CLAIMED`` entry. Returns the claimed records.
+        """
+        ...
+
+    async def renew(self, owner: str, *, until: float) -> int:
+        """Extend every lease *owner* holds on an unfinished saga; return how many."""
+        ...
+
+    async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
+        """Give up *owner*'s leases (all of them, or those of *saga_ids*) so that another
+        orchestrator can claim them at once."""
+        ...
+
+    async def active_kinds(self) -> set[tuple[str, int]]:
+        """The ``(name, version)`` pairs of every unfinished saga in the log."""
+        ...
+
+    async def list(
+        self,
+        *,
+        name: str | None = None,
+        status: SagaStatus | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        """Sagas, newest first, optionally filtered by name and status."""
+        ...

@@ -1,0 +1,142 @@
+"""An in-memory saga log: the whole contract, kept in this process only.
+
+For tests and for sagas that need not survive the process. Records are copied on the way in
+and out, so callers can never change what the log holds behind its back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Self
+
+from ..errors import ConcurrencyError, LeaseLost, SagaNotFoundError
+from ..models import ACTIVE_STATUSES, EntryKind, LogEntry, SagaRecord, SagaStatus, SagaUpdate
+
+if TYPE_CHECKING:
+    from collections.abc import Collection, Sequence
+    from types import TracebackType
+
+__all__ = ("InMemorySagaLog",)
+
+
+class InMemorySagaLog:
+    """A :class:`~pysaga.SagaLog` held in dictionaries."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, SagaRecord] = {}
+        self._history: dict[str, list[LogEntry]] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> InMemorySagaLog:
+        """Build from ``memory://`` (the URL carries no options)."""
+        return cls()
+
+    def __repr__(self) -> str:
+        return f"<InMemorySagaLog: {len(self._records)} sagas>"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def create(self, record: SagaRecord, entries: Sequence[LogEntry]) -> None:
+        if record.saga_id in self._records:
+            raise ConcurrencyError(record.saga_id, f"a saga with id {record.saga_id!r} exists")
+        self._records[record.saga_id] = dataclasses.replace(record, steps=dict(record.steps))
+        self._history[record.saga_id] = list(entries)
+
+    async def update(self, saga_id: str, update: SagaUpdate, *, revision: int, owner: str) -> int:
+        rec = self._records.get(saga_id)
+        if rec is None:
+            raise SagaNotFoundError(saga_id)
+        if rec.owner != owner:
+            raise LeaseLost(saga_id, owner)
+        if rec.revision != revision:
+            raise ConcurrencyError(saga_id)
+        rec.status = update.status
+        if update.steps:
+            rec.steps.update(update.steps)
+        if update.data is not None:
+            rec.data = update.data
+        if update.failure is not None:
+            rec.failure = update.failure
+        rec.revision += 1
+        rec.updated_at = update.entries[-1].at if update.entries else time.time()
+        self._history[saga_id].extend(update.entries)
+        return rec.revision
+
+    async def get(self, saga_id: str) -> SagaRecord | None:
+        rec = self._records.get(saga_id)
+        return None if rec is None else dataclasses.replace(rec, steps=dict(rec.steps))
+
+    async def history(self, saga_id: str) -> list[LogEntry]:
+        return list(self._history.get(saga_id, ()))
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        kinds: Collection[tuple[str, int]],
+        lease: float,
+        now: float,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        claimed: list[SagaRecord] = []
+        for rec in self._records.values():
+            if len(claimed) >= limit:
+                break
+            if (
+                rec.status in ACTIVE_STATUSES
+                and rec.lease_expires_at < now
+                and (rec.name, rec.version) in kinds
+            ):
+                rec.owner = owner
+                rec.lease_expires_at = now + lease
+                rec.revision += 1
+                rec.updated_at = now
+                self._history[rec.saga_id].append(
+                    LogEntry(EntryKind.SAGA_CLAIMED, at=now, owner=owner)
+                )
+                claimed.append(dataclasses.replace(rec, steps=dict(rec.steps)))
+        return claimed
+
+    async def renew(self, owner: str, *, until: float) -> int:
+        count = 0
+        for rec in self._records.values():
+            if rec.owner == owner and rec.status in ACTIVE_STATUSES:
+                rec.lease_expires_at = until
+                count += 1
+        return count
+
+    async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
+        for rec in self._records.values():
+            if rec.owner == owner and (saga_ids is None or rec.saga_id in saga_ids):
+                rec.lease_expires_at = 0.0
+
+    async def active_kinds(self) -> set[tuple[str, int]]:
+        return {
+            (rec.name, rec.version)
+            for rec in self._records.values()
+            if rec.status in ACTIVE_STATUSES
+        }
+
+    async def list(
+        self,
+        *,
+        name: str | None = None,
+        status: SagaStatus | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        found = [
+            dataclasses.replace(rec, steps=dict(rec.steps))
+            for rec in reversed(self._records.values())
+            if (name is None or rec.name == name) and (status is None or rec.status is status)
+        ]
+        return found[:limit]

@@ -1,0 +1,591 @@
+"""The SQLite saga log: the embedded default. No server, one file, WAL journal.
+
+Durability: ``synchronous=normal`` (the default) commits without an fsync of the WAL; a
+committed write survives the process being killed at any point (SIGKILL included) but not a
+power loss or kernel crash. ``synchronous=full`` fsyncs the WAL on every commit and survives
+those too, at a cost per commit: group commit shares that cost between concurrent sagas.
+
+Concurrency: writes from concurrent sagas are batched into one transaction (group commit).
+Statements run on the event loop's thread with the stdlib ``sqlite3`` module, because a
+commit without fsync costs far less than a hand-off to a worker thread; with
+``synchronous=full`` the batch runs in a worker thread so the fsync does not block the loop.
+
+Several processes may open one file (SQLite locks it), but only one orchestrator should
+drive sagas at a time on SQLite; to run several, use the PostgreSQL log.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import anyio
+import anyio.to_thread
+
+from ..errors import ConcurrencyError, LeaseLost, SagaNotFoundError, SchemaVersionError, StoreError
+from ..models import (
+    EntryKind,
+    Failure,
+    LogEntry,
+    SagaRecord,
+    SagaStatus,
+    SagaUpdate,
+    StepState,
+    StepStatus,
+)
+from ._group_commit import GroupCommit, PendingWrite
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Collection, Sequence
+    from types import TracebackType
+
+__all__ = ("SCHEMA_VERSION", "SQLiteSagaLog")
+
+SCHEMA_VERSION = 1
+"""The schema this version writes. A file with a newer schema is refused."""
+
+_T = TypeVar("_T")
+Synchronous = Literal["normal", "full"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pysaga_schema (
+    version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pysaga_sagas (
+    saga_id          TEXT PRIMARY KEY,
+    name             TEXT NOT NULL,
+    version          INTEGER NOT NULL,
+    status           TEXT NOT NULL,
+    data             TEXT NOT NULL,
+    steps            TEXT NOT NULL,
+    failure          TEXT,
+    revision         INTEGER NOT NULL,
+    owner            TEXT,
+    lease_expires_at REAL NOT NULL,
+    deadline_at      REAL,
+    created_at       REAL NOT NULL,
+    updated_at       REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pysaga_sagas_active
+    ON pysaga_sagas (lease_expires_at) WHERE status IN ('running', 'compensating');
+CREATE INDEX IF NOT EXISTS pysaga_sagas_name_status ON pysaga_sagas (name, status);
+CREATE TABLE IF NOT EXISTS pysaga_history (
+    saga_id  TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    idx      INTEGER NOT NULL,
+    kind     TEXT NOT NULL,
+    step     TEXT,
+    attempt  INTEGER NOT NULL,
+    at       REAL NOT NULL,
+    owner    TEXT,
+    failure  TEXT,
+    PRIMARY KEY (saga_id, revision, idx)
+) WITHOUT ROWID;
+"""
+
+_RECORD_COLUMNS = (
+    "saga_id, name, version, status, data, steps, failure, revision, owner, "
+    "lease_expires_at, deadline_at, created_at, updated_at"
+)
+_ACTIVE = "('running', 'compensating')"
+_INSERT_ENTRY = (
+    "INSERT INTO pysaga_history (saga_id, revision, idx, kind, step, attempt, at, owner, failure)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE = (
+    "UPDATE pysaga_sagas SET status = ?, steps = json_patch(steps, ?), data = coalesce(?, data),"
+    " failure = coalesce(?, failure), revision = revision + 1, updated_at = ?"
+    " WHERE saga_id = ? AND revision = ? AND owner = ?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Create:
+    record: SagaRecord
+    entries: Sequence[LogEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class _Update:
+    saga_id: str
+    update: SagaUpdate
+    revision: int
+    owner: str
+
+
+class SQLiteSagaLog:
+    """A :class:`~pysaga.SagaLog` in one SQLite file.
+
+    Args:
+        path: The database file (created with its directory if missing), or ``":memory:"``.
+        synchronous: ``"normal"`` (default: survives a killed process) or ``"full"``
+            (also survives power loss; fsync on every commit).
+        busy_timeout: Seconds to wait for another process's lock before failing.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: Synchronous = "normal",
+        busy_timeout: float = 5.0,
+    ) -> None:
+        if synchronous not in ("normal", "full"):
+            raise ValueError(
+                f"synchronous={synchronous!r}: use 'normal' (survives a killed process) or "
+                "'full' (also survives power loss)"
+            )
+        self.path = str(path)
+        self.synchronous: Synchronous = synchronous
+        self.busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._offload = synchronous == "full"
+        self._lock = anyio.Lock()
+        self._limiter = anyio.CapacityLimiter(1)
+        self._commits: GroupCommit[_Create | _Update] = GroupCommit(self._flush)
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteSagaLog:
+        """Build from ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
+
+        The query may set ``synchronous=normal|full`` and ``busy_timeout=<seconds>``.
+        """
+        parts = urlsplit(url)
+        if parts.scheme.lower() != "sqlite":
+            raise ValueError(f"not a sqlite URL: {url!r}")
+        path = unquote(parts.path)
+        if parts.netloc == ":memory:" or path in ("/:memory:", ""):
+            path = ":memory:"
+        elif path.startswith("/"):
+            path = path[1:]  # sqlite:///rel -> "rel"; sqlite:////abs -> "/abs"
+        if not path:
+            raise ValueError(
+                f"sqlite URL {url!r} names no file; write 'sqlite:///sagas.db' (relative) or "
+                "'sqlite:////var/lib/app/sagas.db' (absolute)"
+            )
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"synchronous", "busy_timeout"}
+        if unknown:
+            raise ValueError(
+                f"sqlite URL {url!r}: unknown option(s) {sorted(unknown)}; "
+                "known: synchronous, busy_timeout"
+            )
+        sync = query.get("synchronous", "normal").lower()
+        if sync not in ("normal", "full"):
+            raise ValueError(f"sqlite URL {url!r}: synchronous must be 'normal' or 'full'")
+        return cls(
+            path,
+            synchronous="full" if sync == "full" else "normal",
+            busy_timeout=float(query.get("busy_timeout", 5.0)),
+        )
+
+    def __repr__(self) -> str:
+        return f"<SQLiteSagaLog {self.path!r} synchronous={self.synchronous}>"
+
+    @property
+    def commits(self) -> GroupCommit[_Create | _Update]:
+        """The group-commit queue (its ``batches`` and ``writes`` counters show the batching)."""
+        return self._commits
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._conn is not None:
+            raise RuntimeError(f"{self!r} is already open; enter it once")
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot open the SQLite saga log {self.path!r}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the database (writes already acknowledged are committed)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            async with self._lock:
+                conn.close()
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            row = conn.execute("SELECT max(version) FROM pysaga_schema").fetchone()
+            found = row[0] if row else None
+            if found is None:
+                conn.execute("INSERT INTO pysaga_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif found > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"the saga log was written with schema version {found}, newer than this "
+                    f"pysaga's ({SCHEMA_VERSION}); upgrade pysaga to read it"
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError(
+                f"{self!r} is not open; use 'async with log:' (the Orchestrator does this)"
+            )
+        return self._conn
+
+    async def _call(self, fn: Callable[[], _T]) -> _T:
+        """Run a synchronous database function, on the loop or on the worker thread."""
+        if not self._offload:
+            try:
+                return fn()
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite saga log {self.path!r}: {exc}") from exc
+        async with self._lock:
+            try:
+                return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite saga log {self.path!r}: {exc}") from exc
+
+    # -- writes (group commit) ---------------------------------------------------------------
+
+    async def create(self, record: SagaRecord, entries: Sequence[LogEntry]) -> None:
+        await self._commits.submit(_Create(record, entries))
+
+    async def update(self, saga_id: str, update: SagaUpdate, *, revision: int, owner: str) -> int:
+        result: int = await self._commits.submit(_Update(saga_id, update, revision, owner))
+        return result
+
+    async def _flush(self, batch: list[PendingWrite[_Create | _Update]]) -> None:
+        await self._call(lambda: self._flush_sync(batch))
+
+    def _flush_sync(self, batch: list[PendingWrite[_Create | _Update]]) -> None:
+        conn = self._db
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for write in batch:
+                op = write.op
+                try:
+                    if isinstance(op, _Update):
+                        write.result = self._apply_update(conn, op)
+                    else:
+                        self._apply_create(conn, op)
+                except (ConcurrencyError, SagaNotFoundError) as exc:
+                    write.error = exc
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _apply_create(conn: sqlite3.Connection, op: _Create) -> None:
+        r = op.record
+        try:
+            conn.execute(
+                f"INSERT INTO pysaga_sagas ({_RECORD_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    r.saga_id,
+                    r.name,
+                    r.version,
+                    r.status.value,
+                    r.data,
+                    _dump_steps(r.steps),
+                    _dump_failure(r.failure),
+                    r.revision,
+                    r.owner,
+                    r.lease_expires_at,
+                    r.deadline_at,
+                    r.created_at,
+                    r.updated_at,
+                ),
+            )
+        except sqlite3.IntegrityError:
+            raise ConcurrencyError(r.saga_id, f"a saga with id {r.saga_id!r} exists") from None
+        _insert_entries(conn, r.saga_id, r.revision, op.entries)
+
+    @staticmethod
+    def _apply_update(conn: sqlite3.Connection, op: _Update) -> int:
+        u = op.update
+        at = u.entries[-1].at if u.entries else time.time()
+        cur = conn.execute(
+            _UPDATE,
+            (
+                u.status.value,
+                _dump_steps(u.steps),
+                u.data,
+                _dump_failure(u.failure),
+                at,
+                op.saga_id,
+                op.revision,
+                op.owner,
+            ),
+        )
+        if cur.rowcount != 1:
+            row = conn.execute(
+                "SELECT owner FROM pysaga_sagas WHERE saga_id = ?", (op.saga_id,)
+            ).fetchone()
+            if row is None:
+                raise SagaNotFoundError(op.saga_id)
+            if row[0] != op.owner:
+                raise LeaseLost(op.saga_id, op.owner)
+            raise ConcurrencyError(op.saga_id)
+        _insert_entries(conn, op.saga_id, op.revision + 1, u.entries)
+        return op.revision + 1
+
+    # -- reads and lease management ----------------------------------------------------------
+
+    async def get(self, saga_id: str) -> SagaRecord | None:
+        def read() -> SagaRecord | None:
+            row = self._db.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM pysaga_sagas WHERE saga_id = ?", (saga_id,)
+            ).fetchone()
+            return None if row is None else _record(row)
+
+        return await self._call(read)
+
+    async def history(self, saga_id: str) -> list[LogEntry]:
+        def read() -> list[LogEntry]:
+            rows = self._db.execute(
+                "SELECT kind, at, step, attempt, failure, owner FROM pysaga_history "
+                "WHERE saga_id = ? ORDER BY revision, idx",
+                (saga_id,),
+            ).fetchall()
+            return [
+                LogEntry(
+                    EntryKind(kind),
+                    at=at,
+                    step=step,
+                    attempt=attempt,
+                    failure=_load_failure(failure),
+                    owner=owner,
+                )
+                for kind, at, step, attempt, failure, owner in rows
+            ]
+
+        return await self._call(read)
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        kinds: Collection[tuple[str, int]],
+        lease: float,
+        now: float,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        if not kinds:
+            return []
+
+        def run() -> list[SagaRecord]:
+            conn = self._db
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = conn.execute(
+                    f"SELECT {_RECORD_COLUMNS} FROM pysaga_sagas WHERE status IN {_ACTIVE} "
+                    "AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?",
+                    (now, limit * 4),
+                ).fetchall()
+                claimed: list[SagaRecord] = []
+                for row in rows:
+                    rec = _record(row)
+                    if (rec.name, rec.version) not in kinds:
+                        continue
+                    conn.execute(
+                        "UPDATE pysaga_sagas SET owner = ?, lease_expires_at = ?, "
+                        "revision = revision + 1, updated_at = ? "
+                        "WHERE saga_id = ? AND revision = ?",
+                        (owner, now + lease, now, rec.saga_id, rec.revision),
+                    )
+                    rec.owner, rec.lease_expires_at = owner, now + lease
+                    rec.revision += 1
+                    rec.updated_at = now
+                    _insert_entries(
+                        conn,
+                        rec.saga_id,
+                        rec.revision,
+                        [LogEntry(EntryKind.SAGA_CLAIMED, at=now, owner=owner)],
+                    )
+                    claimed.append(rec)
+                    if len(claimed) >= limit:
+                        break
+                conn.execute("COMMIT")
+                return claimed
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        return await self._call(run)
+
+    async def renew(self, owner: str, *, until: float) -> int:
+        def run() -> int:
+            cur = self._db.execute(
+                "UPDATE pysaga_sagas SET lease_expires_at = ? "
+                f"WHERE owner = ? AND status IN {_ACTIVE}",
+                (until, owner),
+            )
+            return cur.rowcount
+
+        return await self._call(run)
+
+    async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
+        def run() -> None:
+            if saga_ids is None:
+                self._db.execute(
+                    "UPDATE pysaga_sagas SET lease_expires_at = 0 "
+                    f"WHERE owner = ? AND status IN {_ACTIVE}",
+                    (owner,),
+                )
+            else:
+                self._db.executemany(
+                    "UPDATE pysaga_sagas SET lease_expires_at = 0 WHERE owner = ? AND saga_id = ?",
+                    [(owner, saga_id) for saga_id in saga_ids],
+                )
+
+        await self._call(run)
+
+    async def active_kinds(self) -> set[tuple[str, int]]:
+        def read() -> set[tuple[str, int]]:
+            rows = self._db.execute(
+                f"SELECT DISTINCT name, version FROM pysaga_sagas WHERE status IN {_ACTIVE}"
+            ).fetchall()
+            return {(name, version) for name, version in rows}
+
+        return await self._call(read)
+
+    async def list(
+        self,
+        *,
+        name: str | None = None,
+        status: SagaStatus | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if name is not None:
+            clauses.append("name = ?")
+            params.append(name)
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status.value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+
+        def read() -> list[SagaRecord]:
+            rows = self._db.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM pysaga_sagas {where} "
+                "ORDER BY created_at DESC, saga_id LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            return [_record(row) for row in rows]
+
+        return await self._call(read)
+
+
+# -- row encoding ----------------------------------------------------------------------------
+
+
+def _insert_entries(
+    conn: sqlite3.Connection, saga_id: str, revision: int, entries: Sequence[LogEntry]
+) -> None:
+    conn.executemany(
+        _INSERT_ENTRY,
+        [
+            (
+                saga_id,
+                revision,
+                idx,
+                e.kind.value,
+                e.step,
+                e.attempt,
+                e.at,
+                e.owner,
+                _dump_failure(e.failure),
+            )
+            for idx, e in enumerate(entries)
+        ],
+    )
+
+
+def _dump_steps(steps: dict[str, StepState] | Any) -> str:
+    return json.dumps(
+        {name: [s.status.value, s.attempts, s.failures] for name, s in steps.items()},
+        separators=(",", ":"),
+    )
+
+
+def _load_steps(text: str) -> dict[str, StepState]:
+    return {
+        name: StepState(StepStatus(status), attempts, failures)
+        for name, (status, attempts, failures) in json.loads(text).items()
+    }
+
+
+def _dump_failure(failure: Failure | None) -> str | None:
+    if failure is None:
+        return None
+    return json.dumps(failure.to_json(), separators=(",", ":"), default=str)
+
+
+def _load_failure(text: str | None) -> Failure | None:
+    return None if text is None else Failure.from_json(json.loads(text))
+
+
+def _record(row: tuple[Any, ...]) -> SagaRecord:
+    (
+        saga_id,
+        name,
+        version,
+        status,
+        data,
+        steps,
+        failure,
+        revision,
+        owner,
+        lease_expires_at,
+        deadline_at,
+        created_at,
+        updated_at,
+    ) = row
+    return SagaRecord(
+        saga_id=saga_id,
+        name=name,
+        version=version,
+        status=SagaStatus(status),
+        data=data,
+        steps=_load_steps(steps),
+        revision=revision,
+        owner=owner,
+        lease_expires_at=lease_expires_at,
+        deadline_at=deadline_at,
+        created_at=created_at,
+        updated_at=updated_at,
+        failure=_load_failure(failure),
+    )

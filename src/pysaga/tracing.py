@@ -1,0 +1,154 @@
+"""Tracing and metrics on opentelemetry-api alone.
+
+One span per saga run (``saga <name>``), one per step attempt (``step <name>``) and one per
+compensation attempt (``compensate <name>``), children of the saga's span. Counters and
+duration histograms for sagas, steps and compensations.
+
+Without an SDK (no tracer or meter provider set), pysaga creates no span and records no
+metric at all: it checks which provider is installed, and the check is one global read.
+Install ``opentelemetry-sdk`` and set a provider to see everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Span, Status, StatusCode
+
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = (
+    "ATTR_ATTEMPT",
+    "ATTR_OUTCOME",
+    "ATTR_SAGA_ID",
+    "ATTR_SAGA_NAME",
+    "ATTR_SAGA_STATUS",
+    "ATTR_SAGA_VERSION",
+    "ATTR_STEP_NAME",
+    "INSTRUMENTATION_NAME",
+    "METRIC_COMPENSATIONS",
+    "METRIC_SAGAS",
+    "METRIC_SAGA_DURATION",
+    "METRIC_STEPS",
+    "METRIC_STEP_DURATION",
+)
+
+INSTRUMENTATION_NAME = "pysaga"
+ATTR_SAGA_ID = "saga.id"
+ATTR_SAGA_NAME = "saga.name"
+ATTR_SAGA_VERSION = "saga.version"
+ATTR_SAGA_STATUS = "saga.status"
+ATTR_STEP_NAME = "step.name"
+ATTR_ATTEMPT = "step.attempt"
+ATTR_OUTCOME = "step.outcome"
+
+METRIC_SAGAS = "pysaga.sagas"
+"""Counter: sagas that reached a terminal status (attributes: saga.name, saga.status)."""
+METRIC_SAGA_DURATION = "pysaga.saga.duration"
+"""Histogram, seconds: from start to terminal status."""
+METRIC_STEPS = "pysaga.steps"
+"""Counter: step attempts (attributes: saga.name, step.name, step.outcome)."""
+METRIC_STEP_DURATION = "pysaga.step.duration"
+"""Histogram, seconds: one step attempt."""
+METRIC_COMPENSATIONS = "pysaga.compensations"
+"""Counter: compensation attempts (attributes: saga.name, step.name, step.outcome)."""
+
+_NO_SDK_TRACERS: tuple[type[Any], ...] = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+try:  # the API's default meter provider is private; fall back to the public no-op one
+    from opentelemetry.metrics._internal import _ProxyMeterProvider
+
+    _NO_SDK_METERS: tuple[type[Any], ...] = (_ProxyMeterProvider, metrics.NoOpMeterProvider)
+except ImportError:  # pragma: no cover - depends on the API's internals
+    _NO_SDK_METERS = (metrics.NoOpMeterProvider,)
+
+
+class _Instruments:
+    __slots__ = ("compensations", "saga_duration", "sagas", "step_duration", "steps")
+
+    def __init__(self, meter: metrics.Meter) -> None:
+        self.sagas = meter.create_counter(METRIC_SAGAS, unit="{saga}", description="Sagas ended")
+        self.saga_duration = meter.create_histogram(
+            METRIC_SAGA_DURATION, unit="s", description="Saga duration, start to end"
+        )
+        self.steps = meter.create_counter(
+            METRIC_STEPS, unit="{attempt}", description="Step attempts"
+        )
+        self.step_duration = meter.create_histogram(
+            METRIC_STEP_DURATION, unit="s", description="Step attempt duration"
+        )
+        self.compensations = meter.create_counter(
+            METRIC_COMPENSATIONS, unit="{attempt}", description="Compensation attempts"
+        )
+
+
+class Telemetry:
+    """Hands out the tracer and instruments, or ``None`` when no SDK is installed.
+
+    Looked up on each use (one global read), so a provider set after pysaga was imported is
+    picked up, and switching providers in tests works.
+    """
+
+    __slots__ = ("_instruments", "_meter_provider", "_tracer", "_tracer_provider")
+
+    def __init__(self) -> None:
+        self._tracer_provider: object = None
+        self._tracer: trace.Tracer | None = None
+        self._meter_provider: object = None
+        self._instruments: _Instruments | None = None
+
+    @property
+    def tracer(self) -> trace.Tracer | None:
+        """The tracer, or ``None`` without an SDK."""
+        provider = trace.get_tracer_provider()
+        if provider is not self._tracer_provider:
+            self._tracer_provider = provider
+            self._tracer = (
+                None
+                if isinstance(provider, _NO_SDK_TRACERS)
+                else provider.get_tracer(INSTRUMENTATION_NAME, __version__)
+            )
+        return self._tracer
+
+    @property
+    def instruments(self) -> _Instruments | None:
+        """The metric instruments, or ``None`` without an SDK."""
+        provider = metrics.get_meter_provider()
+        if provider is not self._meter_provider:
+            self._meter_provider = provider
+            self._instruments = (
+                None
+                if isinstance(provider, _NO_SDK_METERS)
+                else _Instruments(provider.get_meter(INSTRUMENTATION_NAME, __version__))
+            )
+        return self._instruments
+
+    @contextlib.contextmanager
+    def span(self, name: str, attributes: dict[str, Any]) -> Iterator[Span | None]:
+        """A current span named *name*, or nothing (``None``) without an SDK.
+
+        Exceptions are recorded on the span and re-raised.
+        """
+        tracer = self.tracer
+        if tracer is None:
+            yield None
+            return
+        with tracer.start_as_current_span(
+            name, attributes=attributes, record_exception=True, set_status_on_exception=True
+        ) as span:
+            yield span
+
+
+def mark_error(span: Span | None, exc: BaseException) -> None:
+    """Record *exc* on *span* and set its status to error (no-op for ``None``)."""
+    if span is not None:
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+
+telemetry = Telemetry()
+"""The process-wide telemetry handle used by the orchestrator."""

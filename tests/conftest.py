@@ -1,0 +1,56 @@
+"""Shared test configuration.
+
+* Async tests run on anyio's pytest plugin with the asyncio backend (``@pytest.mark.anyio``,
+  or the ``anyio`` marker applied module-wide with ``pytestmark``).
+* ``saga_log`` is parametrised over every saga log that needs no server, so a test that takes
+  it runs unchanged against each one.
+* Integration tests that need a service find it from an environment variable with a loopback
+  default; without it they skip, unless ``PYSAGA_REQUIRE_SERVICES=1`` (as in CI), when they fail.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from pysaga import SagaLog
+from pysaga.stores.memory import InMemorySagaLog
+from pysaga.stores.sqlite import SQLiteSagaLog
+
+REQUIRE_SERVICES = os.environ.get("PYSAGA_REQUIRE_SERVICES", "") not in ("", "0", "false")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+LogFactory = Callable[[], SagaLog]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def log_factory(request: pytest.FixtureRequest, tmp_path: Path) -> LogFactory:
+    """A factory of fresh (not yet entered) saga logs of one kind; SQLite ones share a file."""
+    if request.param == "memory":
+        shared = InMemorySagaLog()
+        return lambda: shared
+    path = tmp_path / "sagas.db"
+    return lambda: SQLiteSagaLog(path)
+
+
+@pytest.fixture
+async def saga_log(log_factory: LogFactory) -> AsyncIterator[SagaLog]:
+    """An open saga log of each kind."""
+    async with log_factory() as log:
+        yield log
+
+
+def require_service(name: str, how_to_start: str) -> None:
+    """Skip (or, with PYSAGA_REQUIRE_SERVICES=1, fail) a test whose service is missing."""
+    message = f"{name} is not reachable; start it with: {how_to_start}"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + " (PYSAGA_REQUIRE_SERVICES=1 turns this skip into a failure)")
+    pytest.skip(message)

@@ -160,7 +160,9 @@ class Orchestrator:
                 await self._idle.wait()
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
-        await stack.__aexit__(exc_type, exc, tb)
+        # The body's own exception propagates as it is (not wrapped in an exception group by
+        # the task group): the sagas were cancelled above and resume later from the log.
+        await stack.__aexit__(None, None, None)
 
     async def _shutdown(self) -> None:
         with anyio.CancelScope(shield=True):

@@ -1,0 +1,317 @@
+"""Declaring sagas: every mistake fails at declaration time, with a message that says how to
+fix it; correct declarations produce the expected shape."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import BaseModel
+
+from pysaga import Retry, Saga, SagaDefinitionError, StepContext, StepKind
+
+pytestmark = pytest.mark.anyio
+
+
+class Order(BaseModel):
+    order_id: str = "o-1"
+    qty: int = 1
+
+
+class Other(BaseModel):
+    x: int = 0
+
+
+async def ok_step(order: Order, ctx: StepContext) -> Order:
+    return order
+
+
+class TestSagaConstructor:
+    def test_name_must_be_usable(self) -> None:
+        """A saga name with spaces is refused and the message shows a good name."""
+        with pytest.raises(SagaDefinitionError, match="place-order"):
+            Saga("place order", Order)
+
+    def test_data_type_must_be_a_pydantic_model(self) -> None:
+        """The data type must be a pydantic model class."""
+        with pytest.raises(SagaDefinitionError, match="pydantic model"):
+            Saga("s", dict)  # type: ignore[type-var]
+
+    @pytest.mark.parametrize("version", [0, -1, True, "1"])
+    def test_version_must_be_positive_int(self, version: object) -> None:
+        """Versions are ints >= 1."""
+        with pytest.raises(SagaDefinitionError, match="version"):
+            Saga("s", Order, version=version)  # type: ignore[arg-type]
+
+    def test_deadline_must_be_positive(self) -> None:
+        """A zero deadline is refused."""
+        with pytest.raises(SagaDefinitionError, match="deadline"):
+            Saga("s", Order, deadline=0)
+
+    def test_definition_error_is_a_type_error(self) -> None:
+        """Callers catching TypeError also catch declaration errors."""
+        assert issubclass(SagaDefinitionError, TypeError)
+
+
+class TestStepDeclaration:
+    def test_bare_and_called_decorators(self) -> None:
+        """@saga.step works bare and with arguments, and keeps declaration order."""
+        saga = Saga("s", Order)
+
+        @saga.step
+        async def first(order: Order) -> None: ...
+
+        @saga.step(name="second-step", timeout=2.5, retry=Retry(attempts=5))
+        async def second(order: Order, ctx: StepContext) -> Order:
+            return order
+
+        assert [s.name for s in saga.steps] == ["first", "second-step"]
+        assert saga.steps[1].timeout == 2.5
+        assert saga.steps[1].retry.attempts == 5
+        assert saga.steps[0].wants_context is False
+        assert saga.steps[1].wants_context is True
+
+    def test_duplicate_step_name(self) -> None:
+        """Two steps with one name are refused, and the fix (name=...) is suggested."""
+        saga = Saga("s", Order)
+        saga.step(ok_step)
+        with pytest.raises(SagaDefinitionError, match="already used.*name="):
+            saga.step(ok_step)
+
+    def test_sync_function_refused(self) -> None:
+        """A plain def is refused with the hint to add async."""
+        saga = Saga("s", Order)
+
+        def sync_step(order: Order) -> None: ...
+
+        with pytest.raises(SagaDefinitionError, match="async def"):
+            saga.step(sync_step)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(
+        "source",
+        [
+            "async def f(): ...",
+            "async def f(a, b, c): ...",
+            "async def f(a, *, key): ...",
+            "async def f(*args): ...",
+        ],
+    )
+    def test_wrong_signature_refused(self, source: str) -> None:
+        """Steps take (data) or (data, ctx); the message shows the right signature."""
+        namespace: dict[str, object] = {}
+        exec(source, namespace)
+        saga = Saga("s", Order)
+        with pytest.raises(SagaDefinitionError, match=r"wrong signature.*data: Order, ctx"):
+            saga.step(namespace["f"])  # type: ignore[arg-type]
+
+    def test_wrong_data_annotation_refused(self) -> None:
+        """Annotating the data parameter with another model is refused."""
+        saga = Saga("s", Order)
+
+        async def step(data: Other) -> None: ...
+
+        with pytest.raises(SagaDefinitionError, match="annotated Other"):
+            saga.step(step)
+
+    def test_wrong_return_annotation_refused(self) -> None:
+        """Returning another model is refused at declaration."""
+        saga = Saga("s", Order)
+
+        async def step(data: Order) -> Other:
+            return Other()
+
+        with pytest.raises(SagaDefinitionError, match="return"):
+            saga.step(step)
+
+    def test_bad_policy_values(self) -> None:
+        """Timeouts and retry objects are checked."""
+        saga = Saga("s", Order)
+        with pytest.raises(SagaDefinitionError, match="timeout"):
+            saga.step(timeout=0)(ok_step)
+        with pytest.raises(SagaDefinitionError, match="pysaga.Retry"):
+            saga.step(retry=3)(ok_step)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(
+        ("kwargs", "match"),
+        [
+            ({"attempts": 0}, "at least 1"),
+            ({"backoff": -1}, "backoff"),
+            ({"multiplier": 0.5}, "multiplier"),
+            ({"jitter": 2}, "jitter"),
+            ({"retry_on": ValueError}, "tuple of exception classes"),
+        ],
+    )
+    def test_retry_validation(self, kwargs: dict[str, object], match: str) -> None:
+        """Retry policies are validated when built."""
+        with pytest.raises(SagaDefinitionError, match=match):
+            Retry(**kwargs)  # type: ignore[arg-type]
+
+
+class TestKindsAndCompensations:
+    def test_kinds_follow_the_pivot(self) -> None:
+        """Steps before the pivot are compensatable, after it retriable."""
+        saga = Saga("s", Order)
+
+        @saga.step
+        async def a(order: Order) -> None: ...
+
+        @saga.step(pivot=True)
+        async def b(order: Order) -> None: ...
+
+        @saga.step
+        async def c(order: Order) -> None: ...
+
+        assert [s.kind for s in saga.steps] == [
+            StepKind.COMPENSATABLE,
+            StepKind.PIVOT,
+            StepKind.RETRIABLE,
+        ]
+        assert saga.pivot is b
+        assert c.retry.attempts is None  # retried until it succeeds
+        assert a.retry.attempts == 3
+
+    def test_second_pivot_refused(self) -> None:
+        """A saga has at most one pivot."""
+        saga = Saga("s", Order)
+        saga.step(pivot=True)(ok_step)
+
+        async def other(order: Order) -> None: ...
+
+        with pytest.raises(SagaDefinitionError, match="at most one pivot"):
+            saga.step(pivot=True)(other)
+
+    def test_compensation_after_pivot_refused(self) -> None:
+        """A compensatable step after the pivot is refused, with the reason."""
+        saga = Saga("s", Order)
+        saga.step(pivot=True)(ok_step)
+
+        @saga.step
+        async def ship(order: Order) -> None: ...
+
+        with pytest.raises(SagaDefinitionError, match="after the pivot"):
+
+            @ship.compensate
+            async def unship(order: Order) -> None: ...
+
+    def test_pivot_cannot_be_compensated(self) -> None:
+        """The pivot is the point of no return."""
+        saga = Saga("s", Order)
+        pivot = saga.step(pivot=True)(ok_step)
+
+        async def undo(order: Order) -> None: ...
+
+        with pytest.raises(SagaDefinitionError, match="point of no return"):
+            pivot.compensate(undo)
+
+    def test_compensation_for_unknown_step(self) -> None:
+        """Declaring a compensation by an unknown step name lists the known steps."""
+        saga = Saga("s", Order)
+        saga.step(ok_step)
+        with pytest.raises(SagaDefinitionError, match="unknown step 'nope'.*'ok_step'"):
+            saga.compensate("nope")
+
+    def test_compensation_by_name_and_twice(self) -> None:
+        """saga.compensate(name) registers; a second compensation is refused."""
+        saga = Saga("s", Order)
+        step = saga.step(ok_step)
+
+        @saga.compensate("ok_step", retry=Retry(attempts=2))
+        async def undo(order: Order, ctx: StepContext) -> None: ...
+
+        assert step.compensation is undo
+        assert step.compensation_retry.attempts == 2
+        with pytest.raises(SagaDefinitionError, match="already has the compensation"):
+            step.compensate(undo)
+
+    def test_compensation_signature_checked(self) -> None:
+        """Compensations are checked like steps."""
+        saga = Saga("s", Order)
+        step = saga.step(ok_step)
+
+        def not_async(order: Order) -> None: ...
+
+        with pytest.raises(SagaDefinitionError, match="async def"):
+            step.compensate(not_async)  # type: ignore[type-var]
+
+    async def test_step_object_stays_callable(self) -> None:
+        """A declared step can be called directly in a unit test."""
+        saga = Saga("s", Order)
+        step = saga.step(ok_step)
+        ctx = StepContext("id", "s", "ok_step", 1, "id/ok_step")
+        assert await step(Order(), ctx) == Order()
+
+
+class TestParallelAndSealing:
+    def test_parallel_groups_make_stages(self) -> None:
+        """Steps inside parallel() form one stage."""
+        saga = Saga("s", Order)
+        saga.step(name="a")(ok_step)
+        with saga.parallel("both"):
+            saga.step(name="b")(ok_step)
+            saga.step(name="c")(ok_step)
+        saga.step(name="d")(ok_step)
+        assert [[s.name for s in stage] for stage in saga.stages] == [
+            ["a"],
+            ["b", "c"],
+            ["d"],
+        ]
+
+    def test_parallel_errors(self) -> None:
+        """Nesting, empty groups, reused names and a pivot inside a group are refused."""
+        saga = Saga("s", Order)
+        with pytest.raises(SagaDefinitionError, match="do not nest"), saga.parallel("g1"):
+            saga.step(name="x")(ok_step)
+            with saga.parallel("g2"):
+                pass
+        with pytest.raises(SagaDefinitionError, match="declares no step"), saga.parallel("g3"):
+            pass
+        with pytest.raises(SagaDefinitionError, match="already used"), saga.parallel("g1"):
+            pass
+        with (
+            pytest.raises(SagaDefinitionError, match="pivot cannot run inside"),
+            saga.parallel("g4"),
+        ):
+            saga.step(name="p", pivot=True)(ok_step)
+
+    def test_empty_saga_refused_when_used(self) -> None:
+        """An orchestrator refuses a saga without steps."""
+        saga = Saga("s", Order)
+        with pytest.raises(SagaDefinitionError, match="no steps"):
+            saga.seal()
+
+    def test_sealed_saga_refuses_new_steps(self) -> None:
+        """Once an orchestrator took the saga, it cannot change."""
+        saga = Saga("s", Order)
+        saga.step(ok_step)
+        saga.seal()
+
+        async def late(order: Order) -> None: ...
+
+        with pytest.raises(SagaDefinitionError, match="already in use"):
+            saga.step(late)
+
+
+class TestMermaid:
+    def test_drawing(self) -> None:
+        """The drawing shows each step's kind, the groups and the way back."""
+        saga = Saga("place-order", Order)
+
+        @saga.step
+        async def reserve(order: Order) -> None: ...
+
+        @reserve.compensate
+        async def release(order: Order) -> None: ...
+
+        with saga.parallel("notify"):
+            saga.step(name="email")(ok_step)
+            saga.step(name="sms")(ok_step)
+
+        saga.step(name="charge", pivot=True)(ok_step)
+        saga.step(name="ship")(ok_step)
+        text = saga.to_mermaid()
+        assert text.startswith("flowchart LR\n")
+        assert 's0["reserve"]' in text
+        assert 'subgraph g1["parallel: notify"]' in text
+        assert '{{"charge (pivot)"}}' in text
+        assert '("ship (retriable)")' in text
+        assert 'c0[/"release"/]' in text
+        assert "s3 -. fails .-> c0" in text
+        assert "s4 -. fails" not in text  # nothing turns back after the pivot

@@ -160,7 +160,7 @@ class SQLiteSagaLog:
         if parts.scheme.lower() != "sqlite":
             raise ValueError(f"not a sqlite URL: {url!r}")
         path = unquote(parts.path)
-        if parts.netloc == ":memory:" or path in ("/:memory:", ""):
+        if parts.netloc == ":memory:" or path == "/:memory:":
             path = ":memory:"
         elif path.startswith("/"):
             path = path[1:]  # sqlite:///rel -> "rel"; sqlite:////abs -> "/abs"

@@ -1,0 +1,263 @@
+"""The saga log contract, written once and run against every saga log (memory, SQLite)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from pysaga import (
+    ConcurrencyError,
+    EntryKind,
+    Failure,
+    LeaseLost,
+    LogEntry,
+    SagaLog,
+    SagaNotFoundError,
+    SagaRecord,
+    SagaStatus,
+    SagaUpdate,
+    StepState,
+    StepStatus,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def record(
+    saga_id: str,
+    *,
+    name: str = "s",
+    owner: str = "me",
+    lease: float = 100.0,
+    created_at: float = 1.0,
+    status: SagaStatus = SagaStatus.RUNNING,
+) -> SagaRecord:
+    return SagaRecord(
+        saga_id=saga_id,
+        name=name,
+        version=1,
+        status=status,
+        data='{"n":1}',
+        owner=owner,
+        lease_expires_at=lease,
+        deadline_at=None,
+        created_at=created_at,
+        updated_at=created_at,
+    )
+
+
+def started(at: float = 1.0) -> list[LogEntry]:
+    return [LogEntry(EntryKind.SAGA_STARTED, at=at, owner="me")]
+
+
+class TestCreateAndRead:
+    async def test_round_trip(self, saga_log: SagaLog) -> None:
+        """What is created reads back the same."""
+        rec = record("a")
+        rec.deadline_at = 50.5
+        rec.steps = {"x": StepState(StepStatus.SUCCEEDED, 2, 1)}
+        await saga_log.create(rec, started())
+        got = await saga_log.get("a")
+        assert got == rec
+        assert await saga_log.history("a") == started()
+
+    async def test_missing(self, saga_log: SagaLog) -> None:
+        """Unknown ids read as None / empty history."""
+        assert await saga_log.get("nope") is None
+        assert await saga_log.history("nope") == []
+
+    async def test_duplicate_id(self, saga_log: SagaLog) -> None:
+        """Creating an existing id is refused and changes nothing."""
+        await saga_log.create(record("a"), started())
+        other = record("a", name="other")
+        with pytest.raises(ConcurrencyError, match="exists"):
+            await saga_log.create(other, started(2.0))
+        got = await saga_log.get("a")
+        assert got is not None
+        assert got.name == "s"
+        assert len(await saga_log.history("a")) == 1
+
+    async def test_records_are_copies(self, saga_log: SagaLog) -> None:
+        """Changing a returned record does not change the log."""
+        await saga_log.create(record("a"), started())
+        got = await saga_log.get("a")
+        assert got is not None
+        got.steps["x"] = StepState(StepStatus.STARTED)
+        got.status = SagaStatus.FAILED
+        again = await saga_log.get("a")
+        assert again is not None
+        assert again.steps == {}
+        assert again.status is SagaStatus.RUNNING
+
+
+class TestUpdate:
+    async def test_update_applies_atomically(self, saga_log: SagaLog) -> None:
+        """An update appends entries, merges steps, sets data and bumps the revision."""
+        await saga_log.create(record("a"), started())
+        failure = Failure("x", "ValueError", "bad", business=True, details={"k": [1, 2]})
+        entries = [
+            LogEntry(EntryKind.STEP_STARTED, at=2.0, step="x", attempt=1, owner="me"),
+            LogEntry(
+                EntryKind.STEP_FAILED, at=3.0, step="x", attempt=1, failure=failure, owner="me"
+            ),
+        ]
+        rev = await saga_log.update(
+            "a",
+            SagaUpdate(
+                entries,
+                SagaStatus.RUNNING,
+                {"x": StepState(StepStatus.FAILED, 1, 1)},
+                data='{"n":2}',
+            ),
+            revision=0,
+            owner="me",
+        )
+        assert rev == 1
+        rev = await saga_log.update(
+            "a",
+            SagaUpdate(
+                [],
+                SagaStatus.COMPENSATING,
+                {"y": StepState(StepStatus.STARTED, 1, 0)},
+                failure=failure,
+            ),
+            revision=1,
+            owner="me",
+        )
+        assert rev == 2
+        got = await saga_log.get("a")
+        assert got is not None
+        assert got.revision == 2
+        assert got.status is SagaStatus.COMPENSATING
+        assert got.data == '{"n":2}'  # kept when the update carries no data
+        assert got.steps == {
+            "x": StepState(StepStatus.FAILED, 1, 1),
+            "y": StepState(StepStatus.STARTED, 1, 0),
+        }
+        assert got.failure == failure
+        assert await saga_log.history("a") == [*started(), *entries]
+
+    async def test_stale_revision(self, saga_log: SagaLog) -> None:
+        """A write at an old revision is refused and changes nothing."""
+        await saga_log.create(record("a"), started())
+        update = SagaUpdate([LogEntry(EntryKind.SAGA_COMPLETED, at=2.0)], SagaStatus.COMPLETED)
+        await saga_log.update("a", update, revision=0, owner="me")
+        with pytest.raises(ConcurrencyError):
+            await saga_log.update("a", update, revision=0, owner="me")
+        assert len(await saga_log.history("a")) == 2
+
+    async def test_wrong_owner(self, saga_log: SagaLog) -> None:
+        """A write by a non-holder is refused with LeaseLost."""
+        await saga_log.create(record("a", owner="other"), started())
+        update = SagaUpdate([], SagaStatus.COMPLETED)
+        with pytest.raises(LeaseLost):
+            await saga_log.update("a", update, revision=0, owner="me")
+
+    async def test_unknown_saga(self, saga_log: SagaLog) -> None:
+        """Updating a missing saga says so."""
+        with pytest.raises(SagaNotFoundError):
+            await saga_log.update(
+                "zzz", SagaUpdate([], SagaStatus.COMPLETED), revision=0, owner="me"
+            )
+
+    async def test_concurrent_writers_one_wins(self, saga_log: SagaLog) -> None:
+        """Of many concurrent writes at one revision exactly one lands; other sagas' writes
+        in the same moment are unaffected."""
+        for name in ("a", "b"):
+            await saga_log.create(record(name), started())
+        results: list[str] = []
+
+        async def write(saga_id: str, n: int) -> None:
+            update = SagaUpdate(
+                [LogEntry(EntryKind.SAGA_COMPLETED, at=float(n))], SagaStatus.COMPLETED
+            )
+            try:
+                await saga_log.update(saga_id, update, revision=0, owner="me")
+                results.append(f"{saga_id} ok")
+            except ConcurrencyError:
+                results.append(f"{saga_id} refused")
+
+        async with anyio.create_task_group() as tg:
+            for n in range(10):
+                tg.start_soon(write, "a", n)
+            tg.start_soon(write, "b", 99)
+        assert sorted(results) == ["a ok"] + ["a refused"] * 9 + ["b ok"]
+        for name in ("a", "b"):
+            got = await saga_log.get(name)
+            assert got is not None
+            assert got.revision == 1
+            assert len(await saga_log.history(name)) == 2
+
+
+class TestLeases:
+    async def test_claim_takes_only_expired_known_active(self, saga_log: SagaLog) -> None:
+        """Claim takes expired leases of known, unfinished sagas, and records the claim."""
+        await saga_log.create(record("expired", lease=5.0), started())
+        await saga_log.create(record("alive", lease=500.0), started())
+        await saga_log.create(record("done", lease=5.0, status=SagaStatus.COMPLETED), started())
+        await saga_log.create(record("stranger", name="zz", lease=5.0), started())
+        claimed = await saga_log.claim("new", kinds={("s", 1)}, lease=30.0, now=10.0)
+        assert [r.saga_id for r in claimed] == ["expired"]
+        got = await saga_log.get("expired")
+        assert got is not None
+        assert (got.owner, got.lease_expires_at, got.revision) == ("new", 40.0, 1)
+        assert claimed[0] == got
+        history = await saga_log.history("expired")
+        assert history[-1].kind is EntryKind.SAGA_CLAIMED
+        assert history[-1].owner == "new"
+        for other in ("alive", "done", "stranger"):
+            rec = await saga_log.get(other)
+            assert rec is not None
+            assert rec.owner == "me"
+        # the new holder's lease is now live: nobody else can take it
+        assert await saga_log.claim("third", kinds={("s", 1)}, lease=30.0, now=20.0) == []
+
+    async def test_claim_limit_and_version(self, saga_log: SagaLog) -> None:
+        """Claim respects its limit and the definition version."""
+        for n in range(5):
+            await saga_log.create(record(f"s{n}", lease=1.0), started())
+        assert await saga_log.claim("x", kinds={("s", 2)}, lease=1.0, now=10.0) == []
+        first = await saga_log.claim("x", kinds={("s", 1)}, lease=100.0, now=10.0, limit=2)
+        rest = await saga_log.claim("y", kinds={("s", 1)}, lease=100.0, now=10.0)
+        assert len(first) == 2
+        assert len(rest) == 3
+        assert {r.saga_id for r in first} | {r.saga_id for r in rest} == {f"s{n}" for n in range(5)}
+
+    async def test_renew_and_release(self, saga_log: SagaLog) -> None:
+        """Renew extends the owner's active leases; release lets them go."""
+        await saga_log.create(record("a", lease=1.0), started())
+        await saga_log.create(record("b", lease=1.0), started())
+        await saga_log.create(record("c", lease=1.0, owner="other"), started())
+        await saga_log.create(record("d", lease=1.0, status=SagaStatus.COMPLETED), started())
+        assert await saga_log.renew("me", until=99.0) == 2
+        for saga_id, lease in {"a": 99.0, "b": 99.0, "c": 1.0, "d": 1.0}.items():
+            rec = await saga_log.get(saga_id)
+            assert rec is not None
+            assert rec.lease_expires_at == lease
+        await saga_log.release("me", ["a"])
+        claimed = await saga_log.claim("new", kinds={("s", 1)}, lease=5.0, now=50.0)
+        assert {r.saga_id for r in claimed} == {"a", "c"}
+        await saga_log.release("me")
+        claimed = await saga_log.claim("new", kinds={("s", 1)}, lease=5.0, now=50.0)
+        assert {r.saga_id for r in claimed} == {"b"}
+
+    async def test_active_kinds(self, saga_log: SagaLog) -> None:
+        """Active kinds lists the (name, version) of unfinished sagas only."""
+        await saga_log.create(record("a", name="one"), started())
+        await saga_log.create(record("b", name="two", status=SagaStatus.COMPENSATED), started())
+        await saga_log.create(record("c", name="three", status=SagaStatus.COMPENSATING), started())
+        assert await saga_log.active_kinds() == {("one", 1), ("three", 1)}
+
+
+class TestList:
+    async def test_filters_and_order(self, saga_log: SagaLog) -> None:
+        """List filters by name and status, newest first, with a limit."""
+        await saga_log.create(record("a", name="x", created_at=1.0), started())
+        await saga_log.create(record("b", name="y", created_at=2.0), started())
+        await saga_log.create(
+            record("c", name="x", created_at=3.0, status=SagaStatus.FAILED), started()
+        )
+        assert [r.saga_id for r in await saga_log.list()] == ["c", "b", "a"]
+        assert [r.saga_id for r in await saga_log.list(name="x")] == ["c", "a"]
+        assert [r.saga_id for r in await saga_log.list(status=SagaStatus.FAILED)] == ["c"]
+        assert [r.saga_id for r in await saga_log.list(limit=1)] == ["c"]

@@ -1,0 +1,147 @@
+"""What only the SQLite saga log does: a file that outlives the process, a schema version,
+URLs, durability settings and group commit."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import anyio
+import pytest
+
+from pysaga import EntryKind, LogEntry, SagaRecord, SagaStatus, SagaUpdate, SchemaVersionError
+from pysaga.stores import from_url
+from pysaga.stores.memory import InMemorySagaLog
+from pysaga.stores.sqlite import SCHEMA_VERSION, SQLiteSagaLog
+
+pytestmark = pytest.mark.anyio
+
+
+def rec(saga_id: str) -> SagaRecord:
+    return SagaRecord(
+        saga_id,
+        "s",
+        1,
+        SagaStatus.RUNNING,
+        "{}",
+        owner="me",
+        lease_expires_at=100.0,
+        created_at=1.0,
+        updated_at=1.0,
+    )
+
+
+START = [LogEntry(EntryKind.SAGA_STARTED, at=1.0)]
+
+
+async def test_survives_reopen(tmp_path: Path) -> None:
+    """What was written is there after the log is closed and opened again."""
+    path = tmp_path / "deep" / "dir" / "sagas.db"
+    async with SQLiteSagaLog(path) as log:
+        await log.create(rec("a"), START)
+        await log.update("a", SagaUpdate([], SagaStatus.COMPLETED), revision=0, owner="me")
+    async with SQLiteSagaLog(path) as log:
+        got = await log.get("a")
+        assert got is not None
+        assert got.status is SagaStatus.COMPLETED
+        assert got.revision == 1
+
+
+async def test_schema_version_recorded_and_newer_refused(tmp_path: Path) -> None:
+    """The schema version is kept; a file from a newer pysaga is refused with advice."""
+    path = tmp_path / "sagas.db"
+    async with SQLiteSagaLog(path):
+        pass
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM pysaga_schema").fetchall() == [(SCHEMA_VERSION,)]
+        conn.execute("UPDATE pysaga_schema SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaVersionError, match="upgrade pysaga"):
+        async with SQLiteSagaLog(path):
+            pass
+
+
+async def test_wal_and_synchronous(tmp_path: Path) -> None:
+    """The default is WAL with synchronous=NORMAL; FULL can be asked for."""
+    async with SQLiteSagaLog(tmp_path / "a.db") as log:
+        assert log._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert log._db.execute("PRAGMA synchronous").fetchone() == (1,)
+    async with from_url(f"sqlite:///{tmp_path}/b.db?synchronous=full") as log:
+        assert isinstance(log, SQLiteSagaLog)
+        assert log._db.execute("PRAGMA synchronous").fetchone() == (2,)
+        # the FULL path runs its batches on a worker thread: check it works end to end
+        await log.create(rec("a"), START)
+        assert (await log.get("a")) is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "path", "sync"),
+    [
+        ("sqlite:///sagas.db", "sagas.db", "normal"),
+        ("sqlite:///dir/sagas.db?synchronous=FULL", "dir/sagas.db", "full"),
+        ("sqlite:////abs/sagas.db", "/abs/sagas.db", "normal"),
+        ("sqlite://:memory:", ":memory:", "normal"),
+    ],
+)
+def test_urls(url: str, path: str, sync: str) -> None:
+    """SQLite URLs name relative and absolute files and options."""
+    log = from_url(url)
+    assert isinstance(log, SQLiteSagaLog)
+    assert (log.path, log.synchronous) == (path, sync)
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("sqlite:///x.db?synchronous=off", "synchronous"),
+        ("sqlite:///x.db?color=blue", "unknown option"),
+        ("sqlite://", "names no file"),
+        ("mongodb://x", "unknown scheme"),
+        ("postgresql://localhost/db", "not available in this version"),
+    ],
+)
+def test_bad_urls(url: str, match: str) -> None:
+    """Bad URLs fail with a message that says what to write."""
+    with pytest.raises(ValueError, match=match):
+        from_url(url)
+
+
+def test_memory_url() -> None:
+    """memory:// gives the in-memory log."""
+    assert isinstance(from_url("memory://"), InMemorySagaLog)
+
+
+async def test_not_open_is_explained(tmp_path: Path) -> None:
+    """Using a log that is not entered says how to open it."""
+    with pytest.raises(RuntimeError, match="async with"):
+        await SQLiteSagaLog(tmp_path / "x.db").get("a")
+
+
+@pytest.mark.parametrize("sync", ["normal", "full"])
+async def test_group_commit_batches_concurrent_writes(tmp_path: Path, sync: str) -> None:
+    """Writes from concurrent sagas share transactions; a refused write in a batch does not
+    disturb the others."""
+    async with SQLiteSagaLog(tmp_path / "g.db", synchronous=sync) as log:  # type: ignore[arg-type]
+        async with anyio.create_task_group() as tg:
+            for n in range(100):
+                tg.start_soon(log.create, rec(f"s{n}"), START)
+        assert log.commits.writes == 100
+        assert log.commits.batches < 100
+        outcomes: dict[str, str] = {}
+
+        async def finish(saga_id: str, revision: int) -> None:
+            try:
+                await log.update(
+                    saga_id, SagaUpdate([], SagaStatus.COMPLETED), revision=revision, owner="me"
+                )
+                outcomes[saga_id] = "ok"
+            except Exception as exc:
+                outcomes[saga_id] = type(exc).__name__
+
+        async with anyio.create_task_group() as tg:
+            for n in range(100):
+                # every tenth write carries a stale revision
+                tg.start_soon(finish, f"s{n}", 5 if n % 10 == 0 else 0)
+        assert sum(v == "ok" for v in outcomes.values()) == 90
+        assert {v for k, v in outcomes.items() if int(k[1:]) % 10 == 0} == {"ConcurrencyError"}
+        done = await log.list(status=SagaStatus.COMPLETED, limit=1000)
+        assert len(done) == 90

@@ -172,6 +172,7 @@ class Step(Generic[DataT]):
 
     __slots__ = (
         "_compensation",
+        "_compensation_ctx",
         "_compensation_retry",
         "_compensation_timeout",
         "action",
@@ -207,6 +208,7 @@ class Step(Generic[DataT]):
         self.index = index
         self.wants_context = _check_callable(action, saga, f"step {name!r}")
         self._compensation: Compensation | None = None
+        self._compensation_ctx = False
         self._compensation_retry = COMPENSATION_RETRY
         self._compensation_timeout: float | None = None
 
@@ -237,8 +239,7 @@ class Step(Generic[DataT]):
     @property
     def compensation_wants_context(self) -> bool:
         """Whether the compensation takes the context argument."""
-        fn = self._compensation
-        return fn is not None and len(_positional(fn)) == 2
+        return self._compensation_ctx
 
     @overload
     def compensate(self, fn: _ActionT, /) -> _ActionT: ...
@@ -297,9 +298,10 @@ class Step(Generic[DataT]):
                 f"{where}: step {self.name!r} already has the compensation "
                 f"{_qualname(self._compensation)}; a step has at most one"
             )
-        _check_callable(fn, self.saga, where)
+        wants_context = _check_callable(fn, self.saga, where)
         _check_policy(retry, timeout, where)
         self._compensation = fn
+        self._compensation_ctx = wants_context
         if retry is not None:
             self._compensation_retry = retry
         self._compensation_timeout = timeout
@@ -610,7 +612,8 @@ def _check_callable(fn: Any, saga: Saga[Any], where: str) -> bool:
         if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty
     ]
     has_varargs = any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in sig.parameters.values())
-    if required_other or has_varargs or not 1 <= len(positional) <= 2:
+    required = [p for p in positional if p.default is inspect.Parameter.empty]
+    if required_other or has_varargs or not 1 <= len(required) <= 2:
         raise SagaDefinitionError(
             f"{where}: {_qualname(fn)}{sig} has the wrong signature; write it as "
             f"'async def {getattr(fn, '__name__', 'fn')}(data: {saga.data_type.__name__}, "
@@ -641,7 +644,10 @@ def _check_callable(fn: Any, saga: Saga[Any], where: str) -> bool:
             f"{where}: it is annotated to return {returned.__name__}, but a step returns the "
             f"saga's data ({saga.data_type.__name__}) or None"
         )
-    return len(positional) == 2
+    return len(required) == 2 or (
+        len(positional) >= 2
+        and (positional[1].name == "ctx" or hints.get(positional[1].name) is StepContext)
+    )
 
 
 def _check_policy(retry: Retry | None, timeout: float | None, where: str) -> None:

@@ -1,0 +1,216 @@
+"""Properties over random saga shapes, on every saga log that needs no server.
+
+Shapes: 1 to 8 steps, an optional pivot anywhere, each step with a random script of attempt
+outcomes (success, technical failure, business refusal) and a random retry budget, each
+compensatable step with or without a compensation that fails a random number of times
+against its own budget. For every shape, the outcome is predicted by a small model of the
+saga rules and checked, with the effects each step left behind:
+
+* COMPLETED: every step's effect happened exactly once;
+* COMPENSATED: the net effect is zero;
+* FAILED: only when a compensation exhausted its budget (or a step after the pivot could not
+  succeed), and the failure names that step.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import anyio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from pysaga import BusinessError, Orchestrator, Retry, Saga, SagaStatus, StepContext, StepKind
+
+Outcome = Literal["ok", "tech", "biz"]
+
+
+@dataclass
+class StepSpec:
+    script: list[Outcome]  # outcome of attempt 1, 2, ...; "ok" once the script runs out
+    attempts: int | None
+    compensation: bool
+    compensation_failures: int
+    compensation_attempts: int
+
+
+@dataclass
+class Shape:
+    steps: list[StepSpec]
+    pivot: int | None
+
+
+@dataclass
+class World:
+    """Effects by idempotency key, and how many times each was applied or undone."""
+
+    effects: Counter[str] = field(default_factory=Counter)
+    applied: Counter[str] = field(default_factory=Counter)
+    undone: Counter[str] = field(default_factory=Counter)
+
+
+class Data(BaseModel):
+    trail: list[str] = []
+
+
+@st.composite
+def shapes(draw: st.DrawFn) -> Shape:
+    n = draw(st.integers(1, 8))
+    pivot = draw(st.none() | st.integers(0, n - 1))
+    steps = []
+    for i in range(n):
+        retriable = pivot is not None and i > pivot
+        script = draw(st.lists(st.sampled_from(["ok", "tech", "biz"]), max_size=4))
+        # after the pivot the default is "until it succeeds"; sometimes give a budget
+        attempts = draw(st.none() | st.integers(1, 3)) if retriable else draw(st.integers(1, 3))
+        compensatable = pivot is None or i < pivot
+        steps.append(
+            StepSpec(
+                script=script,
+                attempts=attempts,
+                compensation=compensatable and draw(st.booleans()),
+                compensation_failures=draw(st.integers(0, 4)),
+                compensation_attempts=draw(st.integers(1, 3)),
+            )
+        )
+    return Shape(steps, pivot)
+
+
+def build(shape: Shape, world: World) -> Saga[Data]:
+    saga: Saga[Data] = Saga("random", Data)
+    calls: Counter[str] = Counter()
+    for i, spec in enumerate(shape.steps):
+
+        async def action(data: Data, ctx: StepContext, spec: StepSpec = spec) -> Data:
+            calls[ctx.step] += 1
+            attempt = calls[ctx.step]
+            outcome = spec.script[attempt - 1] if attempt <= len(spec.script) else "ok"
+            if outcome == "biz":
+                raise BusinessError(f"{ctx.step} refused")
+            if outcome == "tech":
+                raise ConnectionError(f"{ctx.step} attempt {attempt} failed")
+            world.effects[ctx.idempotency_key] = 1
+            world.applied[ctx.idempotency_key] += 1
+            return data.model_copy(update={"trail": [*data.trail, ctx.step]})
+
+        step = saga.step(
+            name=f"s{i}",
+            pivot=shape.pivot == i,
+            retry=Retry(attempts=spec.attempts, backoff=0, jitter=0),
+        )(action)
+        if spec.compensation:
+
+            async def undo(data: Data, ctx: StepContext, spec: StepSpec = spec) -> None:
+                calls[f"undo {ctx.step}"] += 1
+                if calls[f"undo {ctx.step}"] <= spec.compensation_failures:
+                    raise ConnectionError(f"undo {ctx.step} failed")
+                world.effects[ctx.idempotency_key] = 0
+                world.undone[ctx.idempotency_key] += 1
+
+            step.compensate(retry=Retry(attempts=spec.compensation_attempts, backoff=0, jitter=0))(
+                undo
+            )
+    return saga
+
+
+def predict(shape: Shape) -> tuple[SagaStatus, str | None, int]:
+    """The model of the rules: (status, failing step, index of the first failing step)."""
+    for i, spec in enumerate(shape.steps):
+        failed = False
+        for attempt in range(1, 100):  # every attempt before "ok" failed
+            outcome = spec.script[attempt - 1] if attempt <= len(spec.script) else "ok"
+            if outcome == "ok":
+                break
+            if outcome == "biz" or (spec.attempts is not None and attempt >= spec.attempts):
+                failed = True
+                break
+        if not failed:
+            continue
+        if shape.pivot is not None and i > shape.pivot:
+            return SagaStatus.FAILED, f"s{i}", i
+        for j in range(i - 1, -1, -1):
+            earlier = shape.steps[j]
+            if earlier.compensation and (
+                earlier.compensation_failures >= earlier.compensation_attempts
+            ):
+                return SagaStatus.FAILED, f"s{j}", i
+        return SagaStatus.COMPENSATED, f"s{i}", i
+    return SagaStatus.COMPLETED, None, len(shape.steps)
+
+
+def check(shape: Shape, log_url: str) -> None:
+    world = World()
+    saga = build(shape, world)
+
+    async def main() -> None:
+        async with Orchestrator(sagas=[saga], log=log_url) as orch:
+            outcome = await orch.run(saga, Data())
+        status, failing, first_failure = predict(shape)
+        assert outcome.status is status, (outcome, shape)
+        key = f"{outcome.saga_id}/"
+        names = [f"s{i}" for i in range(len(shape.steps))]
+        # no effect ever happened twice, and none for a step that never succeeded
+        assert all(count == 1 for count in world.applied.values())
+        assert set(world.applied) == {key + n for n in names[:first_failure]}
+        # a compensation runs only for a step whose effect happened, and at most once
+        assert set(world.undone) <= set(world.applied)
+        assert all(count == 1 for count in world.undone.values())
+        if status is SagaStatus.COMPLETED:
+            assert outcome.failure is None
+            assert outcome.data.trail == names
+            assert {k: world.effects[k] for k in world.applied} == {key + n: 1 for n in names}
+        elif status is SagaStatus.COMPENSATED:
+            assert outcome.failure is not None
+            assert outcome.failure.step == failing
+            net = sum(
+                world.effects[key + n]
+                for n, s in zip(names, shape.steps, strict=True)
+                if s.compensation
+            )
+            assert net == 0
+            # steps without compensation are left as they are (nothing to undo by design)
+            assert all(world.undone[k] <= 1 for k in world.undone)
+        else:
+            assert outcome.failure is not None
+            assert outcome.failure.step == failing
+            failed_step = saga.get_step(failing or "")
+            if failed_step.kind is StepKind.RETRIABLE:
+                assert not world.undone  # nothing is compensated after the pivot
+            else:
+                # everything after the stuck compensation was undone; it and earlier were not
+                j = failed_step.index
+                for n, s in zip(names[:first_failure], shape.steps, strict=False):
+                    if not s.compensation:
+                        continue
+                    expected = 1 if int(n[1:]) <= j else 0
+                    assert world.effects[key + n] == expected, (n, shape)
+
+    anyio.run(main)
+
+
+PROPERTY = settings(
+    max_examples=75,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=True,
+)
+
+
+@PROPERTY
+@given(shapes())
+def test_random_sagas_on_the_memory_log(shape: Shape) -> None:
+    """Random shapes end as the rules say, with the right effects, on the in-memory log."""
+    check(shape, "memory://")
+
+
+@PROPERTY
+@given(shapes())
+def test_random_sagas_on_the_sqlite_log(shape: Shape) -> None:
+    """Random shapes end as the rules say, with the right effects, on the SQLite log."""
+    with tempfile.TemporaryDirectory() as tmp:
+        check(shape, f"sqlite:///{Path(tmp) / 'sagas.db'}")

@@ -33,8 +33,8 @@ from .tracing import (
     ATTR_SAGA_STATUS,
     ATTR_SAGA_VERSION,
     ATTR_STEP_NAME,
+    Telemetry,
     mark_error,
-    telemetry,
 )
 
 if TYPE_CHECKING:
@@ -87,13 +87,21 @@ class Run(Generic[DataT]):
         "saga_id",
         "status",
         "steps",
+        "telemetry",
     )
 
     def __init__(
-        self, log: SagaLog, owner: str, saga: Saga[DataT], record: SagaRecord, data: DataT
+        self,
+        log: SagaLog,
+        owner: str,
+        saga: Saga[DataT],
+        record: SagaRecord,
+        data: DataT,
+        telemetry: Telemetry,
     ) -> None:
         self.log = log
         self.owner = owner
+        self.telemetry = telemetry
         self.saga = saga
         self.saga_id = record.saga_id
         self.revision = record.revision
@@ -181,7 +189,7 @@ class Run(Generic[DataT]):
             ATTR_SAGA_NAME: saga.name,
             ATTR_SAGA_VERSION: saga.version,
         }
-        with telemetry.span(f"saga {saga.name}", attributes) as span:
+        with self.telemetry.span(f"saga {saga.name}", attributes) as span:
             if self.status is SagaStatus.RUNNING:
                 await self._forward()
             if self.status is SagaStatus.COMPENSATING:
@@ -190,7 +198,7 @@ class Run(Generic[DataT]):
                 span.set_attribute(ATTR_SAGA_STATUS, self.status.value)
                 if self.failure is not None:
                     span.set_attribute("saga.failure", str(self.failure))
-        instruments = telemetry.instruments
+        instruments = self.telemetry.instruments
         if instruments is not None and self.status.is_terminal:
             labels = {ATTR_SAGA_NAME: saga.name, ATTR_SAGA_STATUS: self.status.value}
             instruments.sagas.add(1, labels)
@@ -388,7 +396,7 @@ class Run(Generic[DataT]):
             ATTR_STEP_NAME: step.name,
             ATTR_ATTEMPT: ctx.attempt,
         }
-        with telemetry.span(f"step {step.name}", attributes) as span:
+        with self.telemetry.span(f"step {step.name}", attributes) as span:
             try:
                 with anyio.fail_after(limit):
                     if step.wants_context:
@@ -407,7 +415,7 @@ class Run(Generic[DataT]):
             finally:
                 if span is not None:
                     span.set_attribute(ATTR_OUTCOME, outcome)
-                instruments = telemetry.instruments
+                instruments = self.telemetry.instruments
                 if instruments is not None:
                     labels = {
                         ATTR_SAGA_NAME: self.saga.name,
@@ -495,7 +503,7 @@ class Run(Generic[DataT]):
             ATTR_STEP_NAME: step.name,
             ATTR_ATTEMPT: ctx.attempt,
         }
-        with telemetry.span(f"compensate {step.name}", attributes) as span:
+        with self.telemetry.span(f"compensate {step.name}", attributes) as span:
             try:
                 with anyio.fail_after(step.compensation_timeout):
                     if step.compensation_wants_context:
@@ -509,7 +517,7 @@ class Run(Generic[DataT]):
             finally:
                 if span is not None:
                     span.set_attribute(ATTR_OUTCOME, outcome)
-                instruments = telemetry.instruments
+                instruments = self.telemetry.instruments
                 if instruments is not None:
                     labels = {
                         ATTR_SAGA_NAME: self.saga.name,

@@ -52,7 +52,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
     from types import TracebackType
 
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
     from .protocols import SagaLog
+from .tracing import Telemetry, telemetry
 
 __all__ = ("Orchestrator",)
 
@@ -75,6 +79,8 @@ class Orchestrator:
         drain_timeout: On a normal exit, seconds to let running sagas finish before they are
             interrupted (they resume later from the log).
         owner: This orchestrator's name in the log (default: host, pid and a random part).
+        tracer_provider: Where spans go (default: the global OpenTelemetry provider).
+        meter_provider: Where metrics go (default: the global OpenTelemetry provider).
 
     Use it as an async context manager, or run :meth:`serve` in a task group::
 
@@ -91,6 +97,8 @@ class Orchestrator:
         claim_interval: float | None = None,
         drain_timeout: float = 10.0,
         owner: str | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self._sagas: dict[str, Saga[Any]] = {}
         for saga in sagas:
@@ -107,6 +115,11 @@ class Orchestrator:
         self.claim_interval = claim_interval if claim_interval is not None else lease / 2
         self.drain_timeout = drain_timeout
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._telemetry = (
+            Telemetry(tracer_provider, meter_provider)
+            if tracer_provider is not None or meter_provider is not None
+            else telemetry
+        )
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._running: dict[str, _Run[Any]] = {}
@@ -240,7 +253,7 @@ class Orchestrator:
                     )
                     continue
                 logger.info("resuming saga %s (%s) from the log", record.saga_id, saga.name)
-                self._launch(_Run(self._log, self.owner, saga, record, data))
+                self._launch(_Run(self._log, self.owner, saga, record, data, self._telemetry))
             if len(claimed) < 100:
                 return
 
@@ -335,7 +348,7 @@ class Orchestrator:
                 "the Orchestrator is not running; use 'async with Orchestrator(...) as orch:'"
             )
         await self._log.create(record, [LogEntry(EntryKind.SAGA_STARTED, at=now, owner=self.owner)])
-        self._launch(_Run(self._log, self.owner, definition, record, model))
+        self._launch(_Run(self._log, self.owner, definition, record, model, self._telemetry))
         return record.saga_id
 
     async def run(

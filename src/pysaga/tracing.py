@@ -89,13 +89,26 @@ class _Instruments:
 class Telemetry:
     """Hands out the tracer and instruments, or ``None`` when no SDK is installed.
 
-    Looked up on each use (one global read), so a provider set after pysaga was imported is
-    picked up, and switching providers in tests works.
+    Uses the providers it was given, or else the global ones, looked up on each use (one
+    global read), so a provider set after pysaga was imported is picked up.
     """
 
-    __slots__ = ("_instruments", "_meter_provider", "_tracer", "_tracer_provider")
+    __slots__ = (
+        "_fixed_meter_provider",
+        "_fixed_tracer_provider",
+        "_instruments",
+        "_meter_provider",
+        "_tracer",
+        "_tracer_provider",
+    )
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
+        self._fixed_tracer_provider = tracer_provider
+        self._fixed_meter_provider = meter_provider
         self._tracer_provider: object = None
         self._tracer: trace.Tracer | None = None
         self._meter_provider: object = None
@@ -104,7 +117,7 @@ class Telemetry:
     @property
     def tracer(self) -> trace.Tracer | None:
         """The tracer, or ``None`` without an SDK."""
-        provider = trace.get_tracer_provider()
+        provider = self._fixed_tracer_provider or trace.get_tracer_provider()
         if provider is not self._tracer_provider:
             self._tracer_provider = provider
             self._tracer = (
@@ -117,7 +130,7 @@ class Telemetry:
     @property
     def instruments(self) -> _Instruments | None:
         """The metric instruments, or ``None`` without an SDK."""
-        provider = metrics.get_meter_provider()
+        provider = self._fixed_meter_provider or metrics.get_meter_provider()
         if provider is not self._meter_provider:
             self._meter_provider = provider
             self._instruments = (
@@ -151,4 +164,4 @@ def mark_error(span: Span | None, exc: BaseException) -> None:
 
 
 telemetry = Telemetry()
-"""The process-wide telemetry handle used by the orchestrator."""
+"""The telemetry of orchestrators that were given no providers: the global ones."""

@@ -145,22 +145,28 @@ class Run(Generic[DataT]):
         steps: Mapping[str, StepState] | None,
         failure: Failure | None,
     ) -> None:
-        all_steps = self._pending_steps
-        if steps:
-            all_steps = {**all_steps, **steps}
+        # Take the staged outcomes *before* the write is awaited: a parallel branch may stage
+        # its own while this write is in flight, and that one must go with the next write.
+        pending_entries, self._pending_entries = self._pending_entries, []
+        pending_steps, self._pending_steps = self._pending_steps, {}
+        pending_data, self._pending_data = self._pending_data, None
         update = SagaUpdate(
-            entries=[*self._pending_entries, *entries] if self._pending_entries else entries,
+            entries=[*pending_entries, *entries] if pending_entries else entries,
             status=status or self.status,
-            steps=all_steps,
-            data=self._pending_data,
+            steps={**pending_steps, **steps} if steps else pending_steps,
+            data=pending_data,
             failure=failure,
         )
-        self.revision = await self.log.update(
-            self.saga_id, update, revision=self.revision, owner=self.owner
-        )
-        self._pending_entries = []
-        self._pending_steps = {}
-        self._pending_data = None
+        try:
+            self.revision = await self.log.update(
+                self.saga_id, update, revision=self.revision, owner=self.owner
+            )
+        except BaseException:
+            self._pending_entries[:0] = pending_entries
+            self._pending_steps = {**pending_steps, **self._pending_steps}
+            if self._pending_data is None:
+                self._pending_data = pending_data
+            raise
         if steps:
             self.steps.update(steps)
         if status is not None:
@@ -278,10 +284,21 @@ class Run(Generic[DataT]):
             )
             entries.append(self._entry(EntryKind.STEP_STARTED, step.name, attempts))
         await self._write(entries, steps=intents)
-        results: dict[str, tuple[DataT | None, Failure | None]] = {}
+        failures: dict[str, Failure] = {}
+        conflicts: dict[str, Failure] = {}
+        changes: dict[str, tuple[str, Any]] = {}
 
         async def branch(step: Step[DataT]) -> None:
-            results[step.name] = await self._attempts(step, base, intent_written=True)
+            result, failure = await self._attempts(step, base, intent_written=True)
+            if failure is not None:
+                failures[step.name] = failure
+            elif result is not None and result is not base:
+                # Merged at once, with no await since _attempts staged the step's success: the
+                # next write (a sibling's retry, say) carries the outcome and its data together,
+                # and compensations see the data of every branch that finished.
+                conflict = self._merge(step, base, result, changes)
+                if conflict is not None:
+                    conflicts[step.name] = conflict
 
         self._write_lock = anyio.Lock()
         try:
@@ -290,30 +307,38 @@ class Run(Generic[DataT]):
                     tg.start_soon(branch, step)
         finally:
             self._write_lock = None
-        for step in todo:
-            failure = results[step.name][1]
-            if failure is not None:
-                return failure
-        changes: dict[str, tuple[str, Any]] = {}
-        for step in todo:
-            result = results[step.name][0]
-            if result is None or result is base:
+        for found in (failures, conflicts):
+            for step in todo:
+                if step.name in found:
+                    return found[step.name]
+        return None
+
+    def _merge(
+        self,
+        step: Step[DataT],
+        base: DataT,
+        result: DataT,
+        changes: dict[str, tuple[str, Any]],
+    ) -> Failure | None:
+        """Apply the fields a parallel branch changed to the saga's data, unless another
+        branch changed one of them differently."""
+        update: dict[str, Any] = {}
+        for field in type(base).model_fields:
+            value = getattr(result, field)
+            if value == getattr(base, field):
                 continue
-            for field in type(base).model_fields:
-                value = getattr(result, field)
-                if value == getattr(base, field):
-                    continue
-                if field in changes and changes[field][1] != value:
-                    return Failure(
-                        step=step.name,
-                        type="ParallelConflict",
-                        message=f"parallel steps {changes[field][0]!r} and {step.name!r} both "
-                        f"changed field {field!r} differently; parallel steps must update "
-                        "disjoint fields",
-                    )
-                changes[field] = (step.name, value)
-        if changes:
-            self.data = base.model_copy(update={f: v for f, (_, v) in changes.items()})
+            if field in changes and changes[field][1] != value:
+                return Failure(
+                    step=step.name,
+                    type="ParallelConflict",
+                    message=f"parallel steps {changes[field][0]!r} and {step.name!r} both "
+                    f"changed field {field!r} differently; parallel steps must update "
+                    "disjoint fields",
+                )
+            update[field] = value
+        if update:
+            changes.update((field, (step.name, value)) for field, value in update.items())
+            self.data = self.data.model_copy(update=update)
             self._pending_data = self.data.model_dump_json()
         return None
 

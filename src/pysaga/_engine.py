@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 from pydantic import BaseModel
 
-from .definition import Retry, Saga, Step, StepContext, StepKind
+from .definition import Action, Retry, Saga, Step, StepContext, StepKind
 from .models import (
     EntryKind,
     Failure,
@@ -40,7 +40,10 @@ from .tracing import (
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from opentelemetry.trace import Tracer
+
     from .protocols import SagaLog
+    from .tracing import Instruments
 
 __all__ = ("DeadlineExceeded", "Run")
 
@@ -72,14 +75,17 @@ class Run(Generic[DataT]):
     """One saga instance being driven by one orchestrator."""
 
     __slots__ = (
+        "_instruments",
         "_pending_data",
         "_pending_entries",
         "_pending_steps",
+        "_tracer",
         "_write_lock",
         "created_at",
         "data",
         "deadline_at",
         "failure",
+        "fresh_intents",
         "log",
         "owner",
         "revision",
@@ -115,6 +121,10 @@ class Run(Generic[DataT]):
         self._pending_steps: dict[str, StepState] = {}
         self._pending_data: str | None = None
         self._write_lock: anyio.Lock | None = None
+        self.fresh_intents: set[str] = set()
+        """Steps whose first intent was written with the saga's creation and not yet run."""
+        self._tracer: Tracer | None = None
+        self._instruments: Instruments | None = None
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -190,6 +200,9 @@ class Run(Generic[DataT]):
     async def drive(self) -> SagaOutcome[DataT]:
         """Take the saga from where the log left it to a terminal status."""
         saga = self.saga
+        # Looked up once per run: without an SDK both are None and cost nothing after this.
+        self._tracer = self.telemetry.tracer
+        self._instruments = instruments = self.telemetry.instruments
         attributes = {
             ATTR_SAGA_ID: self.saga_id,
             ATTR_SAGA_NAME: saga.name,
@@ -204,7 +217,6 @@ class Run(Generic[DataT]):
                 span.set_attribute(ATTR_SAGA_STATUS, self.status.value)
                 if self.failure is not None:
                     span.set_attribute("saga.failure", str(self.failure))
-        instruments = self.telemetry.instruments
         if instruments is not None and self.status.is_terminal:
             labels = {ATTR_SAGA_NAME: saga.name, ATTR_SAGA_STATUS: self.status.value}
             instruments.sagas.add(1, labels)
@@ -266,7 +278,8 @@ class Run(Generic[DataT]):
 
     async def _run_single(self, step: Step[DataT]) -> Failure | None:
         base = self.data
-        result, failure = await self._attempts(step, base, intent_written=False)
+        fresh = step.name in self.fresh_intents
+        result, failure = await self._attempts(step, base, intent_written=fresh)
         if failure is None and result is not None and result is not base:
             self.data = result
             self._pending_data = result.model_dump_json()
@@ -277,13 +290,16 @@ class Run(Generic[DataT]):
         intents: dict[str, StepState] = {}
         entries = []
         for step in todo:
+            if step.name in self.fresh_intents:  # written with the saga's creation
+                continue
             state = self.steps.get(step.name)
             attempts = (state.attempts if state else 0) + 1
             intents[step.name] = StepState(
                 StepStatus.STARTED, attempts, state.failures if state else 0
             )
             entries.append(self._entry(EntryKind.STEP_STARTED, step.name, attempts))
-        await self._write(entries, steps=intents)
+        if entries:
+            await self._write(entries, steps=intents)
         failures: dict[str, Failure] = {}
         conflicts: dict[str, Failure] = {}
         changes: dict[str, tuple[str, Any]] = {}
@@ -359,6 +375,7 @@ class Run(Generic[DataT]):
                 return None, failure_of(step.name, _deadline_error())
             if intent_written:
                 intent_written = False
+                self.fresh_intents.discard(step.name)
             else:
                 attempts += 1
                 await self._write(
@@ -413,26 +430,42 @@ class Run(Generic[DataT]):
         limit = step.timeout
         if time_left is not None:
             limit = time_left if limit is None else min(limit, time_left)
-        started = time.perf_counter()
-        outcome = "succeeded"
+        result = await self._execute(step, step.action, step.wants_context, data, ctx, limit)
+        if result is not None and not isinstance(result, self.saga.data_type):
+            raise _BadReturn(
+                f"step {step.name!r} returned {type(result).__name__}; a step returns "
+                f"the saga's data ({self.saga.data_type.__name__}) or None"
+            )
+        return result
+
+    async def _execute(
+        self,
+        step: Step[DataT],
+        fn: Action,
+        wants_context: bool,
+        data: DataT,
+        ctx: StepContext,
+        limit: float | None,
+    ) -> Any:
+        """Await a step's action or compensation, under its time limit, observed."""
+        if self._tracer is None and self._instruments is None:
+            if limit is None:  # the common case: no scope, no span, no clock
+                return await (fn(data, ctx) if wants_context else fn(data))
+            with anyio.fail_after(limit):
+                return await (fn(data, ctx) if wants_context else fn(data))
+        kind = "compensate" if ctx.compensating else "step"
         attributes = {
             ATTR_SAGA_ID: self.saga_id,
             ATTR_SAGA_NAME: self.saga.name,
             ATTR_STEP_NAME: step.name,
             ATTR_ATTEMPT: ctx.attempt,
         }
-        with self.telemetry.span(f"step {step.name}", attributes) as span:
+        started = time.perf_counter()
+        outcome = "succeeded"
+        with self.telemetry.span(f"{kind} {step.name}", attributes) as span:
             try:
                 with anyio.fail_after(limit):
-                    if step.wants_context:
-                        result = await step.action(data, ctx)
-                    else:
-                        result = await step.action(data)
-                if result is not None and not isinstance(result, self.saga.data_type):
-                    raise _BadReturn(
-                        f"step {step.name!r} returned {type(result).__name__}; a step returns "
-                        f"the saga's data ({self.saga.data_type.__name__}) or None"
-                    )
+                    return await (fn(data, ctx) if wants_context else fn(data))
             except Exception as exc:
                 outcome = "failed"
                 mark_error(span, exc)
@@ -440,16 +473,19 @@ class Run(Generic[DataT]):
             finally:
                 if span is not None:
                     span.set_attribute(ATTR_OUTCOME, outcome)
-                instruments = self.telemetry.instruments
-                if instruments is not None:
+                if self._instruments is not None:
                     labels = {
                         ATTR_SAGA_NAME: self.saga.name,
                         ATTR_STEP_NAME: step.name,
                         ATTR_OUTCOME: outcome,
                     }
-                    instruments.steps.add(1, labels)
-                    instruments.step_duration.record(time.perf_counter() - started, labels)
-        return result
+                    counter = (
+                        self._instruments.compensations
+                        if ctx.compensating
+                        else self._instruments.steps
+                    )
+                    counter.add(1, labels)
+                    self._instruments.step_duration.record(time.perf_counter() - started, labels)
 
     # -- turning back ------------------------------------------------------------------------
 
@@ -492,7 +528,14 @@ class Run(Generic[DataT]):
                     steps={step.name: StepState(StepStatus.COMPENSATING, attempts, failures)},
                 )
                 try:
-                    await self._call_compensation(step, ctx)
+                    await self._execute(
+                        step,
+                        compensation,
+                        step.compensation_wants_context,
+                        self.data,
+                        ctx,
+                        step.compensation_timeout,
+                    )
                 except Exception as exc:
                     failures += 1
                     failure = failure_of(step.name, exc, business=policy.is_business(exc))
@@ -516,41 +559,6 @@ class Run(Generic[DataT]):
                     )
                     return None
             await anyio.sleep(policy.delay(failures))
-
-    async def _call_compensation(self, step: Step[DataT], ctx: StepContext) -> None:
-        compensation = step.compensation
-        assert compensation is not None
-        started = time.perf_counter()
-        outcome = "succeeded"
-        attributes = {
-            ATTR_SAGA_ID: self.saga_id,
-            ATTR_SAGA_NAME: self.saga.name,
-            ATTR_STEP_NAME: step.name,
-            ATTR_ATTEMPT: ctx.attempt,
-        }
-        with self.telemetry.span(f"compensate {step.name}", attributes) as span:
-            try:
-                with anyio.fail_after(step.compensation_timeout):
-                    if step.compensation_wants_context:
-                        await compensation(self.data, ctx)
-                    else:
-                        await compensation(self.data)
-            except Exception as exc:
-                outcome = "failed"
-                mark_error(span, exc)
-                raise
-            finally:
-                if span is not None:
-                    span.set_attribute(ATTR_OUTCOME, outcome)
-                instruments = self.telemetry.instruments
-                if instruments is not None:
-                    labels = {
-                        ATTR_SAGA_NAME: self.saga.name,
-                        ATTR_STEP_NAME: step.name,
-                        ATTR_OUTCOME: outcome,
-                    }
-                    instruments.compensations.add(1, labels)
-                    instruments.step_duration.record(time.perf_counter() - started, labels)
 
 
 def _deadline_error() -> DeadlineExceeded:

@@ -143,7 +143,7 @@ class Failure:
         return f"{where}{self.type}: {self.message}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LogEntry:
     """One transition in a saga's append-only history.
 
@@ -164,7 +164,7 @@ class LogEntry:
     owner: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepState:
     """The current state of one step of one saga.
 
@@ -214,7 +214,7 @@ class SagaRecord:
     failure: Failure | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SagaUpdate:
     """One atomic write to a saga: history entries to append and the new current state.
 

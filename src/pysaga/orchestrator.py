@@ -46,6 +46,8 @@ from .models import (
     SagaOutcome,
     SagaRecord,
     SagaStatus,
+    StepState,
+    StepStatus,
 )
 
 if TYPE_CHECKING:
@@ -328,9 +330,24 @@ class Orchestrator:
             ConcurrencyError: a saga with *saga_id* exists already.
             SagaNotRegisteredError: *saga* was not given to this orchestrator.
         """
+        run = await self._create(saga, data, saga_id)
+        self._launch(run)
+        return run.saga_id
+
+    async def _create(
+        self, saga: Saga[DataT], data: DataT | Mapping[str, Any], saga_id: str | None
+    ) -> _Run[DataT]:
+        """Validate the input, write the new saga to the log, and return its driver."""
         definition = self._registered(saga)
         model = definition.data_type.model_validate(data)
+        if self._tg is None:
+            raise RuntimeError(
+                "the Orchestrator is not running; use 'async with Orchestrator(...) as orch:'"
+            )
         now = time.time()
+        # The first stage's intent is written with the saga itself: one commit fewer, and
+        # still before the step runs.
+        first = definition.stages[0]
         record = SagaRecord(
             saga_id=saga_id or str(uuid.uuid4()),
             name=definition.name,
@@ -342,14 +359,17 @@ class Orchestrator:
             deadline_at=now + definition.deadline if definition.deadline else None,
             created_at=now,
             updated_at=now,
+            steps={step.name: StepState(StepStatus.STARTED, 1, 0) for step in first},
         )
-        if self._tg is None:
-            raise RuntimeError(
-                "the Orchestrator is not running; use 'async with Orchestrator(...) as orch:'"
-            )
-        await self._log.create(record, [LogEntry(EntryKind.SAGA_STARTED, at=now, owner=self.owner)])
-        self._launch(_Run(self._log, self.owner, definition, record, model, self._telemetry))
-        return record.saga_id
+        entries = [LogEntry(EntryKind.SAGA_STARTED, at=now, owner=self.owner)]
+        entries.extend(
+            LogEntry(EntryKind.STEP_STARTED, at=now, step=step.name, attempt=1, owner=self.owner)
+            for step in first
+        )
+        await self._log.create(record, entries)
+        run = _Run(self._log, self.owner, definition, record, model, self._telemetry)
+        run.fresh_intents.update(step.name for step in first)
+        return run
 
     async def run(
         self,
@@ -358,9 +378,41 @@ class Orchestrator:
         *,
         saga_id: str | None = None,
     ) -> SagaOutcome[DataT]:
-        """Start a saga and wait for its outcome (COMPLETED, COMPENSATED or FAILED)."""
-        started = await self.start(saga, data, saga_id=saga_id)
-        return await self.wait(started)
+        """Start a saga and wait for its outcome (COMPLETED, COMPENSATED or FAILED).
+
+        The saga runs in the calling task (no hand-off). If the caller is cancelled, the saga
+        is not: it goes on in the orchestrator's background from where it was, and
+        :meth:`wait` can still collect its outcome.
+
+        Raises:
+            pydantic.ValidationError: *data* does not fit the saga's data model (nothing is
+                written).
+            StoreError: the saga log failed; the saga stays in the log and is resumed later.
+        """
+        run = await self._create(saga, data, saga_id)
+        self._running[run.saga_id] = run
+        if self._idle.is_set():
+            self._idle = anyio.Event()
+        handed_off = False
+        try:
+            return await run.drive()
+        except LeaseLost as exc:
+            logger.warning("%s", exc)
+            return await self.wait(run.saga_id)  # its new holder finishes it
+        except Exception:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self._log.release(self.owner, [run.saga_id])
+            raise
+        except BaseException:  # cancelled: the saga itself carries on in the background
+            if self._tg is not None:
+                handed_off = True
+                self._launch(run)
+            raise
+        finally:
+            if not handed_off:
+                self._running.pop(run.saga_id, None)
+                if not self._running:
+                    self._idle.set()
 
     async def wait(self, saga_id: str, *, poll_interval: float = 0.1) -> SagaOutcome[Any]:
         """Wait until the saga *saga_id* ends and return its outcome.

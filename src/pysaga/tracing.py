@@ -67,7 +67,9 @@ except ImportError:  # pragma: no cover - depends on the API's internals
     _NO_SDK_METERS = (metrics.NoOpMeterProvider,)
 
 
-class _Instruments:
+class Instruments:
+    """The metric instruments pysaga records to."""
+
     __slots__ = ("compensations", "saga_duration", "sagas", "step_duration", "steps")
 
     def __init__(self, meter: metrics.Meter) -> None:
@@ -112,7 +114,7 @@ class Telemetry:
         self._tracer_provider: object = None
         self._tracer: trace.Tracer | None = None
         self._meter_provider: object = None
-        self._instruments: _Instruments | None = None
+        self._instruments: Instruments | None = None
 
     @property
     def tracer(self) -> trace.Tracer | None:
@@ -128,7 +130,7 @@ class Telemetry:
         return self._tracer
 
     @property
-    def instruments(self) -> _Instruments | None:
+    def instruments(self) -> Instruments | None:
         """The metric instruments, or ``None`` without an SDK."""
         provider = self._fixed_meter_provider or metrics.get_meter_provider()
         if provider is not self._meter_provider:
@@ -136,7 +138,7 @@ class Telemetry:
             self._instruments = (
                 None
                 if isinstance(provider, _NO_SDK_METERS)
-                else _Instruments(provider.get_meter(INSTRUMENTATION_NAME, __version__))
+                else Instruments(provider.get_meter(INSTRUMENTATION_NAME, __version__))
             )
         return self._instruments
 

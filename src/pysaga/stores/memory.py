@@ -6,7 +6,7 @@ and out, so callers can never change what the log holds behind its back.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import time
 from typing import TYPE_CHECKING, Self
 
@@ -49,7 +49,7 @@ class InMemorySagaLog:
     async def create(self, record: SagaRecord, entries: Sequence[LogEntry]) -> None:
         if record.saga_id in self._records:
             raise ConcurrencyError(record.saga_id, f"a saga with id {record.saga_id!r} exists")
-        self._records[record.saga_id] = dataclasses.replace(record, steps=dict(record.steps))
+        self._records[record.saga_id] = _copy(record)
         self._history[record.saga_id] = list(entries)
 
     async def update(self, saga_id: str, update: SagaUpdate, *, revision: int, owner: str) -> int:
@@ -74,7 +74,7 @@ class InMemorySagaLog:
 
     async def get(self, saga_id: str) -> SagaRecord | None:
         rec = self._records.get(saga_id)
-        return None if rec is None else dataclasses.replace(rec, steps=dict(rec.steps))
+        return None if rec is None else _copy(rec)
 
     async def history(self, saga_id: str) -> list[LogEntry]:
         return list(self._history.get(saga_id, ()))
@@ -104,7 +104,7 @@ class InMemorySagaLog:
                 self._history[rec.saga_id].append(
                     LogEntry(EntryKind.SAGA_CLAIMED, at=now, owner=owner)
                 )
-                claimed.append(dataclasses.replace(rec, steps=dict(rec.steps)))
+                claimed.append(_copy(rec))
         return claimed
 
     async def renew(self, owner: str, *, until: float) -> int:
@@ -135,8 +135,15 @@ class InMemorySagaLog:
         limit: int = 100,
     ) -> list[SagaRecord]:
         found = [
-            dataclasses.replace(rec, steps=dict(rec.steps))
+            _copy(rec)
             for rec in reversed(self._records.values())
             if (name is None or rec.name == name) and (status is None or rec.status is status)
         ]
         return found[:limit]
+
+
+def _copy(record: SagaRecord) -> SagaRecord:
+    """A copy that shares nothing mutable with *record*."""
+    duplicate = copy.copy(record)
+    duplicate.steps = dict(record.steps)
+    return duplicate

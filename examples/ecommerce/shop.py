@@ -193,10 +193,10 @@ def audit(shop: Shop, receipts: Sequence[Receipt], unfinished_sagas: int) -> Aud
     found = Audit()
 
     on_shelf, held, sold = shop.stock.levels(), shop.stock.held(), shop.orders.sold()
-    for sku, (_, opening) in CATALOG.items():
-        if opening != on_shelf[sku] + sold[sku]:
+    for sku, (_, units) in CATALOG.items():
+        if units != on_shelf[sku] + sold[sku]:
             found.stock.append(
-                f"{sku}: {opening} at opening, but {on_shelf[sku]} on the shelf + {sold[sku]} sold"
+                f"{sku}: {units} at opening, but {on_shelf[sku]} on the shelf + {sold[sku]} sold"
             )
         if held[sku] != sold[sku]:
             found.stock.append(f"{sku}: {held[sku]} units held, but {sold[sku]} sold")
@@ -206,11 +206,11 @@ def audit(shop: Shop, receipts: Sequence[Receipt], unfinished_sagas: int) -> Aud
         shop.payments.captured(),
         shop.orders.revenue(),
     )
-    for customer, opening in CUSTOMERS.items():
+    for customer, balance in CUSTOMERS.items():
         paid = spent.get(customer, Decimal("0.00"))
-        if opening != balances[customer] + paid:
+        if balance != balances[customer] + paid:
             found.money.append(
-                f"{customer}: {opening} at opening, but {balances[customer]} left + {paid} spent"
+                f"{customer}: {balance} at opening, but {balances[customer]} left + {paid} spent"
             )
         if captured.get(customer, Decimal("0.00")) != paid:
             found.money.append(

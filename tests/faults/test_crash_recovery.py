@@ -56,7 +56,7 @@ from pysaga import (
     StepStatus,
 )
 
-from .crash_worker import COMPENSATABLE, FIELDS, PIVOT, RETRIABLE, STEPS
+from .crash_worker import FIELDS, PIVOT, STEPS
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -287,6 +287,7 @@ def _run_scenario(index: int, directory: Path) -> Scenario:
         gen += 1
     final = _run_generation(scenario, gen, None, None)
     scenario.generations.append(final)
+    assert final.returncode == 0, final
     assert final.done is not None, (
         f"the last generation {final.owner} exited with {final.returncode}; "
         f"{_diagnose(scenario)}; stderr: "
@@ -541,7 +542,8 @@ def _check_scenario(scenario: Scenario) -> tuple[list[str], Counter[str]]:
 def test_sigkill_at_many_points_then_every_saga_finishes_with_effects_once(
     tmp_path: Path,
 ) -> None:
-    assert set(STEPS) == {*COMPENSATABLE, PIVOT, RETRIABLE}
+    """56 self-inflicted SIGKILLs (and 8 from outside) over four saga logs, four scenarios
+    at a time; then every saga is checked end to end (see the module docstring)."""
     with ThreadPoolExecutor(max_workers=SCENARIOS) as pool:
         futures = [
             pool.submit(_run_scenario, index, tmp_path / f"scenario-{index}")

@@ -542,7 +542,7 @@ def _check_scenario(scenario: Scenario) -> tuple[list[str], Counter[str]]:
 def test_sigkill_at_many_points_then_every_saga_finishes_with_effects_once(
     tmp_path: Path,
 ) -> None:
-    """56 self-inflicted SIGKILLs (and 8 from outside) over four saga logs, four scenarios
+    """56 self-inflicted SIGKILLs (and up to 8 from outside) over four saga logs, four scenarios
     at a time; then every saga is checked end to end (see the module docstring)."""
     with ThreadPoolExecutor(max_workers=SCENARIOS) as pool:
         futures = [

@@ -262,8 +262,18 @@ class Run(Generic[DataT]):
         return None if state is None else state.status
 
     async def _turn_back(self, step: Step[DataT] | None, failure: Failure) -> None:
-        """A step failed for good: compensate (before the pivot) or fail (after it)."""
-        if step is not None and step.kind is StepKind.RETRIABLE:
+        """A step failed for good: compensate (before the pivot) or fail (after it).
+
+        A pivot whose outcome is in doubt (its last attempt timed out) cannot be undone and
+        may have happened: compensating the earlier steps could leave half a transaction, so
+        the saga is FAILED for an operator instead.
+        """
+        pivot_in_doubt = (
+            step is not None
+            and step.kind is StepKind.PIVOT
+            and self._status_of(step) is StepStatus.STARTED
+        )
+        if step is not None and (step.kind is StepKind.RETRIABLE or pivot_in_doubt):
             await self._write(
                 [self._entry(EntryKind.SAGA_FAILED, step.name, failure=failure)],
                 status=SagaStatus.FAILED,
@@ -428,7 +438,8 @@ class Run(Generic[DataT]):
         self, step: Step[DataT], data: DataT, ctx: StepContext, time_left: float | None
     ) -> DataT | None:
         limit = step.timeout
-        if time_left is not None:
+        if time_left is not None and step.kind is not StepKind.PIVOT:
+            # The deadline stops a pivot from starting, never interrupts one that started.
             limit = time_left if limit is None else min(limit, time_left)
         result = await self._execute(step, step.action, step.wants_context, data, ctx, limit)
         if result is not None and not isinstance(result, self.saga.data_type):
@@ -451,8 +462,11 @@ class Run(Generic[DataT]):
         if self._tracer is None and self._instruments is None:
             if limit is None:  # the common case: no scope, no span, no clock
                 return await (fn(data, ctx) if wants_context else fn(data))
-            with anyio.fail_after(limit):
-                return await (fn(data, ctx) if wants_context else fn(data))
+            try:
+                with anyio.fail_after(limit):
+                    return await (fn(data, ctx) if wants_context else fn(data))
+            except TimeoutError as exc:
+                raise _timed_out(step, ctx, limit) from exc
         kind = "compensate" if ctx.compensating else "step"
         attributes = {
             ATTR_SAGA_ID: self.saga_id,
@@ -464,8 +478,13 @@ class Run(Generic[DataT]):
         outcome = "succeeded"
         with self.telemetry.span(f"{kind} {step.name}", attributes) as span:
             try:
-                with anyio.fail_after(limit):
-                    return await (fn(data, ctx) if wants_context else fn(data))
+                try:
+                    with anyio.fail_after(limit):
+                        return await (fn(data, ctx) if wants_context else fn(data))
+                except TimeoutError as exc:
+                    if limit is None:
+                        raise
+                    raise _timed_out(step, ctx, limit) from exc
             except Exception as exc:
                 outcome = "failed"
                 mark_error(span, exc)
@@ -479,13 +498,13 @@ class Run(Generic[DataT]):
                         ATTR_STEP_NAME: step.name,
                         ATTR_OUTCOME: outcome,
                     }
-                    counter = (
-                        self._instruments.compensations
-                        if ctx.compensating
-                        else self._instruments.steps
-                    )
-                    counter.add(1, labels)
-                    self._instruments.step_duration.record(time.perf_counter() - started, labels)
+                    elapsed = time.perf_counter() - started
+                    if ctx.compensating:
+                        self._instruments.compensations.add(1, labels)
+                        self._instruments.compensation_duration.record(elapsed, labels)
+                    else:
+                        self._instruments.steps.add(1, labels)
+                        self._instruments.step_duration.record(elapsed, labels)
 
     # -- turning back ------------------------------------------------------------------------
 
@@ -559,6 +578,13 @@ class Run(Generic[DataT]):
                     )
                     return None
             await anyio.sleep(policy.delay(failures))
+
+
+def _timed_out(step: Step[Any], ctx: StepContext, limit: float) -> TimeoutError:
+    what = "compensation of step" if ctx.compensating else "step"
+    return TimeoutError(
+        f"{what} {step.name!r} did not finish within {limit:.3g} s (attempt {ctx.attempt})"
+    )
 
 
 def _deadline_error() -> DeadlineExceeded:

@@ -53,12 +53,18 @@ def saga_to_mermaid(saga: Saga[Any]) -> str:
     for a, b in itertools.pairwise(ordered):
         lines.append(f"    c{a.index} -.-> c{b.index}")
     lines.append(f"    c{ordered[-1].index} -.-> compensated")
-    # A failing step turns back to the compensation of the nearest finished step before it.
+    # A failing step turns back to the last compensation that can run: that of the nearest
+    # step before it or, in a parallel group, of a sibling declared after it that finished.
     pivot_index = saga.pivot.index if saga.pivot is not None else len(saga.steps)
     for step in saga.steps:
         if step.index > pivot_index:
             break
-        earlier = [c for c in compensatable if c.index < step.index]
+        earlier = [
+            c
+            for c in compensatable
+            if c.index < step.index or (step.group is not None and c.group == step.group)
+        ]
+        earlier = [c for c in earlier if c is not step]
         target = f"c{earlier[-1].index}" if earlier else "compensated"
         lines.append(f"    s{step.index} -. fails .-> {target}")
     return "\n".join(lines) + "\n"

@@ -206,7 +206,7 @@ class Step(Generic[DataT]):
         self.timeout = timeout
         self.group = group
         self.index = index
-        self.wants_context = _check_callable(action, saga, f"step {name!r}")
+        self.wants_context = _check_callable(action, saga, f"step {name!r} in saga {saga.name!r}")
         self._compensation: Compensation | None = None
         self._compensation_ctx = False
         self._compensation_retry = COMPENSATION_RETRY

@@ -32,6 +32,7 @@ __all__ = (
     "ATTR_STEP_NAME",
     "INSTRUMENTATION_NAME",
     "METRIC_COMPENSATIONS",
+    "METRIC_COMPENSATION_DURATION",
     "METRIC_SAGAS",
     "METRIC_SAGA_DURATION",
     "METRIC_STEPS",
@@ -57,6 +58,8 @@ METRIC_STEP_DURATION = "pysaga.step.duration"
 """Histogram, seconds: one step attempt."""
 METRIC_COMPENSATIONS = "pysaga.compensations"
 """Counter: compensation attempts (attributes: saga.name, step.name, step.outcome)."""
+METRIC_COMPENSATION_DURATION = "pysaga.compensation.duration"
+"""Histogram, seconds: one compensation attempt."""
 
 _NO_SDK_TRACERS: tuple[type[Any], ...] = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 try:  # the API's default meter provider is private; fall back to the public no-op one
@@ -70,7 +73,14 @@ except ImportError:  # pragma: no cover - depends on the API's internals
 class Instruments:
     """The metric instruments pysaga records to."""
 
-    __slots__ = ("compensations", "saga_duration", "sagas", "step_duration", "steps")
+    __slots__ = (
+        "compensation_duration",
+        "compensations",
+        "saga_duration",
+        "sagas",
+        "step_duration",
+        "steps",
+    )
 
     def __init__(self, meter: metrics.Meter) -> None:
         self.sagas = meter.create_counter(METRIC_SAGAS, unit="{saga}", description="Sagas ended")
@@ -85,6 +95,9 @@ class Instruments:
         )
         self.compensations = meter.create_counter(
             METRIC_COMPENSATIONS, unit="{attempt}", description="Compensation attempts"
+        )
+        self.compensation_duration = meter.create_histogram(
+            METRIC_COMPENSATION_DURATION, unit="s", description="Compensation attempt duration"
         )
 
 

@@ -27,6 +27,7 @@ import pytest
 from pysaga import EntryKind, SagaStatus, StepKind, StepStatus
 from pysaga.stores.sqlite import SQLiteSagaLog
 from pysaga.tracing import (
+    METRIC_COMPENSATION_DURATION,
     METRIC_COMPENSATIONS,
     METRIC_SAGA_DURATION,
     METRIC_SAGAS,
@@ -387,7 +388,7 @@ class TestTracing:
 
     def test_spans_and_metrics_are_the_documented_ones(self, tmp_path: Path) -> None:
         """Spans nest under the saga's span, carry the documented attributes, and the
-        metrics are the five documented names; the page shows the program's real output."""
+        metrics are the six documented names; the page shows the program's real output."""
         result = subprocess.run(
             [sys.executable, "-c", _RUN_TRACING, str(SNIPPETS)],
             cwd=tmp_path,
@@ -437,6 +438,7 @@ class TestTracing:
         assert (
             sorted(
                 [
+                    METRIC_COMPENSATION_DURATION,
                     METRIC_COMPENSATIONS,
                     METRIC_SAGA_DURATION,
                     METRIC_SAGAS,

@@ -627,3 +627,49 @@ class TestRecovery:
         commits = getattr(orch.log, "commits", None)
         if commits is not None:
             assert commits.writes > commits.batches  # writes were batched
+
+
+class TestPivotInDoubt:
+    async def test_pivot_timing_out_fails_the_saga(self, log_factory: LogFactory) -> None:
+        """A pivot whose last attempt timed out may have happened and cannot be undone: the
+        saga is FAILED for an operator, and the steps before it are not compensated."""
+        saga: Saga[Trip] = Saga("pivot-doubt", Trip, deadline=60)
+        undone: list[str] = []
+
+        @saga.step
+        async def hold(trip: Trip) -> None: ...
+
+        @hold.compensate
+        async def release(trip: Trip) -> None:
+            undone.append("hold")
+
+        @saga.step(pivot=True, timeout=0.01, retry=Retry(attempts=2, backoff=0))
+        async def charge(trip: Trip) -> None:
+            await anyio.sleep(1)
+
+        async with Orchestrator(sagas=[saga], log=log_factory()) as orch:
+            outcome = await orch.run(saga, Trip())
+            record = await orch.get(outcome.saga_id)
+        assert outcome.status is SagaStatus.FAILED
+        assert outcome.failure is not None
+        assert outcome.failure.step == "charge"
+        assert outcome.failure.type == "TimeoutError"
+        assert "did not finish within 0.01 s (attempt 2)" in outcome.failure.message
+        assert record.steps["charge"].status is StepStatus.STARTED
+        assert undone == []
+
+    async def test_deadline_does_not_interrupt_a_running_pivot(
+        self, log_factory: LogFactory
+    ) -> None:
+        """A deadline stops the pivot from starting but never cuts a started pivot short."""
+        saga: Saga[Trip] = Saga("pivot-deadline", Trip, deadline=0.02)
+
+        @saga.step(pivot=True)
+        async def charge(trip: Trip) -> Trip:
+            await anyio.sleep(0.05)
+            return trip.model_copy(update={"paid": True})
+
+        async with Orchestrator(sagas=[saga], log=log_factory()) as orch:
+            outcome = await orch.run(saga, Trip())
+        assert outcome.status is SagaStatus.COMPLETED
+        assert outcome.data.paid is True

@@ -142,7 +142,8 @@ async def test_compensation_spans_and_metrics(
     assert steps == {("reserve", "succeeded"): 2, ("pay", "succeeded"): 1, ("pay", "failed"): 1}
     (comp,) = points["pysaga.compensations"]
     assert comp.value == 1
-    assert sum(p.count for p in points["pysaga.step.duration"]) == 5
+    assert sum(p.count for p in points["pysaga.step.duration"]) == 4
+    assert sum(p.count for p in points["pysaga.compensation.duration"]) == 1
 
 
 def test_no_sdk_means_no_telemetry() -> None:

@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS pysaga_sagas (
     deadline_at      REAL,
     created_at       REAL NOT NULL,
     updated_at       REAL NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pysaga_sagas_active
     ON pysaga_sagas (lease_expires_at) WHERE status IN ('running', 'compensating');
 CREATE INDEX IF NOT EXISTS pysaga_sagas_name_status ON pysaga_sagas (name, status);

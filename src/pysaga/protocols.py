@@ -79,6 +79,10 @@ class SagaLog(Protocol):
     ) -> list[SagaRecord]:
         """Take the lease of unfinished sagas whose lease expired before *now*.
 
+        Sagas *owner* itself holds are not taken back unless it released them: an
+        orchestrator that is alive to claim is driving its own sagas, even if a stalled event
+        loop let their leases lapse.
+
         Only sagas whose ``(name, version)`` is in *kinds* are claimed; each claim adds one to
         the revision and appends a ``SAGA_CLAIMED`` entry. Returns the claimed records.
         """

@@ -261,3 +261,16 @@ class TestList:
         assert [r.saga_id for r in await saga_log.list(name="x")] == ["c", "a"]
         assert [r.saga_id for r in await saga_log.list(status=SagaStatus.FAILED)] == ["c"]
         assert [r.saga_id for r in await saga_log.list(limit=1)] == ["c"]
+
+
+class TestOwnLeases:
+    async def test_own_lapsed_lease_is_not_reclaimed(self, saga_log: SagaLog) -> None:
+        """An orchestrator does not claim its own sagas back (it is driving them) unless it
+        released them."""
+        await saga_log.create(record("lapsed", owner="me", lease=5.0), started())
+        await saga_log.create(record("released", owner="me", lease=5.0), started())
+        await saga_log.release("me", ["released"])
+        claimed = await saga_log.claim("me", kinds={("s", 1)}, lease=30.0, now=10.0)
+        assert [r.saga_id for r in claimed] == ["released"]
+        taken = await saga_log.claim("other", kinds={("s", 1)}, lease=30.0, now=10.0)
+        assert [r.saga_id for r in taken] == ["lapsed"]

@@ -95,6 +95,7 @@ class InMemorySagaLog:
             if (
                 rec.status in ACTIVE_STATUSES
                 and rec.lease_expires_at < now
+                and (rec.owner != owner or rec.lease_expires_at == 0.0)
                 and (rec.name, rec.version) in kinds
             ):
                 rec.owner = owner

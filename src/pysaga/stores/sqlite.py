@@ -404,20 +404,25 @@ class SQLiteSagaLog:
         if not kinds:
             return []
 
+        pairs = sorted(kinds)
+        wanted = ", ".join("(?, ?)" for _ in pairs)
+        params = [value for pair in pairs for value in pair]
+
         def run() -> list[SagaRecord]:
             conn = self._db
             conn.execute("BEGIN IMMEDIATE")
             try:
                 rows = conn.execute(
                     f"SELECT {_RECORD_COLUMNS} FROM pysaga_sagas WHERE status IN {_ACTIVE} "
-                    "AND lease_expires_at < ? ORDER BY lease_expires_at LIMIT ?",
-                    (now, limit * 4),
+                    "AND lease_expires_at < ? "
+                    "AND (owner IS NOT ? OR lease_expires_at = 0) "
+                    f"AND (name, version) IN (VALUES {wanted}) "
+                    "ORDER BY lease_expires_at LIMIT ?",
+                    (now, owner, *params, limit),
                 ).fetchall()
                 claimed: list[SagaRecord] = []
                 for row in rows:
                     rec = _record(row)
-                    if (rec.name, rec.version) not in kinds:
-                        continue
                     conn.execute(
                         "UPDATE pysaga_sagas SET owner = ?, lease_expires_at = ?, "
                         "revision = revision + 1, updated_at = ? "
@@ -434,8 +439,6 @@ class SQLiteSagaLog:
                         [LogEntry(EntryKind.SAGA_CLAIMED, at=now, owner=owner)],
                     )
                     claimed.append(rec)
-                    if len(claimed) >= limit:
-                        break
                 conn.execute("COMMIT")
                 return claimed
             except BaseException:

@@ -15,7 +15,6 @@ the same run: the ceiling the SQLite saga log works under.
 
     .venv/bin/python benchmarks/engine.py [--duration 2] [--runs 3] [--in-flight 100]
     .venv/bin/python benchmarks/engine.py --profile memory     # where one saga's time goes
-    .venv/bin/python benchmarks/engine.py --ordered-ids        # time-ordered saga ids
 
 Nothing here is a test: numbers depend on the machine. Compare them within one run.
 """
@@ -25,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import itertools
 import platform
 import pstats
 import sqlite3
@@ -128,23 +126,19 @@ class Contender:
     log: str | None  # None: the hand-written floor; "memory"; or "normal"/"full" for SQLite
 
     @contextlib.asynccontextmanager
-    async def open(self, workdir: Path, *, ordered_ids: bool = False) -> AsyncIterator[Runner]:
-        """Yield a runner with a fresh saga log (a new file, for SQLite).
-
-        With *ordered_ids*, sagas get time-ordered ids instead of pysaga's default (random
-        UUIDs), which keeps the log's B-tree inserts at one end of the index.
-        """
+    async def open(self, workdir: Path) -> AsyncIterator[Runner]:
+        """Yield a runner with a fresh saga log (a new file, for SQLite)."""
         if self.log is None:
             yield Runner(floor)
             return
         if self.log == "memory":
             async with Orchestrator(sagas=[bench], log="memory://") as orchestrator:
-                yield Runner(_driver(orchestrator, ordered_ids))
+                yield Runner(_driver(orchestrator))
             return
         path = workdir / f"{uuid.uuid4().hex}.db"
         sqlite = SQLiteSagaLog(path, synchronous="full" if self.log == "full" else "normal")
         async with Orchestrator(sagas=[bench], log=sqlite) as orchestrator:
-            yield Runner(_driver(orchestrator, ordered_ids), sqlite)
+            yield Runner(_driver(orchestrator), sqlite)
 
 
 @dataclass
@@ -161,23 +155,11 @@ class Runner:
         return self.sqlite.commits.batches, self.sqlite.commits.writes
 
 
-def _driver(
-    orchestrator: Orchestrator, ordered_ids: bool
-) -> Callable[[Order], Awaitable[SagaStatus]]:
-    if not ordered_ids:
+def _driver(orchestrator: Orchestrator) -> Callable[[Order], Awaitable[SagaStatus]]:
+    async def run(order: Order) -> SagaStatus:
+        return (await orchestrator.run(bench, order)).status
 
-        async def run(order: Order) -> SagaStatus:
-            return (await orchestrator.run(bench, order)).status
-
-        return run
-
-    numbers = itertools.count()
-
-    async def run_with_ordered_id(order: Order) -> SagaStatus:
-        saga_id = f"{time.time_ns():020d}-{next(numbers):09d}"
-        return (await orchestrator.run(bench, order, saga_id=saga_id)).status
-
-    return run_with_ordered_id
+    return run
 
 
 CONTENDERS = (
@@ -301,7 +283,7 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> None:
     for number in range(args.runs):  # runs interleave, so slow drift hits every cell alike
         for cell in cells:
             order, expected = paths[cell.path]
-            async with cell.contender.open(workdir, ordered_ids=args.ordered_ids) as runner:
+            async with cell.contender.open(workdir) as runner:
                 await measure(runner.run, order, expected, cell.in_flight, args.duration / 20)
                 batches, writes = runner.commits()
                 sample = await measure(runner.run, order, expected, cell.in_flight, args.duration)
@@ -351,8 +333,7 @@ def report(args: argparse.Namespace, cells: list[Cell], ceilings: dict[str, floa
         )
     print(
         f"\n3-step saga; medians of {args.runs} runs x {args.duration:g} s; "
-        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}; saga ids: "
-        f"{'time-ordered' if args.ordered_ids else 'random UUIDs (the default)'}. "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}. "
         "us/saga = 1e6 / (sagas/s); x floor = that cost over the hand-written floor's; "
         "writes = SQLite log writes (group commit: one transaction per batch)\n"
     )
@@ -414,7 +395,7 @@ async def profile(args: argparse.Namespace, workdir: Path) -> None:
         if args.path == "compensation"
         else (SUCCESS, SagaStatus.COMPLETED)
     )
-    async with contender.open(workdir, ordered_ids=args.ordered_ids) as runner:
+    async with contender.open(workdir) as runner:
         await measure(runner.run, order, expected, 1, 0.2)
         profiler = cProfile.Profile()
         profiler.enable()
@@ -459,11 +440,6 @@ def main(argv: list[str] | None = None) -> None:
         "--profile",
         choices=("memory", "normal", "full"),
         help="instead: profile one saga at a time on this log (normal/full: SQLite)",
-    )
-    parser.add_argument(
-        "--ordered-ids",
-        action="store_true",
-        help="give sagas time-ordered ids (default: pysaga's own, random UUIDs)",
     )
     parser.add_argument("--path", choices=("success", "compensation"), default="success")
     parser.add_argument("--top", type=int, default=25, help="functions shown by --profile")

@@ -162,7 +162,7 @@ class Run(Generic[DataT]):
         pending_data, self._pending_data = self._pending_data, None
         update = SagaUpdate(
             entries=[*pending_entries, *entries] if pending_entries else entries,
-            status=status or self.status,
+            status=status,
             steps={**pending_steps, **steps} if steps else pending_steps,
             data=pending_data,
             failure=failure,

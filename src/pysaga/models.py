@@ -220,14 +220,14 @@ class SagaUpdate:
 
     Attributes:
         entries: Appended to the history, in order.
-        status: The saga's new status.
+        status: The saga's new status, or ``None`` when it did not change.
         steps: The steps whose state changed (merged into the record's ``steps``).
         data: The saga's new data as JSON text, or ``None`` when it did not change.
         failure: The saga's failure, or ``None`` to keep the current one.
     """
 
     entries: Sequence[LogEntry]
-    status: SagaStatus
+    status: SagaStatus | None = None
     steps: Mapping[str, StepState] = field(default_factory=dict)
     data: str | None = None
     failure: Failure | None = None

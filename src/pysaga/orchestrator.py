@@ -60,11 +60,25 @@ if TYPE_CHECKING:
     from .protocols import SagaLog
 from .tracing import Telemetry, telemetry
 
-__all__ = ("Orchestrator",)
+__all__ = ("Orchestrator", "new_saga_id")
 
 logger = logging.getLogger("pysaga.orchestrator")
 
 DataT = TypeVar("DataT", bound=BaseModel)
+
+
+def new_saga_id() -> str:
+    """A new saga id: a UUID in the version 7 layout (48-bit millisecond time, then 74
+    random bits), so that ids sort by creation time.
+
+    Time-ordered ids keep the saga log's B-trees appending at their right edge instead of
+    touching a random page per write, which makes group commit several times cheaper.
+    """
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class Orchestrator:
@@ -321,8 +335,8 @@ class Orchestrator:
             saga: A saga given to this orchestrator.
             data: The saga's input: an instance of its data model, or a mapping validated
                 into one.
-            saga_id: Your own id for the saga (default: a random UUID). Starting the same id
-                twice fails, which makes a retried request safe.
+            saga_id: Your own id for the saga (default: :func:`new_saga_id`, a time-ordered
+                UUID). Starting the same id twice fails, which makes a retried request safe.
 
         Raises:
             pydantic.ValidationError: *data* does not fit the saga's data model (nothing is
@@ -349,7 +363,7 @@ class Orchestrator:
         # still before the step runs.
         first = definition.stages[0]
         record = SagaRecord(
-            saga_id=saga_id or str(uuid.uuid4()),
+            saga_id=saga_id or new_saga_id(),
             name=definition.name,
             version=definition.version,
             status=SagaStatus.RUNNING,

@@ -137,6 +137,23 @@ class TestUpdate:
         assert got.failure == failure
         assert await saga_log.history("a") == [*started(), *entries]
 
+    async def test_update_without_status_keeps_it(self, saga_log: SagaLog) -> None:
+        """An update that names no status leaves the saga's status as it was."""
+        await saga_log.create(record("a"), started())
+        await saga_log.update(
+            "a", SagaUpdate([], SagaStatus.COMPENSATING), revision=0, owner="me"
+        )
+        await saga_log.update(
+            "a",
+            SagaUpdate([], steps={"x": StepState(StepStatus.COMPENSATED, 1, 0)}),
+            revision=1,
+            owner="me",
+        )
+        got = await saga_log.get("a")
+        assert got is not None
+        assert got.status is SagaStatus.COMPENSATING
+        assert got.steps["x"].status is StepStatus.COMPENSATED
+
     async def test_stale_revision(self, saga_log: SagaLog) -> None:
         """A write at an old revision is refused and changes nothing."""
         await saga_log.create(record("a"), started())

@@ -145,3 +145,19 @@ async def test_group_commit_batches_concurrent_writes(tmp_path: Path, sync: str)
         assert {v for k, v in outcomes.items() if int(k[1:]) % 10 == 0} == {"ConcurrencyError"}
         done = await log.list(status=SagaStatus.COMPLETED, limit=1000)
         assert len(done) == 90
+
+
+async def test_wal_is_checkpointed_off_the_commit_path(tmp_path: Path) -> None:
+    """The commit path never checkpoints (autocheckpoint is off); a background thread does,
+    and stops when the log closes."""
+    path = tmp_path / "wal.db"
+    async with SQLiteSagaLog(path) as log:
+        assert log._db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        checkpointer = log._checkpointer
+        assert checkpointer is not None
+        for n in range(3000):
+            await log.create(rec(f"s{n:05d}"), START)
+            if n % 200 == 0:
+                await anyio.sleep(0.01)  # let the checkpoint thread have the GIL
+    assert not checkpointer._thread.is_alive()
+    assert checkpointer.checkpoints >= 3

@@ -17,7 +17,9 @@ drive sagas at a time on SQLite; to run several, use the PostgreSQL log.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 __all__ = ("SCHEMA_VERSION", "SQLiteSagaLog")
+
+logger = logging.getLogger("pysaga.stores.sqlite")
 
 SCHEMA_VERSION = 1
 """The schema this version writes. A file with a newer schema is refused."""
@@ -98,7 +102,14 @@ _INSERT_ENTRY = (
     "INSERT INTO pysaga_history (saga_id, revision, idx, kind, step, attempt, at, owner, failure)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# Two forms: setting ``status`` (even to its own value) makes SQLite rewrite the indexes on it,
+# so a write that leaves the status alone does not name it.
 _UPDATE = (
+    "UPDATE pysaga_sagas SET steps = json_patch(steps, ?), data = coalesce(?, data),"
+    " failure = coalesce(?, failure), revision = revision + 1, updated_at = ?"
+    " WHERE saga_id = ? AND revision = ? AND owner = ?"
+)
+_UPDATE_STATUS = (
     "UPDATE pysaga_sagas SET status = ?, steps = json_patch(steps, ?), data = coalesce(?, data),"
     " failure = coalesce(?, failure), revision = revision + 1, updated_at = ?"
     " WHERE saga_id = ? AND revision = ? AND owner = ?"
@@ -149,6 +160,7 @@ class SQLiteSagaLog:
         self._lock = anyio.Lock()
         self._limiter = anyio.CapacityLimiter(1)
         self._commits: GroupCommit[_Create | _Update] = GroupCommit(self._flush)
+        self._checkpointer: _Checkpointer | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteSagaLog:
@@ -214,6 +226,9 @@ class SQLiteSagaLog:
             conn.close()
             raise
         self._conn = conn
+        if self.path != ":memory:":
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = _Checkpointer(self.path, self.busy_timeout)
         return self
 
     async def __aexit__(
@@ -227,6 +242,9 @@ class SQLiteSagaLog:
     async def aclose(self) -> None:
         """Close the database (writes already acknowledged are committed)."""
         conn, self._conn = self._conn, None
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            await anyio.to_thread.run_sync(checkpointer.stop)
         if conn is not None:
             async with self._lock:
                 conn.close()
@@ -303,6 +321,8 @@ class SQLiteSagaLog:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
 
     @staticmethod
     def _apply_create(conn: sqlite3.Connection, op: _Create) -> None:
@@ -335,19 +355,19 @@ class SQLiteSagaLog:
     def _apply_update(conn: sqlite3.Connection, op: _Update) -> int:
         u = op.update
         at = u.entries[-1].at if u.entries else time.time()
-        cur = conn.execute(
-            _UPDATE,
-            (
-                u.status.value,
-                _dump_steps(u.steps),
-                u.data,
-                _dump_failure(u.failure),
-                at,
-                op.saga_id,
-                op.revision,
-                op.owner,
-            ),
+        params = (
+            _dump_steps(u.steps),
+            u.data,
+            _dump_failure(u.failure),
+            at,
+            op.saga_id,
+            op.revision,
+            op.owner,
         )
+        if u.status is None:
+            cur = conn.execute(_UPDATE, params)
+        else:
+            cur = conn.execute(_UPDATE_STATUS, (u.status.value, *params))
         if cur.rowcount != 1:
             row = conn.execute(
                 "SELECT owner FROM pysaga_sagas WHERE saga_id = ?", (op.saga_id,)
@@ -510,6 +530,62 @@ class SQLiteSagaLog:
             return [_record(row) for row in rows]
 
         return await self._call(read)
+
+
+# -- WAL checkpoints -------------------------------------------------------------------------
+
+
+class _Checkpointer:
+    """Copies the WAL back into the database file on a thread of its own.
+
+    SQLite's automatic checkpoint runs inside the commit that crosses its threshold, which
+    makes that one commit (and every saga waiting on it) several milliseconds slower. The log
+    turns it off and checkpoints here instead, in PASSIVE mode, which never blocks writers:
+    after every ``every`` commits, and at least every ``interval`` seconds.
+    """
+
+    def __init__(
+        self, path: str, busy_timeout: float, *, every: int = 100, interval: float = 1.0
+    ) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._every = every
+        self._interval = interval
+        self._commits = 0
+        self.checkpoints = 0
+        """Checkpoints that copied frames (for tests and benchmarks)."""
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="pysaga-wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def committed(self) -> None:
+        """Count one commit; wake the thread when a checkpoint is due."""
+        self._commits += 1
+        if self._commits >= self._every:
+            self._commits = 0
+            self._wake.set()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it (blocking: call it from a worker thread)."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self._path, timeout=self._busy_timeout)
+        try:
+            while not self._stopping:
+                self._wake.wait(self._interval)
+                self._wake.clear()
+                try:
+                    busy, frames, _ = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if not busy and frames > 0:
+                        self.checkpoints += 1
+                except sqlite3.Error:  # busy or locked: the next round tries again
+                    logger.debug("WAL checkpoint of %s deferred", self._path, exc_info=True)
+        finally:
+            conn.close()
 
 
 # -- row encoding ----------------------------------------------------------------------------

@@ -1,12 +1,7 @@
 """The payment service: customer accounts, and payments taken from them.
 
-In a real shop this is a separate service behind a network; here it is a small in-process
-class with its own SQLite file, so that the demo needs nothing but Python. It knows nothing
-about sagas, but it does what a saga needs from every participant: **each operation is
-idempotent by a key the caller passes.** The saga passes its step's ``ctx.idempotency_key``,
-which stays the same when a step is retried or re-run after a crash, and which the step's
-compensation receives too. So a repeated call has no second effect, and a compensation finds
-exactly the effect it has to undo, or learns that there is none.
+Like every service of the shop, it is idempotent by a key the caller passes (see the
+package's docstring for why that is what a saga needs from its participants).
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ EXPECTED = (
     "StepStatus",
     "StoreError",
     "__version__",
+    "new_saga_id",
 )
 
 SRC = Path(pysaga.__file__).parent
@@ -46,7 +47,7 @@ def test_exports_are_pinned_and_sorted() -> None:
     """Any change to the public API shows up here as a diff."""
     assert isinstance(pysaga.__all__, tuple)
     assert pysaga.__all__ == EXPECTED
-    assert list(pysaga.__all__) == sorted(pysaga.__all__)
+    assert list(pysaga.__all__) == sorted(pysaga.__all__, key=lambda n: (n[0].islower(), n))
     for name in pysaga.__all__:
         assert hasattr(pysaga, name), name
 

@@ -34,6 +34,7 @@ from .models import SagaUpdate as SagaUpdate
 from .models import StepState as StepState
 from .models import StepStatus as StepStatus
 from .orchestrator import Orchestrator as Orchestrator
+from .orchestrator import new_saga_id as new_saga_id
 from .protocols import SagaLog as SagaLog
 
 __all__ = (
@@ -64,6 +65,7 @@ __all__ = (
     "StepStatus",
     "StoreError",
     "__version__",
+    "new_saga_id",
 )
 
 for _name in __all__:

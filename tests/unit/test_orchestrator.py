@@ -673,3 +673,22 @@ class TestPivotInDoubt:
             outcome = await orch.run(saga, Trip())
         assert outcome.status is SagaStatus.COMPLETED
         assert outcome.data.paid is True
+
+
+def test_new_saga_ids_are_uuid7_and_time_ordered() -> None:
+    """Default ids are UUIDs in the version 7 layout, ordered by creation time (ms)."""
+    import time
+    import uuid
+
+    from pysaga import new_saga_id
+
+    first = new_saga_id()
+    time.sleep(0.002)
+    second = new_saga_id()
+    for value in (first, second):
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+    assert first < second
+    assert len({new_saga_id() for _ in range(1000)}) == 1000

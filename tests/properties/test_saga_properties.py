@@ -1,6 +1,7 @@
 """Properties over random saga shapes, on every saga log that needs no server.
 
-Shapes: 1 to 8 steps, an optional pivot anywhere, each step with a random script of attempt
+Shapes: 1 to 8 steps, an optional pivot anywhere, neighbours before the pivot sometimes
+grouped to run in parallel, each step with a random script of attempt
 outcomes (success, technical failure, business refusal) and a random retry budget, each
 compensatable step with or without a compensation that fails a random number of times
 against its own budget. For every shape, the outcome is predicted by a small model of the
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import anyio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -43,6 +44,7 @@ class StepSpec:
 class Shape:
     steps: list[StepSpec]
     pivot: int | None
+    stages: list[list[int]]  # step indices, in order; a stage of several is a parallel group
 
 
 @dataclass
@@ -78,15 +80,29 @@ def shapes(draw: st.DrawFn) -> Shape:
                 compensation_attempts=draw(st.integers(1, 3)),
             )
         )
-    return Shape(steps, pivot)
+    # Before the pivot, neighbours may be grouped to run in parallel.
+    stages: list[list[int]] = []
+    for i in range(n):
+        before_pivot = pivot is None or i < pivot
+        joins = (
+            before_pivot
+            and stages
+            and (pivot is None or stages[-1][-1] < pivot)
+            and draw(st.booleans())
+        )
+        if joins:
+            stages[-1].append(i)
+        else:
+            stages.append([i])
+    return Shape(steps, pivot, stages)
 
 
 def build(shape: Shape, world: World) -> Saga[Data]:
     saga: Saga[Data] = Saga("random", Data)
     calls: Counter[str] = Counter()
-    for i, spec in enumerate(shape.steps):
 
-        async def action(data: Data, ctx: StepContext, spec: StepSpec = spec) -> Data:
+    def declare(i: int, spec: StepSpec, grouped: bool) -> None:
+        async def action(data: Data, ctx: StepContext) -> Data | None:
             calls[ctx.step] += 1
             attempt = calls[ctx.step]
             outcome = spec.script[attempt - 1] if attempt <= len(spec.script) else "ok"
@@ -96,6 +112,8 @@ def build(shape: Shape, world: World) -> Saga[Data]:
                 raise ConnectionError(f"{ctx.step} attempt {attempt} failed")
             world.effects[ctx.idempotency_key] = 1
             world.applied[ctx.idempotency_key] += 1
+            if grouped:  # parallel steps must write disjoint fields: these write none
+                return None
             return data.model_copy(update={"trail": [*data.trail, ctx.step]})
 
         step = saga.step(
@@ -105,7 +123,7 @@ def build(shape: Shape, world: World) -> Saga[Data]:
         )(action)
         if spec.compensation:
 
-            async def undo(data: Data, ctx: StepContext, spec: StepSpec = spec) -> None:
+            async def undo(data: Data, ctx: StepContext) -> None:
                 calls[f"undo {ctx.step}"] += 1
                 if calls[f"undo {ctx.step}"] <= spec.compensation_failures:
                     raise ConnectionError(f"undo {ctx.step} failed")
@@ -115,32 +133,49 @@ def build(shape: Shape, world: World) -> Saga[Data]:
             step.compensate(retry=Retry(attempts=spec.compensation_attempts, backoff=0, jitter=0))(
                 undo
             )
+
+    for number, stage in enumerate(shape.stages):
+        if len(stage) == 1:
+            declare(stage[0], shape.steps[stage[0]], grouped=False)
+            continue
+        with saga.parallel(f"group{number}"):
+            for i in stage:
+                declare(i, shape.steps[i], grouped=True)
     return saga
 
 
-def predict(shape: Shape) -> tuple[SagaStatus, str | None, int]:
-    """The model of the rules: (status, failing step, index of the first failing step)."""
-    for i, spec in enumerate(shape.steps):
-        failed = False
-        for attempt in range(1, 100):  # every attempt before "ok" failed
-            outcome = spec.script[attempt - 1] if attempt <= len(spec.script) else "ok"
-            if outcome == "ok":
-                break
-            if outcome == "biz" or (spec.attempts is not None and attempt >= spec.attempts):
-                failed = True
-                break
+def fails(spec: StepSpec) -> bool:
+    """Whether the step fails for good under its retry budget."""
+    for attempt in range(1, 100):  # every attempt before "ok" failed
+        outcome = spec.script[attempt - 1] if attempt <= len(spec.script) else "ok"
+        if outcome == "ok":
+            return False
+        if outcome == "biz" or (spec.attempts is not None and attempt >= spec.attempts):
+            return True
+    raise AssertionError("unreachable")
+
+
+def predict(shape: Shape) -> tuple[SagaStatus, str | None, list[int]]:
+    """The model of the rules: (status, the step the failure names, steps whose effect
+    happened). A parallel group runs all its steps; the first failing one (in declaration
+    order) is the one named."""
+    applied: list[int] = []
+    for stage in shape.stages:
+        failed = [i for i in stage if fails(shape.steps[i])]
+        applied += [i for i in stage if i not in failed]
         if not failed:
             continue
-        if shape.pivot is not None and i > shape.pivot:
-            return SagaStatus.FAILED, f"s{i}", i
-        for j in range(i - 1, -1, -1):
+        first = failed[0]
+        if shape.pivot is not None and first > shape.pivot:
+            return SagaStatus.FAILED, f"s{first}", applied
+        for j in sorted(applied, reverse=True):
             earlier = shape.steps[j]
             if earlier.compensation and (
                 earlier.compensation_failures >= earlier.compensation_attempts
             ):
-                return SagaStatus.FAILED, f"s{j}", i
-        return SagaStatus.COMPENSATED, f"s{i}", i
-    return SagaStatus.COMPLETED, None, len(shape.steps)
+                return SagaStatus.FAILED, f"s{j}", applied
+        return SagaStatus.COMPENSATED, f"s{first}", applied
+    return SagaStatus.COMPLETED, None, applied
 
 
 def check(shape: Shape, log_url: str) -> None:
@@ -150,31 +185,27 @@ def check(shape: Shape, log_url: str) -> None:
     async def main() -> None:
         async with Orchestrator(sagas=[saga], log=log_url) as orch:
             outcome = await orch.run(saga, Data())
-        status, failing, first_failure = predict(shape)
+        status, failing, applied = predict(shape)
+        grouped = any(len(stage) > 1 for stage in shape.stages)
+        event(f"{status.value}{' with a parallel group' if grouped else ''}")
         assert outcome.status is status, (outcome, shape)
         key = f"{outcome.saga_id}/"
         names = [f"s{i}" for i in range(len(shape.steps))]
         # no effect ever happened twice, and none for a step that never succeeded
         assert all(count == 1 for count in world.applied.values())
-        assert set(world.applied) == {key + n for n in names[:first_failure]}
+        assert set(world.applied) == {f"{key}s{i}" for i in applied}
         # a compensation runs only for a step whose effect happened, and at most once
         assert set(world.undone) <= set(world.applied)
         assert all(count == 1 for count in world.undone.values())
+        compensatable = [i for i in applied if shape.steps[i].compensation]
         if status is SagaStatus.COMPLETED:
             assert outcome.failure is None
-            assert outcome.data.trail == names
-            assert {k: world.effects[k] for k in world.applied} == {key + n: 1 for n in names}
+            assert outcome.data.trail == [f"s{s[0]}" for s in shape.stages if len(s) == 1]
+            assert {world.effects[key + n] for n in names} == {1}
         elif status is SagaStatus.COMPENSATED:
             assert outcome.failure is not None
             assert outcome.failure.step == failing
-            net = sum(
-                world.effects[key + n]
-                for n, s in zip(names, shape.steps, strict=True)
-                if s.compensation
-            )
-            assert net == 0
-            # steps without compensation are left as they are (nothing to undo by design)
-            assert all(world.undone[k] <= 1 for k in world.undone)
+            assert sum(world.effects[f"{key}s{i}"] for i in compensatable) == 0
         else:
             assert outcome.failure is not None
             assert outcome.failure.step == failing
@@ -182,13 +213,10 @@ def check(shape: Shape, log_url: str) -> None:
             if failed_step.kind is StepKind.RETRIABLE:
                 assert not world.undone  # nothing is compensated after the pivot
             else:
-                # everything after the stuck compensation was undone; it and earlier were not
+                # undone: every step after the stuck compensation; not it, nor those before
                 j = failed_step.index
-                for n, s in zip(names[:first_failure], shape.steps, strict=False):
-                    if not s.compensation:
-                        continue
-                    expected = 1 if int(n[1:]) <= j else 0
-                    assert world.effects[key + n] == expected, (n, shape)
+                for i in compensatable:
+                    assert world.effects[f"{key}s{i}"] == (1 if i <= j else 0), (i, shape)
 
     anyio.run(main)
 

@@ -7,6 +7,7 @@ moves it to a terminal status, writing every transition to the saga log. See the
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
     from .tracing import Instruments
 
 __all__ = ("DeadlineExceeded", "Run")
+
+logger = logging.getLogger("pysaga.orchestrator")
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
@@ -217,6 +220,14 @@ class Run(Generic[DataT]):
                 span.set_attribute(ATTR_SAGA_STATUS, self.status.value)
                 if self.failure is not None:
                     span.set_attribute("saga.failure", str(self.failure))
+        if self.status is SagaStatus.FAILED:
+            logger.error(
+                "saga %s (%s) FAILED and needs an operator: %s. Its history is in the saga "
+                "log; nothing more happens to it on its own.",
+                self.saga_id,
+                saga.name,
+                self.failure,
+            )
         if instruments is not None and self.status.is_terminal:
             labels = {ATTR_SAGA_NAME: saga.name, ATTR_SAGA_STATUS: self.status.value}
             instruments.sagas.add(1, labels)

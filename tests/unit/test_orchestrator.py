@@ -246,8 +246,11 @@ class TestCompensation:
             assert record.steps["flight"].failures == 2
         assert sum(ledger.effects.values()) == 0
 
-    async def test_compensation_budget_exhausted_fails(self, log_factory: LogFactory) -> None:
-        """When a compensation cannot succeed, the saga is FAILED and names the step."""
+    async def test_compensation_budget_exhausted_fails(
+        self, log_factory: LogFactory, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """When a compensation cannot succeed, the saga is FAILED, names the step, and says
+        so loudly in the log."""
         ledger = Ledger()
         saga = trip_saga(ledger, undo_fails=99)
         async with Orchestrator(sagas=[saga], log=log_factory()) as orch:
@@ -265,6 +268,10 @@ class TestCompensation:
                 ("saga_failed", "flight"),
             ]
             assert history.count(("compensation_started", "flight")) == 3
+        (loud,) = [r for r in caplog.records if "needs an operator" in r.getMessage()]
+        assert loud.levelname == "ERROR"
+        assert outcome.saga_id in loud.getMessage()
+        assert "airline unreachable" in loud.getMessage()
 
     async def test_retriable_step_after_pivot_retries_until_it_succeeds(
         self, log_factory: LogFactory

@@ -81,6 +81,16 @@ def new_saga_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+class _Completion:
+    """How waiters learn that a saga driven in the background ended, and how."""
+
+    __slots__ = ("event", "outcome")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.outcome: SagaOutcome[Any] | None = None
+
+
 class Orchestrator:
     """Runs sagas durably from a saga log.
 
@@ -139,8 +149,7 @@ class Orchestrator:
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._running: dict[str, _Run[Any]] = {}
-        self._done: dict[str, anyio.Event] = {}
-        self._outcomes: dict[str, SagaOutcome[Any]] = {}
+        self._done: dict[str, _Completion] = {}  # only while a saga runs in the background
         self._quarantined: set[str] = set()
         self._unknown: set[tuple[str, int]] = set()
         self._idle = anyio.Event()
@@ -279,17 +288,17 @@ class Orchestrator:
                 "the Orchestrator is not running; use 'async with Orchestrator(...) as orch:'"
             )
         self._running[run.saga_id] = run
-        self._done.setdefault(run.saga_id, anyio.Event())
+        self._done.setdefault(run.saga_id, _Completion())
         if self._idle.is_set():
             self._idle = anyio.Event()
         self._tg.start_soon(self._drive, run)
 
     async def _drive(self, run: _Run[Any]) -> None:
+        outcome: SagaOutcome[Any] | None = None
         try:
             outcome = await run.drive()
         except LeaseLost as exc:
             logger.warning("%s", exc)
-            outcome = None
         except Exception:
             logger.exception(
                 "saga %s (%s): the orchestrator hit an error while driving it; it stays in "
@@ -299,16 +308,14 @@ class Orchestrator:
             )
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 await self._log.release(self.owner, [run.saga_id])
-            outcome = None
         finally:
             self._running.pop(run.saga_id, None)
             if not self._running:
                 self._idle.set()
-        if outcome is not None:
-            self._outcomes[run.saga_id] = outcome
-        event = self._done.pop(run.saga_id, None)
-        if event is not None:
-            event.set()
+            completion = self._done.pop(run.saga_id, None)
+            if completion is not None:  # waiters read the outcome from it, or from the log
+                completion.outcome = outcome
+                completion.event.set()
 
     # -- the public API ----------------------------------------------------------------------
 
@@ -438,13 +445,12 @@ class Orchestrator:
             SagaNotFoundError: no saga with that id is in the log.
         """
         while True:
-            outcome = self._outcomes.pop(saga_id, None)
-            if outcome is not None:
-                return outcome
-            event = self._done.get(saga_id)
-            if event is not None:
-                await event.wait()
-                continue
+            completion = self._done.get(saga_id)
+            if completion is not None:
+                await completion.event.wait()
+                if completion.outcome is not None:
+                    return completion.outcome
+                continue  # it stopped without an outcome here: ask the log
             record = await self._log.get(saga_id)
             if record is None:
                 raise SagaNotFoundError(saga_id)

@@ -699,3 +699,15 @@ def test_new_saga_ids_are_uuid7_and_time_ordered() -> None:
         assert parsed.variant == uuid.RFC_4122
     assert first < second
     assert len({new_saga_id() for _ in range(1000)}) == 1000
+
+
+async def test_started_sagas_leave_nothing_behind(log_factory: LogFactory) -> None:
+    """Sagas started and never waited for keep no per-saga state in the orchestrator."""
+    saga = trip_saga(Ledger())
+    async with Orchestrator(sagas=[saga], log=log_factory()) as orch:
+        for _ in range(50):
+            await orch.start(saga, Trip())
+        with anyio.fail_after(10):
+            await orch._idle.wait()
+        assert orch._done == {}
+        assert orch._running == {}

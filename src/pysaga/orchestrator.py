@@ -200,7 +200,10 @@ class Orchestrator:
             self._tg.cancel_scope.cancel()
         # The body's own exception propagates as it is (not wrapped in an exception group by
         # the task group): the sagas were cancelled above and resume later from the log.
-        await stack.__aexit__(None, None, None)
+        try:
+            await stack.__aexit__(None, None, None)
+        finally:
+            self._tg = None
 
     async def _shutdown(self) -> None:
         with anyio.CancelScope(shield=True):

@@ -711,3 +711,15 @@ async def test_started_sagas_leave_nothing_behind(log_factory: LogFactory) -> No
             await orch._idle.wait()
         assert orch._done == {}
         assert orch._running == {}
+
+
+async def test_a_stopped_orchestrator_says_so(log_factory: LogFactory) -> None:
+    """Starting a saga on an orchestrator that is not running explains how to run it."""
+    saga = trip_saga(Ledger())
+    orch = Orchestrator(sagas=[saga], log=log_factory())
+    with pytest.raises(RuntimeError, match="async with Orchestrator"):
+        await orch.start(saga, Trip())
+    async with orch:
+        assert (await orch.run(saga, Trip())).ok
+    with pytest.raises(RuntimeError, match="not running"):
+        await orch.run(saga, Trip())

@@ -27,6 +27,7 @@ import socket
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Self, TypeVar
+from urllib.parse import quote
 
 import anyio
 import anyio.abc
@@ -49,6 +50,7 @@ from .models import (
     StepState,
     StepStatus,
 )
+from .protocols import SagaLog
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -57,7 +59,6 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
-    from .protocols import SagaLog
 from .tracing import Telemetry, telemetry
 
 __all__ = ("Orchestrator", "new_saga_id")
@@ -96,8 +97,9 @@ class Orchestrator:
 
     Args:
         sagas: The saga definitions this orchestrator may run and resume.
-        log: A saga log URL (``"sqlite:///sagas.db"``, ``"memory://"``) or a
-            :class:`~pysaga.SagaLog` object. Entering the orchestrator enters the log.
+        log: A saga log URL (``"sqlite:///sagas.db"``, ``"memory://"``), a file path
+            (``pathlib.Path``: a SQLite log in that file), or a :class:`~pysaga.SagaLog`
+            object. Entering the orchestrator enters the log.
         lease: Seconds a saga stays claimed by this orchestrator without a renewal. After a
             crash, its sagas are resumed by another orchestrator (or this one, restarted)
             once their lease has run out.
@@ -118,7 +120,7 @@ class Orchestrator:
         self,
         *,
         sagas: Iterable[Saga[Any]],
-        log: str | SagaLog = "sqlite:///sagas.db",
+        log: str | os.PathLike[str] | SagaLog = "sqlite:///sagas.db",
         lease: float = 15.0,
         claim_interval: float | None = None,
         drain_timeout: float = 10.0,
@@ -136,7 +138,16 @@ class Orchestrator:
             self._sagas[saga.name] = saga
         if not lease > 0:
             raise ValueError("lease must be > 0 seconds")
-        self._log: SagaLog = stores.from_url(log) if isinstance(log, str) else log
+        if isinstance(log, os.PathLike):  # a file path: the SQLite log in that file
+            log = "sqlite:///" + quote(os.fspath(log))
+        if isinstance(log, str):
+            log = stores.from_url(log)
+        elif not isinstance(log, SagaLog):
+            raise TypeError(
+                f"log={log!r}: pass a saga log URL ('sqlite:///sagas.db', 'memory://'), a "
+                "file path for a SQLite log, or an object implementing pysaga.SagaLog"
+            )
+        self._log: SagaLog = log
         self.lease = lease
         self.claim_interval = claim_interval if claim_interval is not None else lease / 2
         self.drain_timeout = drain_timeout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -723,3 +724,46 @@ async def test_a_stopped_orchestrator_says_so(log_factory: LogFactory) -> None:
         assert (await orch.run(saga, Trip())).ok
     with pytest.raises(RuntimeError, match="not running"):
         await orch.run(saga, Trip())
+
+
+async def test_log_given_as_a_path_or_rejected(tmp_path: Path) -> None:
+    """A path is a SQLite log in that file; anything else that is not a log is refused."""
+    from pysaga.stores.sqlite import SQLiteSagaLog
+
+    saga = trip_saga(Ledger())
+    path = tmp_path / "odd dir?" / "sagas.db"
+    async with Orchestrator(sagas=[saga], log=path) as orch:
+        assert isinstance(orch.log, SQLiteSagaLog)
+        assert Path(orch.log.path) == path
+        assert (await orch.run(saga, Trip())).ok
+    assert path.exists()
+    with pytest.raises(TypeError, match="pysaga.SagaLog"):
+        Orchestrator(sagas=[saga], log=42)  # type: ignore[arg-type]
+
+
+async def test_data_that_no_longer_fits_is_left_for_an_operator(
+    log_factory: LogFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A saga whose stored data fails the current model is reported and not driven."""
+    from pysaga import LogEntry, SagaRecord
+
+    saga = trip_saga(Ledger())
+    log = log_factory()
+    async with log:
+        await log.create(
+            SagaRecord(
+                "odd",
+                "book-trip",
+                1,
+                SagaStatus.RUNNING,
+                '{"nights": "many"}',
+                owner="gone",
+                lease_expires_at=0.0,
+            ),
+            [LogEntry(EntryKind.SAGA_STARTED, at=0.0)],
+        )
+    async with Orchestrator(sagas=[saga], log=log_factory()) as orch:
+        record = await orch.get("odd")
+        assert record.status is SagaStatus.RUNNING
+        assert record.steps == {}
+    assert "no longer fits Trip" in caplog.text

@@ -12,6 +12,7 @@ import pysaga
 EXPECTED = (
     "BusinessError",
     "ConcurrencyError",
+    "DeadlineExceeded",
     "EntryKind",
     "Failure",
     "LeaseLost",

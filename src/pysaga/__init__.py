@@ -16,6 +16,7 @@ from .definition import StepContext as StepContext
 from .definition import StepKind as StepKind
 from .errors import BusinessError as BusinessError
 from .errors import ConcurrencyError as ConcurrencyError
+from .errors import DeadlineExceeded as DeadlineExceeded
 from .errors import LeaseLost as LeaseLost
 from .errors import PysagaError as PysagaError
 from .errors import SagaDefinitionError as SagaDefinitionError
@@ -40,6 +41,7 @@ from .protocols import SagaLog as SagaLog
 __all__ = (
     "BusinessError",
     "ConcurrencyError",
+    "DeadlineExceeded",
     "EntryKind",
     "Failure",
     "LeaseLost",

@@ -15,6 +15,7 @@ import anyio
 from pydantic import BaseModel
 
 from .definition import Action, Retry, Saga, Step, StepContext, StepKind
+from .errors import DeadlineExceeded
 from .models import (
     EntryKind,
     Failure,
@@ -46,17 +47,13 @@ if TYPE_CHECKING:
     from .protocols import SagaLog
     from .tracing import Instruments
 
-__all__ = ("DeadlineExceeded", "Run")
+__all__ = ("Run",)
 
 logger = logging.getLogger("pysaga.orchestrator")
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
 _TO_UNDO = (StepStatus.SUCCEEDED, StepStatus.STARTED, StepStatus.COMPENSATING)
-
-
-class DeadlineExceeded(Exception):
-    """The saga's deadline passed before it got past its pivot."""
 
 
 class _BadReturn(TypeError):

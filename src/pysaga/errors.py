@@ -11,8 +11,9 @@ naturally catch a builtin, the error also derives from it::
     │   ├── ConcurrencyError              someone else wrote the saga first (optimistic version)
     │   │   └── LeaseLost                 this orchestrator no longer holds the saga's lease
     │   └── SchemaVersionError            the log's schema is newer than this library
-    └── StepError                         raised *by user code* inside a step
-        └── BusinessError                 "no" for a business reason: never retried, compensate now
+    ├── StepError                         raised *by user code* inside a step
+    │   └── BusinessError                 "no" for a business reason: never retried, compensate now
+    └── DeadlineExceeded                  recorded when a saga's deadline passed before its pivot
 
 ``StepError`` and ``BusinessError`` are the two exceptions users raise themselves; every
 other exception a step raises is a technical failure, which the step's retry policy decides
@@ -26,6 +27,7 @@ from typing import Any
 __all__ = (
     "BusinessError",
     "ConcurrencyError",
+    "DeadlineExceeded",
     "LeaseLost",
     "PysagaError",
     "SagaDefinitionError",
@@ -153,3 +155,11 @@ class BusinessError(StepError):
 
     def __init__(self, message: str, *, details: Any = None) -> None:
         super().__init__(message, retryable=False, details=details)
+
+
+class DeadlineExceeded(PysagaError):
+    """A saga's deadline passed before it got past its pivot, so it compensates.
+
+    pysaga records it as the saga's failure (``failure.type == "DeadlineExceeded"``); it is
+    not raised to callers.
+    """

@@ -93,8 +93,8 @@ class SagaLog(Protocol):
         ...
 
     async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
-        """Give up *owner*'s leases (all of them, or those of *saga_ids*) so that another
-        orchestrator can claim them at once."""
+        """Give up *owner*'s leases on unfinished sagas (all of them, or those of
+        *saga_ids*) so that another orchestrator can claim them at once."""
         ...
 
     async def active_kinds(self) -> set[tuple[str, int]]:

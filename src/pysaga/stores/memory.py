@@ -118,7 +118,11 @@ class InMemorySagaLog:
 
     async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
         for rec in self._records.values():
-            if rec.owner == owner and (saga_ids is None or rec.saga_id in saga_ids):
+            if (
+                rec.owner == owner
+                and rec.status in ACTIVE_STATUSES
+                and (saga_ids is None or rec.saga_id in saga_ids)
+            ):
                 rec.lease_expires_at = 0.0
 
     async def active_kinds(self) -> set[tuple[str, int]]:

@@ -489,7 +489,8 @@ class SQLiteSagaLog:
                 )
             else:
                 self._db.executemany(
-                    "UPDATE pysaga_sagas SET lease_expires_at = 0 WHERE owner = ? AND saga_id = ?",
+                    "UPDATE pysaga_sagas SET lease_expires_at = 0 "
+                    f"WHERE owner = ? AND saga_id = ? AND status IN {_ACTIVE}",
                     [(owner, saga_id) for saga_id in saga_ids],
                 )
 

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
     from types import TracebackType
 
-    from pysaga import LogEntry, SagaRecord, SagaStatus, SagaUpdate
+    from pysaga import LogEntry, SagaRecord, SagaUpdate
 
 SAGA_NAME = "ship-order"
 COMPENSATABLE = ("reserve_stock", "hold_payment", "book_courier")
@@ -178,25 +178,8 @@ class CountingLog:
             self.killer.point("after-claim", saga_ids=[r.saga_id for r in claimed])
         return claimed
 
-    async def get(self, saga_id: str) -> SagaRecord | None:
-        return await self.inner.get(saga_id)
-
-    async def history(self, saga_id: str) -> list[LogEntry]:
-        return await self.inner.history(saga_id)
-
-    async def renew(self, owner: str, *, until: float) -> int:
-        return await self.inner.renew(owner, until=until)
-
-    async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
-        await self.inner.release(owner, saga_ids)
-
-    async def active_kinds(self) -> set[tuple[str, int]]:
-        return await self.inner.active_kinds()
-
-    async def list(
-        self, *, name: str | None = None, status: SagaStatus | None = None, limit: int = 100
-    ) -> list[SagaRecord]:
-        return await self.inner.list(name=name, status=status, limit=limit)
+    def __getattr__(self, name: str) -> Any:  # reads and lease upkeep pass straight through
+        return getattr(self.inner, name)
 
 
 class Effects:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -145,26 +145,8 @@ class CrashingLog:
         )
         return result
 
-    async def get(self, saga_id: str) -> SagaRecord | None:
-        return await self._inner.get(saga_id)
-
-    async def history(self, saga_id: str) -> list[LogEntry]:
-        return await self._inner.history(saga_id)
-
-    async def claim(self, owner: str, **kwargs: Any) -> list[SagaRecord]:
-        return await self._inner.claim(owner, **kwargs)
-
-    async def renew(self, owner: str, *, until: float) -> int:
-        return await self._inner.renew(owner, until=until)
-
-    async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
-        await self._inner.release(owner, saga_ids)
-
-    async def active_kinds(self) -> set[tuple[str, int]]:
-        return await self._inner.active_kinds()
-
-    async def list(self, **kwargs: Any) -> list[SagaRecord]:
-        return await self._inner.list(**kwargs)
+    def __getattr__(self, name: str) -> Any:  # reads and lease upkeep pass straight through
+        return getattr(self._inner, name)
 
 
 def build(shape: Shape, world: World) -> Saga[Data]:

@@ -203,20 +203,20 @@ class Run(Generic[DataT]):
         # Looked up once per run: without an SDK both are None and cost nothing after this.
         self._tracer = self.telemetry.tracer
         self._instruments = instruments = self.telemetry.instruments
-        attributes = {
-            ATTR_SAGA_ID: self.saga_id,
-            ATTR_SAGA_NAME: saga.name,
-            ATTR_SAGA_VERSION: saga.version,
-        }
-        with self.telemetry.span(f"saga {saga.name}", attributes) as span:
-            if self.status is SagaStatus.RUNNING:
-                await self._forward()
-            if self.status is SagaStatus.COMPENSATING:
-                await self._backward()
-            if span is not None:
-                span.set_attribute(ATTR_SAGA_STATUS, self.status.value)
-                if self.failure is not None:
-                    span.set_attribute("saga.failure", str(self.failure))
+        if self._tracer is None:
+            await self._advance()
+        else:
+            attributes = {
+                ATTR_SAGA_ID: self.saga_id,
+                ATTR_SAGA_NAME: saga.name,
+                ATTR_SAGA_VERSION: saga.version,
+            }
+            with self.telemetry.span(f"saga {saga.name}", attributes) as span:
+                await self._advance()
+                if span is not None:
+                    span.set_attribute(ATTR_SAGA_STATUS, self.status.value)
+                    if self.failure is not None:
+                        span.set_attribute("saga.failure", str(self.failure))
         if self.status is SagaStatus.FAILED:
             logger.error(
                 "saga %s (%s) FAILED and needs an operator: %s. Its history is in the saga "
@@ -230,6 +230,12 @@ class Run(Generic[DataT]):
             instruments.sagas.add(1, labels)
             instruments.saga_duration.record(max(0.0, time.time() - self.created_at), labels)
         return SagaOutcome(self.saga_id, saga.name, self.status, self.data, self.failure)
+
+    async def _advance(self) -> None:
+        if self.status is SagaStatus.RUNNING:
+            await self._forward()
+        if self.status is SagaStatus.COMPENSATING:
+            await self._backward()
 
     def _deadline_applies(self) -> bool:
         if self.deadline_at is None:

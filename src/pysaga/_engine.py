@@ -406,13 +406,7 @@ class Run(Generic[DataT]):
                     [self._entry(EntryKind.STEP_STARTED, step.name, attempts)],
                     steps={step.name: StepState(StepStatus.STARTED, attempts, failures)},
                 )
-            ctx = StepContext(
-                saga_id=self.saga_id,
-                saga_name=self.saga.name,
-                step=step.name,
-                attempt=attempts,
-                idempotency_key=f"{self.saga_id}/{step.name}",
-            )
+            ctx = self._context(step, attempts)
             try:
                 result = await self._call(step, data, ctx, left)
             except Exception as exc:
@@ -448,6 +442,20 @@ class Run(Generic[DataT]):
             )
             return result, None
 
+    def _context(
+        self, step: Step[DataT], attempt: int, *, compensating: bool = False
+    ) -> StepContext:
+        # One key per step of a saga: the step's retries and re-runs and its compensation
+        # all carry it, so the services can tell a repeat and find what to undo.
+        return StepContext(
+            saga_id=self.saga_id,
+            saga_name=self.saga.name,
+            step=step.name,
+            attempt=attempt,
+            idempotency_key=f"{self.saga_id}/{step.name}",
+            compensating=compensating,
+        )
+
     async def _call(
         self, step: Step[DataT], data: DataT, ctx: StepContext, time_left: float | None
     ) -> DataT | None:
@@ -473,14 +481,8 @@ class Run(Generic[DataT]):
         limit: float | None,
     ) -> Any:
         """Await a step's action or compensation, under its time limit, observed."""
-        if self._tracer is None and self._instruments is None:
-            if limit is None:  # the common case: no scope, no span, no clock
-                return await (fn(data, ctx) if wants_context else fn(data))
-            try:
-                with anyio.fail_after(limit):
-                    return await (fn(data, ctx) if wants_context else fn(data))
-            except TimeoutError as exc:
-                raise _timed_out(step, ctx, limit) from exc
+        if self._tracer is None and self._instruments is None:  # nothing to observe
+            return await _invoke(step, fn, wants_context, data, ctx, limit)
         kind = "compensate" if ctx.compensating else "step"
         attributes = {
             ATTR_SAGA_ID: self.saga_id,
@@ -492,13 +494,7 @@ class Run(Generic[DataT]):
         outcome = "succeeded"
         with self.telemetry.span(f"{kind} {step.name}", attributes) as span:
             try:
-                try:
-                    with anyio.fail_after(limit):
-                        return await (fn(data, ctx) if wants_context else fn(data))
-                except TimeoutError as exc:
-                    if limit is None:
-                        raise
-                    raise _timed_out(step, ctx, limit) from exc
+                return await _invoke(step, fn, wants_context, data, ctx, limit)
             except Exception as exc:
                 outcome = "failed"
                 mark_error(span, exc)
@@ -546,14 +542,7 @@ class Run(Generic[DataT]):
         policy = step.compensation_retry
         while True:
             attempts += 1
-            ctx = StepContext(
-                saga_id=self.saga_id,
-                saga_name=self.saga.name,
-                step=step.name,
-                attempt=attempts,
-                idempotency_key=f"{self.saga_id}/{step.name}",
-                compensating=True,
-            )
+            ctx = self._context(step, attempts, compensating=True)
             # A compensation, once begun, is never cut short by cancellation.
             with anyio.CancelScope(shield=True):
                 await self._write(
@@ -592,6 +581,24 @@ class Run(Generic[DataT]):
                     )
                     return None
             await anyio.sleep(policy.delay(failures))
+
+
+async def _invoke(
+    step: Step[Any],
+    fn: Action,
+    wants_context: bool,
+    data: Any,
+    ctx: StepContext,
+    limit: float | None,
+) -> Any:
+    """Call *fn*, under *limit* seconds if there is one (no cancel scope otherwise)."""
+    if limit is None:
+        return await (fn(data, ctx) if wants_context else fn(data))
+    try:
+        with anyio.fail_after(limit):
+            return await (fn(data, ctx) if wants_context else fn(data))
+    except TimeoutError as exc:
+        raise _timed_out(step, ctx, limit) from exc
 
 
 def _timed_out(step: Step[Any], ctx: StepContext, limit: float) -> TimeoutError:

@@ -301,11 +301,25 @@ class Orchestrator:
             raise RuntimeError(
                 "the Orchestrator is not running; use 'async with Orchestrator(...) as orch:'"
             )
-        self._running[run.saga_id] = run
+        self._track(run)
         self._done.setdefault(run.saga_id, _Completion())
+        self._tg.start_soon(self._drive, run)
+
+    def _track(self, run: _Run[Any]) -> None:
+        """Count *run* as in flight here (the drain on exit waits for it)."""
+        self._running[run.saga_id] = run
         if self._idle.is_set():
             self._idle = anyio.Event()
-        self._tg.start_soon(self._drive, run)
+
+    def _untrack(self, saga_id: str) -> None:
+        self._running.pop(saga_id, None)
+        if not self._running:
+            self._idle.set()
+
+    async def _give_up_lease(self, saga_id: str) -> None:
+        """After an unexpected error: let the saga be claimed again (by anyone, us too)."""
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await self._log.release(self.owner, [saga_id])
 
     async def _drive(self, run: _Run[Any]) -> None:
         outcome: SagaOutcome[Any] | None = None
@@ -320,12 +334,9 @@ class Orchestrator:
                 run.saga_id,
                 run.saga.name,
             )
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await self._log.release(self.owner, [run.saga_id])
+            await self._give_up_lease(run.saga_id)
         finally:
-            self._running.pop(run.saga_id, None)
-            if not self._running:
-                self._idle.set()
+            self._untrack(run.saga_id)
             completion = self._done.pop(run.saga_id, None)
             if completion is not None:  # waiters read the outcome from it, or from the log
                 completion.outcome = outcome
@@ -425,9 +436,7 @@ class Orchestrator:
             StoreError: the saga log failed; the saga stays in the log and is resumed later.
         """
         run = await self._create(saga, data, saga_id)
-        self._running[run.saga_id] = run
-        if self._idle.is_set():
-            self._idle = anyio.Event()
+        self._track(run)
         handed_off = False
         try:
             return await run.drive()
@@ -435,8 +444,7 @@ class Orchestrator:
             logger.warning("%s", exc)
             return await self.wait(run.saga_id)  # its new holder finishes it
         except Exception:
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await self._log.release(self.owner, [run.saga_id])
+            await self._give_up_lease(run.saga_id)
             raise
         except BaseException:  # cancelled: the saga itself carries on in the background
             if self._tg is not None:
@@ -445,9 +453,7 @@ class Orchestrator:
             raise
         finally:
             if not handed_off:
-                self._running.pop(run.saga_id, None)
-                if not self._running:
-                    self._idle.set()
+                self._untrack(run.saga_id)
 
     async def wait(self, saga_id: str, *, poll_interval: float = 0.1) -> SagaOutcome[Any]:
         """Wait until the saga *saga_id* ends and return its outcome.

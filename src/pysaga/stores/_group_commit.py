@@ -66,8 +66,7 @@ class GroupCommit(Generic[OpT]):
         if self._leading:
             with anyio.CancelScope(shield=True):
                 await write._event().wait()
-            if write.promoted:
-                write._done = None
+            if write.promoted:  # its write is still queued: it leads the next batch
                 await self._lead(write)
         else:
             await self._lead(write)

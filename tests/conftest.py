@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,8 @@ import pytest
 from pysaga import SagaLog
 from pysaga.stores.memory import InMemorySagaLog
 from pysaga.stores.sqlite import SQLiteSagaLog
+
+from . import services
 
 REQUIRE_SERVICES = os.environ.get("PYSAGA_REQUIRE_SERVICES", "") not in ("", "0", "false")
 
@@ -54,3 +56,32 @@ def require_service(name: str, how_to_start: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(message + " (PYSAGA_REQUIRE_SERVICES=1 turns this skip into a failure)")
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    """A reachable RabbitMQ (``PYSAGA_AMQP_URL``, default guest on 127.0.0.1:5672)."""
+    if not services.reachable(services.AMQP_URL, 5672):
+        require_service(
+            f"RabbitMQ at {services.AMQP_URL}",
+            "rabbitmq-server -detached (or set PYSAGA_AMQP_URL)",
+        )
+    return services.AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def _kafka() -> Iterator[services.KafkaServer | None]:
+    with services.kafka_server() as server:
+        yield server
+
+
+@pytest.fixture
+def kafka_server(_kafka: services.KafkaServer | None) -> services.KafkaServer:
+    """A reachable Kafka-protocol broker (``PYSAGA_KAFKA_URL``, or one started for the session)."""
+    if _kafka is None:
+        require_service(
+            "a Kafka-protocol broker",
+            "install the test extra (pip install -e '.[dev]') or set PYSAGA_KAFKA_URL",
+        )
+    assert _kafka is not None
+    return _kafka

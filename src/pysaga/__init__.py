@@ -14,17 +14,27 @@ from .definition import Saga as Saga
 from .definition import Step as Step
 from .definition import StepContext as StepContext
 from .definition import StepKind as StepKind
+from .errors import BrokerClosed as BrokerClosed
+from .errors import BrokerError as BrokerError
+from .errors import BrokerUnavailable as BrokerUnavailable
 from .errors import BusinessError as BusinessError
 from .errors import ConcurrencyError as ConcurrencyError
 from .errors import DeadlineExceeded as DeadlineExceeded
+from .errors import DecodeError as DecodeError
 from .errors import LeaseLost as LeaseLost
+from .errors import MessagingError as MessagingError
 from .errors import PysagaError as PysagaError
+from .errors import RemoteStepError as RemoteStepError
 from .errors import SagaDefinitionError as SagaDefinitionError
 from .errors import SagaNotFoundError as SagaNotFoundError
 from .errors import SagaNotRegisteredError as SagaNotRegisteredError
 from .errors import SchemaVersionError as SchemaVersionError
 from .errors import StepError as StepError
 from .errors import StoreError as StoreError
+from .errors import UnknownMessageType as UnknownMessageType
+from .messaging import Broker as Broker
+from .messaging import DeadLetter as DeadLetter
+from .messaging import Envelope as Envelope
 from .models import EntryKind as EntryKind
 from .models import Failure as Failure
 from .models import LogEntry as LogEntry
@@ -39,15 +49,24 @@ from .orchestrator import new_saga_id as new_saga_id
 from .protocols import SagaLog as SagaLog
 
 __all__ = (
+    "Broker",
+    "BrokerClosed",
+    "BrokerError",
+    "BrokerUnavailable",
     "BusinessError",
     "ConcurrencyError",
+    "DeadLetter",
     "DeadlineExceeded",
+    "DecodeError",
     "EntryKind",
+    "Envelope",
     "Failure",
     "LeaseLost",
     "LogEntry",
+    "MessagingError",
     "Orchestrator",
     "PysagaError",
+    "RemoteStepError",
     "Retry",
     "Saga",
     "SagaDefinitionError",
@@ -66,6 +85,7 @@ __all__ = (
     "StepState",
     "StepStatus",
     "StoreError",
+    "UnknownMessageType",
     "__version__",
     "new_saga_id",
 )

@@ -12,8 +12,15 @@ naturally catch a builtin, the error also derives from it::
     │   │   └── LeaseLost                 this orchestrator no longer holds the saga's lease
     │   └── SchemaVersionError            the log's schema is newer than this library
     ├── StepError                         raised *by user code* inside a step
-    │   └── BusinessError                 "no" for a business reason: never retried, compensate now
-    └── DeadlineExceeded                  recorded when a saga's deadline passed before its pivot
+    │   ├── BusinessError                 "no" for a business reason: never retried, compensate now
+    │   └── RemoteStepError               a participant replied with a technical failure
+    ├── DeadlineExceeded                  recorded when a saga's deadline passed before its pivot
+    └── MessagingError                    sending or receiving a message failed
+        ├── DecodeError (ValueError)      a message cannot be read: dead-lettered at once
+        │   └── UnknownMessageType        nobody here handles the message's type
+        └── BrokerError                   the broker or its client library failed
+            ├── BrokerUnavailable (ConnectionError)   cannot reach the broker
+            └── BrokerClosed              the broker was used before entering or after closing
 
 ``StepError`` and ``BusinessError`` are the two exceptions users raise themselves; every
 other exception a step raises is a technical failure, which the step's retry policy decides
@@ -25,17 +32,24 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = (
+    "BrokerClosed",
+    "BrokerError",
+    "BrokerUnavailable",
     "BusinessError",
     "ConcurrencyError",
     "DeadlineExceeded",
+    "DecodeError",
     "LeaseLost",
+    "MessagingError",
     "PysagaError",
+    "RemoteStepError",
     "SagaDefinitionError",
     "SagaNotFoundError",
     "SagaNotRegisteredError",
     "SchemaVersionError",
     "StepError",
     "StoreError",
+    "UnknownMessageType",
 )
 
 
@@ -163,3 +177,63 @@ class DeadlineExceeded(PysagaError):
     pysaga records it as the saga's failure (``failure.type == "DeadlineExceeded"``); it is
     not raised to callers.
     """
+
+
+class RemoteStepError(StepError):
+    """A participant replied that it could not handle a step's command for a technical reason.
+
+    It is retryable: the step's retry policy decides whether the command is sent again (with
+    the same message id, so the participant can tell it is a repeat).
+
+    Args:
+        message: The participant's description of the failure.
+        error_type: The name of the exception the participant's handler raised.
+        service: The participant that replied.
+    """
+
+    def __init__(self, message: str, *, error_type: str, service: str) -> None:
+        super().__init__(
+            f"{service}: {error_type}: {message}",
+            details={"service": service, "error_type": error_type},
+        )
+        self._error_type = error_type
+        self._service = service
+
+    @property
+    def error_type(self) -> str:
+        """The name of the exception the participant's handler raised."""
+        return self._error_type
+
+    @property
+    def service(self) -> str:
+        """The participant that replied."""
+        return self._service
+
+
+class MessagingError(PysagaError):
+    """Sending or receiving a message failed."""
+
+
+class DecodeError(MessagingError, ValueError):
+    """A message cannot be read: not an envelope, a payload that does not fit its type, or a
+    schema version newer than the reader knows.
+
+    A consumer that meets one sends the message to the dead-letter destination at once (a
+    retry could not help), with this error's text as the reason, and goes on.
+    """
+
+
+class UnknownMessageType(DecodeError):
+    """A message's type is not one the receiving handler knows; it is dead-lettered at once."""
+
+
+class BrokerError(MessagingError):
+    """The broker, or its client library, reported an error; the original is the ``__cause__``."""
+
+
+class BrokerUnavailable(BrokerError, ConnectionError):
+    """The broker cannot be reached (refused, timed out, or the connection dropped for good)."""
+
+
+class BrokerClosed(BrokerError):
+    """The broker object was used before ``async with broker:`` entered it, or after it closed."""

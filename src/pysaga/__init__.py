@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib as _contextlib
 
 from ._version import __version__ as __version__
+from .definition import RemoteCall as RemoteCall
 from .definition import Retry as Retry
 from .definition import Saga as Saga
 from .definition import Step as Step
@@ -46,6 +47,10 @@ from .models import StepState as StepState
 from .models import StepStatus as StepStatus
 from .orchestrator import Orchestrator as Orchestrator
 from .orchestrator import new_saga_id as new_saga_id
+from .participant import HandlerContext as HandlerContext
+from .participant import Participant as Participant
+from .protocols import Inbox as Inbox
+from .protocols import InboxRecord as InboxRecord
 from .protocols import SagaLog as SagaLog
 
 __all__ = (
@@ -61,11 +66,16 @@ __all__ = (
     "EntryKind",
     "Envelope",
     "Failure",
+    "HandlerContext",
+    "Inbox",
+    "InboxRecord",
     "LeaseLost",
     "LogEntry",
     "MessagingError",
     "Orchestrator",
+    "Participant",
     "PysagaError",
+    "RemoteCall",
     "RemoteStepError",
     "Retry",
     "Saga",

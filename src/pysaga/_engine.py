@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     from opentelemetry.trace import Tracer
 
+    from ._remote import Requester
     from .protocols import SagaLog
     from .tracing import Instruments
 
@@ -88,6 +89,7 @@ class Run(Generic[DataT]):
         "fresh_intents",
         "log",
         "owner",
+        "requester",
         "revision",
         "saga",
         "saga_id",
@@ -125,6 +127,8 @@ class Run(Generic[DataT]):
         """Steps whose first intent was written with the saga's creation and not yet run."""
         self._tracer: Tracer | None = None
         self._instruments: Instruments | None = None
+        self.requester: Requester | None = None
+        """Sends remote steps' commands (set by an orchestrator that has a broker)."""
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -463,13 +467,34 @@ class Run(Generic[DataT]):
         if time_left is not None and step.kind is not StepKind.PIVOT:
             # The deadline stops a pivot from starting, never interrupts one that started.
             limit = time_left if limit is None else min(limit, time_left)
-        result = await self._execute(step, step.action, step.wants_context, data, ctx, limit)
+        fn, wants_context = self._callable(step, compensating=False)
+        result = await self._execute(step, fn, wants_context, data, ctx, limit)
         if result is not None and not isinstance(result, self.saga.data_type):
             raise _BadReturn(
                 f"step {step.name!r} returned {type(result).__name__}; a step returns "
                 f"the saga's data ({self.saga.data_type.__name__}) or None"
             )
         return result
+
+    def _callable(self, step: Step[DataT], *, compensating: bool) -> tuple[Action, bool]:
+        """The function to await for *step* (or its compensation), and whether it takes ctx."""
+        call = step.remote
+        if call is None:
+            if compensating:
+                assert step.compensation is not None
+                return step.compensation, step.compensation_wants_context
+            return step.action, step.wants_context
+        requester = self.requester
+        if requester is None:
+            raise RuntimeError(
+                f"step {step.name!r} is remote, but the orchestrator has no broker; pass "
+                "Orchestrator(broker=...)"
+            )
+
+        async def send(data: DataT, ctx: StepContext) -> Any:
+            return await requester.call(call, data, ctx, compensating=compensating)
+
+        return send, True
 
     async def _execute(
         self,
@@ -534,8 +559,7 @@ class Run(Generic[DataT]):
         await self._write([self._entry(EntryKind.SAGA_COMPENSATED)], status=SagaStatus.COMPENSATED)
 
     async def _compensate(self, step: Step[DataT], state: StepState) -> Failure | None:
-        compensation = step.compensation
-        assert compensation is not None
+        compensation, wants_context = self._callable(step, compensating=True)
         resuming = state.status is StepStatus.COMPENSATING
         attempts = state.attempts if resuming else 0
         failures = state.failures if resuming else 0
@@ -553,7 +577,7 @@ class Run(Generic[DataT]):
                     await self._execute(
                         step,
                         compensation,
-                        step.compensation_wants_context,
+                        wants_context,
                         self.data,
                         ctx,
                         step.compensation_timeout,

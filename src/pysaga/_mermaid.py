@@ -17,6 +17,8 @@ def _shape(step: Step[Any]) -> str:
     from .definition import StepKind
 
     label = step.name.replace('"', "'")
+    if step.remote is not None:
+        label += f" @ {step.remote.service}"
     if step.kind is StepKind.PIVOT:
         return f'{{{{"{label} (pivot)"}}}}'
     if step.kind is StepKind.RETRIABLE:
@@ -46,7 +48,13 @@ def saga_to_mermaid(saga: Saga[Any]) -> str:
         return "\n".join(lines) + "\n"
     lines.append('    compensated(["compensated"])')
     for step in compensatable:
-        comp = getattr(step.compensation, "__name__", "compensate").replace('"', "'")
+        if step.remote is not None and step.remote.compensation is not None:
+            comp = step.remote.compensation.__name__
+        elif step.remote is not None:
+            comp = f"undo {step.name}"
+        else:
+            comp = getattr(step.compensation, "__name__", "compensate")
+        comp = comp.replace('"', "'")
         lines.append(f'    c{step.index}[/"{comp}"/]')
     # Undo runs in reverse: each compensation leads to the one of the step before it.
     ordered = list(reversed(compensatable))

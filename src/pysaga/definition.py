@@ -29,8 +29,10 @@ from pydantic import BaseModel
 from .errors import BusinessError, SagaDefinitionError, StepError
 
 __all__ = (
+    "DEFAULT_REMOTE_TIMEOUT",
     "Action",
     "Compensation",
+    "RemoteCall",
     "Retry",
     "Saga",
     "Step",
@@ -149,6 +151,34 @@ COMPENSATION_RETRY = Retry(attempts=10, backoff=0.1, max_backoff=5.0)
 """Compensations: ten attempts, then the saga is FAILED and needs an operator."""
 
 
+DEFAULT_REMOTE_TIMEOUT = 30.0
+"""Seconds a remote step waits for its reply before the attempt counts as timed out (and
+the command is sent again, under the step's retry policy)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteCall:
+    """What makes a step remote: the command it sends to a service, and how its data maps.
+
+    Attributes:
+        service: The participant service that handles the command (its destination).
+        command: The command's pydantic model.
+        reply: The reply's model (``None``: any success reply will do).
+        compensation: The compensation command's model, if the step has a remote compensation.
+        build: Makes the command from the saga's data.
+        on_reply: Folds the reply into the saga's data (returns the new data, or ``None``).
+        build_compensation: Makes the compensation command from the saga's data.
+    """
+
+    service: str
+    command: type[BaseModel]
+    reply: type[BaseModel] | None
+    compensation: type[BaseModel] | None
+    build: Callable[[Any], BaseModel]
+    on_reply: Callable[[Any, Any], Any]
+    build_compensation: Callable[[Any], BaseModel] | None
+
+
 class StepKind(enum.StrEnum):
     """What a step is, given where it stands relative to the pivot."""
 
@@ -180,6 +210,7 @@ class Step(Generic[DataT]):
         "index",
         "kind",
         "name",
+        "remote",
         "retry",
         "saga",
         "timeout",
@@ -207,13 +238,15 @@ class Step(Generic[DataT]):
         self.group = group
         self.index = index
         self.wants_context = _check_callable(action, saga, f"step {name!r} in saga {saga.name!r}")
+        self.remote: RemoteCall | None = None
         self._compensation: Compensation | None = None
         self._compensation_ctx = False
         self._compensation_retry = COMPENSATION_RETRY
         self._compensation_timeout: float | None = None
 
     def __repr__(self) -> str:
-        return f"<Step {self.saga.name}.{self.name} ({self.kind.value})>"
+        where = f" -> {self.remote.service}" if self.remote is not None else ""
+        return f"<Step {self.saga.name}.{self.name}{where} ({self.kind.value})>"
 
     async def __call__(self, data: DataT, ctx: StepContext | None = None) -> Any:
         """Run the action directly (for unit tests); the orchestrator does not go through here."""
@@ -426,6 +459,110 @@ class Saga(Generic[DataT]):
             )
         return step.compensate(retry=retry, timeout=timeout)
 
+    def remote(
+        self,
+        name: str,
+        *,
+        service: str,
+        command: type[BaseModel],
+        reply: type[BaseModel] | None = None,
+        compensation: type[BaseModel] | None = None,
+        build: Callable[[DataT], BaseModel] | None = None,
+        on_reply: Callable[[DataT, Any], DataT | None] | None = None,
+        build_compensation: Callable[[DataT], BaseModel] | None = None,
+        retry: Retry | None = None,
+        timeout: float | None = DEFAULT_REMOTE_TIMEOUT,
+        pivot: bool = False,
+        compensation_retry: Retry | None = None,
+        compensation_timeout: float | None = DEFAULT_REMOTE_TIMEOUT,
+    ) -> Step[DataT]:
+        """Declare the next step as a command to another service, sent over the broker.
+
+        The orchestrator sends the command (with a reply address and the step's idempotency
+        key), waits for the participant's reply under *timeout*, and retries under *retry*.
+        A reply that refuses the command is a business "no" (compensate now); a technical
+        failure reply is retried. The command keeps its message id on every retry and after
+        restarts, so the participant applies it once.
+
+        Without *build*, the command is made from the saga's data fields of the same names;
+        without *on_reply*, the reply's fields that the saga's data also has are copied into
+        it. Both are checked here: a command field the data cannot fill is an error now.
+
+        Args:
+            name: The step's name.
+            service: The participant that handles the command (``Participant(service)``).
+            command: The command's model.
+            reply: The success reply's model (default: any success reply; data unchanged).
+            compensation: The model of the command that undoes the step, sent to the same
+                service when the saga turns back.
+            build: ``def build(data) -> command`` (a plain function: no I/O).
+            on_reply: ``def on_reply(data, reply) -> data | None``.
+            build_compensation: ``def build(data) -> compensation command``.
+            retry: The step's retry policy (as for local steps).
+            timeout: Seconds to wait for a reply, per attempt (default 30).
+            pivot: Make this step the pivot.
+            compensation_retry: The compensation's retry budget.
+            compensation_timeout: Seconds to wait for the compensation's reply, per attempt.
+        """
+        where = f"remote step {name!r} in saga {self.name!r}"
+        if not isinstance(service, str) or not _NAME.match(service):
+            raise SagaDefinitionError(
+                f"{where}: service {service!r} is not a usable name; use 1-200 letters, "
+                "digits or '_.:-' (the name the participant was created with)"
+            )
+        for label, model in (
+            ("command", command),
+            ("reply", reply),
+            ("compensation", compensation),
+        ):
+            if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
+                raise SagaDefinitionError(
+                    f"{where}: {label}= must be a pydantic model class, got {model!r}"
+                )
+        for label, fn in (
+            ("build", build),
+            ("on_reply", on_reply),
+            ("build_compensation", build_compensation),
+        ):
+            if fn is not None and (not callable(fn) or inspect.iscoroutinefunction(fn)):
+                raise SagaDefinitionError(
+                    f"{where}: {label}= must be a plain function (not async: it only maps "
+                    f"data, with no I/O), got {fn!r}"
+                )
+        if build is None:
+            build = _builder(self.data_type, command, where, "command", "build")
+        if compensation is not None and build_compensation is None:
+            build_compensation = _builder(
+                self.data_type, compensation, where, "compensation", "build_compensation"
+            )
+        call = RemoteCall(
+            service=service,
+            command=command,
+            reply=reply,
+            compensation=compensation,
+            build=build,
+            on_reply=on_reply if on_reply is not None else _merger(self.data_type, reply),
+            build_compensation=build_compensation,
+        )
+        step = self._add_step(_remote_action, name=name, retry=retry, timeout=timeout, pivot=pivot)
+        step.remote = call
+        if build_compensation is not None:
+            try:
+                step._set_compensation(
+                    _remote_compensation, compensation_retry, compensation_timeout
+                )
+            except SagaDefinitionError:
+                self._forget(step)
+                raise
+        return step
+
+    def _forget(self, step: Step[DataT]) -> None:
+        """Undo the declaration of *step* (the last one), after a mistake was found in it."""
+        self._steps.remove(step)
+        del self._by_name[step.name]
+        if self._pivot is step:
+            self._pivot = None
+
     @contextlib.contextmanager
     def parallel(self, name: str) -> Iterator[None]:
         """Steps declared inside this block run concurrently, as one group.
@@ -574,6 +711,54 @@ class Saga(Generic[DataT]):
         from ._mermaid import saga_to_mermaid
 
         return saga_to_mermaid(self)
+
+
+# -- remote steps --------------------------------------------------------------------------
+
+
+async def _remote_action(data: Any, ctx: StepContext) -> Any:
+    raise RuntimeError(
+        f"step {ctx.step!r} is remote: an Orchestrator with a broker sends its command; it "
+        "cannot be called directly"
+    )
+
+
+async def _remote_compensation(data: Any, ctx: StepContext) -> Any:
+    raise RuntimeError(f"the compensation of remote step {ctx.step!r} is sent by an Orchestrator")
+
+
+def _builder(
+    data_type: type[BaseModel], model: type[BaseModel], where: str, label: str, option: str
+) -> Callable[[Any], BaseModel]:
+    """Make *model* from the saga data's fields of the same names; check now that it can."""
+    fields = [f for f in model.model_fields if f in data_type.model_fields]
+    missing = [
+        f for f, info in model.model_fields.items() if info.is_required() and f not in fields
+    ]
+    if missing:
+        raise SagaDefinitionError(
+            f"{where}: the {label} {model.__name__} needs {', '.join(map(repr, missing))}, "
+            f"which {data_type.__name__} does not have; pass {option}=lambda data: "
+            f"{model.__name__}(...) to make it yourself"
+        )
+
+    def build(data: Any) -> BaseModel:
+        return model.model_validate({f: getattr(data, f) for f in fields})
+
+    build.__name__ = f"build_{model.__name__}"
+    return build
+
+
+def _merger(data_type: type[BaseModel], reply: type[BaseModel] | None) -> Callable[[Any, Any], Any]:
+    """Copy the reply's fields that the saga's data also has into the data."""
+    fields = [f for f in reply.model_fields if f in data_type.model_fields] if reply else []
+
+    def merge(data: Any, answer: Any) -> Any:
+        if not fields:
+            return None
+        return data.model_copy(update={f: getattr(answer, f) for f in fields})
+
+    return merge
 
 
 # -- declaration checks ----------------------------------------------------------------------

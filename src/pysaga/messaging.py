@@ -22,27 +22,42 @@ the model it was given: an old service must not half-understand a new message.
 
 from __future__ import annotations
 
-import builtins
 import datetime as _dt
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, TypeVar, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Literal,
+    Protocol,
+    Self,
+    TypeVar,
+    runtime_checkable,
+)
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import DecodeError
 
 if TYPE_CHECKING:
+    import builtins
     from types import TracebackType
 
 __all__ = (
+    "HEADER_IDEMPOTENCY_KEY",
+    "HEADER_STEP",
     "Broker",
     "DeadLetter",
     "DeadLetterHandler",
+    "Done",
     "Envelope",
+    "Failed",
     "Handler",
+    "Refused",
     "Subscription",
+    "command_id",
     "message_type",
     "schema_version",
 )
@@ -58,6 +73,23 @@ HEADER_DESTINATION = "x-pysaga-original-destination"
 HEADER_GROUP = "x-pysaga-group"
 HEADER_DELIVERIES = "x-pysaga-deliveries"
 HEADER_DEAD_AT = "x-pysaga-dead-lettered-at"
+
+# Headers a saga step's command carries.
+HEADER_IDEMPOTENCY_KEY = "x-pysaga-idempotency-key"
+HEADER_STEP = "x-pysaga-step"
+
+_COMMAND_IDS = uuid.UUID("6f1c3a52-9d0e-4c4b-8a8e-2f5b7d9e0c11")
+
+
+def command_id(idempotency_key: str, *, compensation: bool = False) -> str:
+    """The message id of a saga step's command (or of its compensation's command).
+
+    It is derived from the step's idempotency key, so a command sent again — on a retry, or by
+    another orchestrator after a crash — carries the same id, and the participant's inbox
+    recognises it.
+    """
+    suffix = "/compensate" if compensation else ""
+    return str(uuid.uuid5(_COMMAND_IDS, idempotency_key + suffix))
 
 
 def message_type(model: type[BaseModel]) -> str:
@@ -254,6 +286,30 @@ class DeadLetter:
         )
 
 
+class Refused(BaseModel):
+    """A participant's reply: the command was refused for a business reason (compensate)."""
+
+    __message_type__: ClassVar[str] = "pysaga.refused"
+
+    reason: str
+    details: Any = None
+
+
+class Failed(BaseModel):
+    """A participant's reply: the command failed for a technical reason (may be retried)."""
+
+    __message_type__: ClassVar[str] = "pysaga.failed"
+
+    error_type: str
+    message: str
+
+
+class Done(BaseModel):
+    """A participant's reply to a command whose handler returns nothing (a compensation)."""
+
+    __message_type__: ClassVar[str] = "pysaga.done"
+
+
 Handler = Callable[[Envelope], Awaitable[None]]
 """Receives one message. Returning acknowledges it; raising asks for a redelivery, and
 :class:`~pysaga.DecodeError` sends it to the dead-letter destination at once."""
@@ -335,10 +391,10 @@ class Broker(Protocol):
         """
         ...
 
-    async def open_reply_channel(self, handler: Handler) -> str:
-        """Start receiving on a private address of this process; returns the address to put
-        in ``reply_to``. Replies that arrive while no process listens are dropped, so a
-        requester must be ready to ask again."""
+    async def open_reply_channel(self, handler: Handler) -> Subscription:
+        """Start receiving on a private address of this connection; the subscription's
+        ``destination`` is the address to put in ``reply_to``. Replies that arrive while
+        nobody listens are dropped, so a requester must be ready to ask again."""
         ...
 
     async def reply(self, address: str, envelope: Envelope) -> None:

@@ -35,12 +35,14 @@ from pydantic import BaseModel, ValidationError
 
 from . import stores
 from ._engine import Run as _Run
+from ._remote import Requester as _Requester
 from .definition import Saga
 from .errors import (
     LeaseLost,
     SagaNotFoundError,
     SagaNotRegisteredError,
 )
+from .messaging import Broker
 from .models import (
     EntryKind,
     LogEntry,
@@ -109,6 +111,10 @@ class Orchestrator:
         owner: This orchestrator's name in the log (default: host, pid and a random part).
         tracer_provider: Where spans go (default: the global OpenTelemetry provider).
         meter_provider: Where metrics go (default: the global OpenTelemetry provider).
+        broker: Where remote steps' commands go: a broker URL (``"memory://shop"``,
+            ``"amqp://..."``, ``"kafka://..."``), which the orchestrator opens and closes, or
+            a :class:`~pysaga.Broker` object that the caller has entered. Needed only when a
+            saga has remote steps.
 
     Use it as an async context manager, or run :meth:`serve` in a task group::
 
@@ -127,6 +133,7 @@ class Orchestrator:
         owner: str | None = None,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
+        broker: str | Broker | None = None,
     ) -> None:
         self._sagas: dict[str, Saga[Any]] = {}
         for saga in sagas:
@@ -148,6 +155,31 @@ class Orchestrator:
                 "file path for a SQLite log, or an object implementing pysaga.SagaLog"
             )
         self._log: SagaLog = log
+        remote = sorted(
+            f"{saga.name}.{step.name}"
+            for saga in self._sagas.values()
+            for step in saga.steps
+            if step.remote is not None
+        )
+        if remote and broker is None:
+            raise ValueError(
+                f"steps {', '.join(remote)} are remote: pass Orchestrator(broker=...) so their "
+                "commands can be sent ('memory://name' in one process, 'amqp://...' or "
+                "'kafka://...' across processes)"
+            )
+        if isinstance(broker, str):
+            from . import brokers
+
+            self._own_broker: Broker | None = brokers.from_url(broker)
+            broker = self._own_broker
+        elif broker is not None and not isinstance(broker, Broker):
+            raise TypeError(
+                f"broker={broker!r}: pass a broker URL or an object implementing pysaga.Broker"
+            )
+        else:
+            self._own_broker = None
+        self._broker: Broker | None = broker
+        self._requester = _Requester(broker) if broker is not None else None
         self.lease = lease
         self.claim_interval = claim_interval if claim_interval is not None else lease / 2
         self.drain_timeout = drain_timeout
@@ -187,6 +219,11 @@ class Orchestrator:
             raise RuntimeError("this Orchestrator is already running; enter it once")
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self._log)
+            if self._own_broker is not None:
+                await stack.enter_async_context(self._own_broker)
+            if self._requester is not None:
+                await self._requester.start()
+                stack.push_async_callback(self._requester.stop)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown)
             await self._report_unknown()
@@ -292,9 +329,14 @@ class Orchestrator:
                     )
                     continue
                 logger.info("resuming saga %s (%s) from the log", record.saga_id, saga.name)
-                self._launch(_Run(self._log, self.owner, saga, record, data, self._telemetry))
+                self._launch(self._new_run(saga, record, data))
             if len(claimed) < 100:
                 return
+
+    def _new_run(self, saga: Saga[DataT], record: SagaRecord, data: DataT) -> _Run[DataT]:
+        run = _Run(self._log, self.owner, saga, record, data, self._telemetry)
+        run.requester = self._requester
+        return run
 
     def _launch(self, run: _Run[Any]) -> None:
         if self._tg is None:
@@ -413,7 +455,7 @@ class Orchestrator:
             for step in first
         )
         await self._log.create(record, entries)
-        run = _Run(self._log, self.owner, definition, record, model, self._telemetry)
+        run = self._new_run(definition, record, model)
         run.fresh_intents.update(step.name for step in first)
         return run
 

@@ -1,11 +1,12 @@
 """The pluggable contracts pysaga's core talks to. Adapters implement them; core never
 imports an adapter.
 
-Only the saga log is here for now; the broker contract joins it with messaging.
+The broker contract lives with the envelope, in :mod:`pysaga.messaging`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
@@ -14,7 +15,59 @@ if TYPE_CHECKING:
 
     from .models import LogEntry, SagaRecord, SagaStatus, SagaUpdate
 
-__all__ = ("SagaLog",)
+__all__ = ("Inbox", "InboxRecord", "SagaLog")
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRecord:
+    """What a participant's inbox keeps of a message it handled: the reply it gave.
+
+    Attributes:
+        reply_type: The reply's message type (``pysaga.done`` when the handler returned none).
+        schema_version: The reply's schema version.
+        payload: The reply's payload, as JSON text.
+        handled_at: When the message was handled (seconds since the epoch).
+    """
+
+    reply_type: str
+    schema_version: int
+    payload: str
+    handled_at: float
+
+
+@runtime_checkable
+class Inbox(Protocol):
+    """**Protocol**: the messages a participant has handled, by message id, with its replies.
+
+    A message whose id is in the inbox is not handled again: its recorded reply is sent once
+    more instead. Each consumer (a participant's service name) has its own namespace, so
+    several services may share one inbox store.
+    """
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def get(self, consumer: str, message_id: str) -> InboxRecord | None:
+        """The record of *message_id*, if *consumer* handled it."""
+        ...
+
+    async def put(self, consumer: str, message_id: str, record: InboxRecord) -> InboxRecord:
+        """Record that *consumer* handled *message_id*; the first record wins.
+
+        Returns:
+            The record that is now in the inbox: *record*, or the one written before it.
+        """
+        ...
+
+    async def purge(self, before: float) -> int:
+        """Forget messages handled before *before* (epoch seconds); returns how many."""
+        ...
 
 
 @runtime_checkable

@@ -336,8 +336,9 @@ class BaseBroker(abc.ABC):
         await tg.start(self._run, consumer, self._consume)
         return consumer
 
-    async def open_reply_channel(self, handler: Handler) -> str:
-        """Receive on a private address of this connection; returns the address."""
+    async def open_reply_channel(self, handler: Handler) -> Consumer:
+        """Receive on a private address of this connection; its ``destination`` is the
+        address to put in ``reply_to``."""
         tg = self._check_open()
 
         async def deliver(consumer: Consumer, body: bytes, headers: Mapping[str, str]) -> None:
@@ -351,7 +352,7 @@ class BaseBroker(abc.ABC):
         consumer = Consumer(self, "(replies)", "(private)", self.concurrency, deliver)
         address: str = await tg.start(self._run, consumer, self._consume_replies)
         consumer.destination = address
-        return address
+        return consumer
 
     # -- delivery ----------------------------------------------------------------------------
 

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from ..protocols import SagaLog
+    from ..protocols import Inbox, SagaLog
 
-__all__ = ("from_url",)
+__all__ = ("from_url", "inbox_from_url")
 
 _SCHEMES = {
     "memory": ("pysaga.stores.memory", "InMemorySagaLog"),
@@ -47,3 +47,29 @@ def from_url(url: str) -> SagaLog:
     cls = getattr(importlib.import_module(module_name), class_name)
     log: SagaLog = cls.from_url(url)
     return log
+
+
+_INBOXES = {
+    "memory": ("pysaga.stores.memory", "InMemoryInbox"),
+    "sqlite": ("pysaga.stores.sqlite_inbox", "SQLiteInbox"),
+}
+
+
+def inbox_from_url(url: str) -> Inbox:
+    """Open the participant inbox named by *url* (not yet entered): ``memory://`` or
+    ``sqlite:///path.db`` (the same URL forms as :func:`from_url`).
+
+    Raises:
+        ValueError: for a scheme pysaga does not know.
+    """
+    scheme = urlsplit(url).scheme.lower()
+    try:
+        module_name, class_name = _INBOXES[scheme]
+    except KeyError:
+        known = ", ".join(f"'{s}://'" for s in _INBOXES)
+        raise ValueError(
+            f"inbox URL {url!r} has an unknown scheme {scheme!r}; use one of {known}"
+        ) from None
+    cls = getattr(importlib.import_module(module_name), class_name)
+    inbox: Inbox = cls.from_url(url)
+    return inbox

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
     from types import TracebackType
 
-__all__ = ("InMemorySagaLog",)
+    from ..protocols import InboxRecord
+
+__all__ = ("InMemoryInbox", "InMemorySagaLog")
 
 
 class InMemorySagaLog:
@@ -164,3 +166,41 @@ def _copy(r: SagaRecord) -> SagaRecord:
         r.updated_at,
         r.failure,
     )
+
+
+class InMemoryInbox:
+    """An :class:`~pysaga.Inbox` held in a dictionary: de-duplicates within this process."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], InboxRecord] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> InMemoryInbox:
+        """Build from ``memory://`` (the URL carries no options)."""
+        return cls()
+
+    def __repr__(self) -> str:
+        return f"<InMemoryInbox: {len(self._seen)} messages>"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pass
+
+    async def get(self, consumer: str, message_id: str) -> InboxRecord | None:
+        return self._seen.get((consumer, message_id))
+
+    async def put(self, consumer: str, message_id: str, record: InboxRecord) -> InboxRecord:
+        return self._seen.setdefault((consumer, message_id), record)
+
+    async def purge(self, before: float) -> int:
+        old = [key for key, record in self._seen.items() if record.handled_at < before]
+        for key in old:
+            del self._seen[key]
+        return len(old)

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
     from types import TracebackType
 
-__all__ = ("SCHEMA_VERSION", "SQLiteSagaLog")
+__all__ = ("SCHEMA_VERSION", "SQLiteSagaLog", "parse_url")
 
 logger = logging.getLogger("pysaga.stores.sqlite")
 
@@ -116,6 +116,39 @@ _UPDATE_STATUS = (
 )
 
 
+def parse_url(url: str) -> tuple[str, Synchronous, float]:
+    """Read ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (query options
+    ``synchronous=normal|full`` and ``busy_timeout=<seconds>``).
+
+    Returns:
+        The file path, the synchronous setting and the busy timeout.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "sqlite":
+        raise ValueError(f"not a sqlite URL: {url!r}")
+    path = unquote(parts.path)
+    if parts.netloc == ":memory:" or path == "/:memory:":
+        path = ":memory:"
+    elif path.startswith("/"):
+        path = path[1:]  # sqlite:///rel -> "rel"; sqlite:////abs -> "/abs"
+    if not path:
+        raise ValueError(
+            f"sqlite URL {url!r} names no file; write 'sqlite:///sagas.db' (relative) or "
+            "'sqlite:////var/lib/app/sagas.db' (absolute)"
+        )
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(query) - {"synchronous", "busy_timeout"}
+    if unknown:
+        raise ValueError(
+            f"sqlite URL {url!r}: unknown option(s) {sorted(unknown)}; "
+            "known: synchronous, busy_timeout"
+        )
+    sync = query.get("synchronous", "normal").lower()
+    if sync not in ("normal", "full"):
+        raise ValueError(f"sqlite URL {url!r}: synchronous must be 'normal' or 'full'")
+    return path, "full" if sync == "full" else "normal", float(query.get("busy_timeout", 5.0))
+
+
 @dataclass(frozen=True, slots=True)
 class _Create:
     record: SagaRecord
@@ -168,34 +201,8 @@ class SQLiteSagaLog:
 
         The query may set ``synchronous=normal|full`` and ``busy_timeout=<seconds>``.
         """
-        parts = urlsplit(url)
-        if parts.scheme.lower() != "sqlite":
-            raise ValueError(f"not a sqlite URL: {url!r}")
-        path = unquote(parts.path)
-        if parts.netloc == ":memory:" or path == "/:memory:":
-            path = ":memory:"
-        elif path.startswith("/"):
-            path = path[1:]  # sqlite:///rel -> "rel"; sqlite:////abs -> "/abs"
-        if not path:
-            raise ValueError(
-                f"sqlite URL {url!r} names no file; write 'sqlite:///sagas.db' (relative) or "
-                "'sqlite:////var/lib/app/sagas.db' (absolute)"
-            )
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        unknown = set(query) - {"synchronous", "busy_timeout"}
-        if unknown:
-            raise ValueError(
-                f"sqlite URL {url!r}: unknown option(s) {sorted(unknown)}; "
-                "known: synchronous, busy_timeout"
-            )
-        sync = query.get("synchronous", "normal").lower()
-        if sync not in ("normal", "full"):
-            raise ValueError(f"sqlite URL {url!r}: synchronous must be 'normal' or 'full'")
-        return cls(
-            path,
-            synchronous="full" if sync == "full" else "normal",
-            busy_timeout=float(query.get("busy_timeout", 5.0)),
-        )
+        path, synchronous, busy_timeout = parse_url(url)
+        return cls(path, synchronous=synchronous, busy_timeout=busy_timeout)
 
     def __repr__(self) -> str:
         return f"<SQLiteSagaLog {self.path!r} synchronous={self.synchronous}>"

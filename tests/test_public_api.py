@@ -109,11 +109,17 @@ def test_core_imports_no_adapter_or_client_library() -> None:
 
 
 def test_adapters_do_not_import_each_other() -> None:
-    """A store module imports only the core and its own client library."""
-    for path in sorted((SRC / "stores").glob("*.py")):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level >= 1:
-                assert not (node.level == 1 and node.module in ("memory", "sqlite", "postgres")), (
-                    f"{path.name} imports the adapter {node.module}"
-                )
+    """A store or broker module imports only the core, its own family (``sqlite`` and
+    ``sqlite_inbox``) and its own client library."""
+    for package in ("stores", "brokers"):
+        modules = {p.stem for p in (SRC / package).glob("*.py")}
+        for path in sorted((SRC / package).glob("*.py")):
+            family = path.stem.split("_")[0]
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                    other = node.module.split(".")[0]
+                    if other in modules and not other.startswith("_"):
+                        assert other.split("_")[0] == family, (
+                            f"{package}/{path.name} imports the adapter {other}"
+                        )

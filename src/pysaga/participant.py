@@ -50,6 +50,7 @@ from .messaging import (
     Failed,
     Refused,
     Subscription,
+    command_id,
     message_type,
     schema_version,
 )
@@ -199,7 +200,9 @@ class Participant:
         """Register the handler of a compensation command (one that undoes a step).
 
         Like :meth:`handles`, but it should return ``None``, and it must tolerate having
-        nothing to undo: a saga compensates a step whose outcome it does not know.
+        nothing to undo: a saga compensates a step whose outcome it does not know. Once it
+        has run, the command it undoes is refused if it arrives late (delayed on the way, or
+        re-sent), so an undone step is never done afterwards.
         """
         return self._register(command, compensation=True)
 
@@ -339,16 +342,9 @@ class Participant:
                 reply = await self._run_handler(route, command, envelope)
                 if reply is None:  # a technical failure, already answered
                     return
-                record = await self._inbox.put(
-                    self.service,
-                    envelope.id,
-                    InboxRecord(
-                        reply_type=message_type(type(reply)),
-                        schema_version=schema_version(type(reply)),
-                        payload=reply.model_dump_json(),
-                        handled_at=time.time(),
-                    ),
-                )
+                record = await self._inbox.put(self.service, envelope.id, _record(reply))
+                if route.compensation and HEADER_IDEMPOTENCY_KEY in envelope.headers:
+                    await self._bar_late_command(envelope)
             else:
                 logger.info(
                     "%s: message %s (%s) was handled before; answering from the inbox",
@@ -358,6 +354,18 @@ class Participant:
                 )
         if envelope.reply_to:
             await self._send_reply(envelope, record)
+
+    async def _bar_late_command(self, compensation: Envelope) -> None:
+        """After a compensation, make sure the command it undoes is never applied later.
+
+        If the step's command is still on its way (delayed, or re-sent), it would arrive after
+        its compensation and leave an effect nobody undoes. Recording a refusal under the
+        command's id settles that: the inbox keeps the first record, so a command that was
+        handled keeps its real reply, and one that was not is refused when it arrives.
+        """
+        key = compensation.headers[HEADER_IDEMPOTENCY_KEY]
+        refusal = Refused(reason="the step was compensated before its command arrived")
+        await self._inbox.put(self.service, command_id(key), _record(refusal))
 
     async def _run_handler(
         self, route: _Route, command: BaseModel, envelope: Envelope
@@ -427,3 +435,12 @@ class Participant:
         attributes = {"saga.id": envelope.correlation_id or "", "messaging.message.id": envelope.id}
         with self._telemetry.span(f"handle {envelope.type}", attributes):
             yield
+
+
+def _record(reply: BaseModel) -> InboxRecord:
+    return InboxRecord(
+        reply_type=message_type(type(reply)),
+        schema_version=schema_version(type(reply)),
+        payload=reply.model_dump_json(),
+        handled_at=time.time(),
+    )

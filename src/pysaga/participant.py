@@ -171,7 +171,8 @@ class Participant:
         self.group = group or service
         self.concurrency = concurrency
         self.inbox_retention = inbox_retention
-        self._broker_option = broker
+        self.broker = broker
+        """The broker URL or object; may be set until the participant is entered."""
         self._inbox: Inbox = stores.inbox_from_url(inbox) if isinstance(inbox, str) else inbox
         if not isinstance(self._inbox, Inbox):
             raise TypeError(f"inbox={inbox!r}: pass an inbox URL or a pysaga.Inbox")
@@ -266,7 +267,7 @@ class Participant:
                 "@participant.handles(Command) before starting it"
             )
         async with contextlib.AsyncExitStack() as stack:
-            broker = self._broker_option
+            broker = self.broker
             if broker is None:
                 raise ValueError(
                     f"participant {self.service!r} has no broker; pass broker='memory://name', "

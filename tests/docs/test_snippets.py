@@ -94,6 +94,7 @@ class TestTheDocsAreCovered:
             "retries",
             "parallel_steps",
             "tracing_setup",
+            "remote_steps",
         }
     )
 
@@ -462,3 +463,27 @@ class TestTracing:
             )
             == found["metrics"]
         )
+
+
+@pytest.mark.anyio
+class TestRemoteSteps:
+    """docs/guides/remote-steps.md"""
+
+    async def test_output_is_the_one_on_the_page(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The three orders end as the page shows, and only the first one is charged."""
+        remote_steps = load("remote_steps", monkeypatch)
+        await remote_steps.main("memory://docs-remote-steps")
+        assert pasted_output("remote_steps") == capsys.readouterr().out
+        assert remote_steps.levels == {"book": 1}
+        assert len(remote_steps.reservations) == 1, "the refused order's stock was released"
+
+    def test_the_steps_are_remote(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Both steps are commands to services; the payment is the pivot."""
+        remote_steps = load("remote_steps", monkeypatch)
+        steps = remote_steps.place_order.steps
+        assert [(s.name, s.remote.service, s.kind) for s in steps] == [
+            ("reserve_stock", "stock", StepKind.COMPENSATABLE),
+            ("charge_card", "payments", StepKind.PIVOT),
+        ]

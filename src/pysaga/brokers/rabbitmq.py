@@ -44,8 +44,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Self, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import anyio
@@ -68,6 +67,7 @@ from ._base import BaseBroker, Consumer
 
 if TYPE_CHECKING:
     import ssl
+    from collections.abc import Callable, Coroutine, Mapping
 
     from aio_pika.abc import AbstractChannel, AbstractConnection
     from aiormq.abc import AbstractChannel as RawChannel
@@ -237,9 +237,7 @@ class RabbitMQBroker(BaseBroker):
         self.reconnect_interval = reconnect_interval
         self.publish_timeout = publish_timeout
         self.connect_timeout = connect_timeout
-        self.connection_name = (
-            connection_name or f"pysaga {socket.gethostname()} pid {os.getpid()}"
-        )
+        self.connection_name = connection_name or f"pysaga {socket.gethostname()} pid {os.getpid()}"
         self._ssl_context = ssl_context
         self._link: _Link | None = None
         self._relink = anyio.Lock()
@@ -273,8 +271,22 @@ class RabbitMQBroker(BaseBroker):
 
     # -- connection --------------------------------------------------------------------------
 
-    async def _open(self) -> None:
+    async def __aenter__(self) -> Self:
+        # Connect before the shared lifecycle opens its task group, so that a connection
+        # error reaches the caller as the BrokerUnavailable it is, not inside a group.
+        if self._state != "new" or self._link is not None:
+            return await super().__aenter__()  # refuses: entered before
         self._link = await self._connect()
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._close()
+            raise
+
+    async def _open(self) -> None:
+        if self._link is None:
+            self._link = await self._connect()
 
     async def _close(self) -> None:
         self._closed = True
@@ -288,17 +300,23 @@ class RabbitMQBroker(BaseBroker):
         where = _mask(self.url)
         parts = urlsplit(self.url)
         vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-        if isinstance(exc, aiormq.exceptions.AuthenticationError | TimeoutError) or (
-            isinstance(exc, aiormq.exceptions.ProbableAuthenticationError)
+        if isinstance(exc, TimeoutError):
+            return (
+                f"RabbitMQ at {where} did not answer within {self.connect_timeout} s; "
+                "check the host and port, and that nothing blocks the connection"
+            )
+        if isinstance(
+            exc,
+            aiormq.exceptions.AuthenticationError | aiormq.exceptions.ProbableAuthenticationError,
         ):
-            if isinstance(exc, TimeoutError):
-                return (
-                    f"RabbitMQ at {where} did not answer within {self.connect_timeout} s; "
-                    "check the host and port, and that nothing blocks the connection"
-                )
             return (
                 f"RabbitMQ at {where} refused the login ({exc}); check the user name and "
                 f"password in the URL, and that the user may use vhost {vhost!r}"
+            )
+        if isinstance(exc, aiormq.exceptions.InvalidFrameError) and "Connection.Close" in str(exc):
+            return (
+                f"RabbitMQ at {where} closed the connection while opening vhost {vhost!r}; "
+                "check that the vhost exists and that the user may use it"
             )
         if isinstance(exc, ConnectionRefusedError) or (
             isinstance(exc, aiormq.exceptions.AMQPConnectionError)
@@ -352,11 +370,16 @@ class RabbitMQBroker(BaseBroker):
                 raise BrokerClosed("the RabbitMQ broker is closed; create a new one to connect")
             if link is not None:
                 link.lost.set()
-                with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-                    with contextlib.suppress(Exception):
-                        await link.connection.close()
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(1),
+                    contextlib.suppress(Exception),
+                ):
+                    await link.connection.close()
             failures = 0
             while True:
+                if self._closed:
+                    raise BrokerClosed("the RabbitMQ broker closed while connecting again")
                 try:
                     link = await self._connect()
                     break
@@ -480,50 +503,82 @@ class RabbitMQBroker(BaseBroker):
         declare: str | None,
     ) -> None:
         """Publish until RabbitMQ confirms it, across reconnects, for up to publish_timeout."""
+        started = anyio.current_time()
         failure: BaseException | None = None
+        link = self._link
+        if link is not None and link.alive and (declare is None or declare in self._declared):
+            # The usual case, bounded by the client's own timeout rather than a cancel scope.
+            try:
+                failure = await self._attempt(
+                    link, exchange, routing_key, body, properties, declare, self.publish_timeout
+                )
+            except TimeoutError as exc:
+                raise self._unconfirmed(exchange, exc) from exc
+            if failure is None:
+                return
+        remaining = self.publish_timeout - (anyio.current_time() - started)
         try:
-            with anyio.fail_after(self.publish_timeout):
+            with anyio.fail_after(max(remaining, 0.0)):
                 while True:
-                    link = await self._connected()
-                    try:
-                        if declare is not None and declare not in self._declared:
-                            await self._declare_destination(link, declare)
-                        channel = await self._publisher(link)
-                        await channel.basic_publish(
-                            body,
-                            exchange=exchange,
-                            routing_key=routing_key,
-                            properties=properties,
-                        )
-                        return
-                    except asyncio.CancelledError as exc:
-                        if not _cancelled_by_the_client():
-                            raise
-                        failure = exc
-                    except BrokerError:
-                        raise
-                    except Exception as exc:
-                        if not _is_transient(exc):
-                            raise BrokerError(
-                                f"RabbitMQ at {_mask(self.url)} refused a message for "
-                                f"exchange {exchange!r}: {exc}"
-                            ) from exc
-                        if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
-                            # The exchange was deleted behind our back: declare it again.
-                            if declare is not None:
-                                self._declared.discard(declare)
-                        failure = exc
-                    if failure is not None and not isinstance(failure, asyncio.CancelledError):
+                    if failure is not None:
                         logger.debug("sending again after %r", failure)
-                    if link.alive:
-                        await anyio.sleep(0.05)
+                        if link is not None and link.alive:
+                            await anyio.sleep(0.05)  # only a channel failed: do not spin
+                    link = await self._connected()
+                    failure = await self._attempt(
+                        link, exchange, routing_key, body, properties, declare, None
+                    )
+                    if failure is None:
+                        return
         except TimeoutError:
-            raise BrokerUnavailable(
-                f"RabbitMQ at {_mask(self.url)} did not confirm a message for exchange "
-                f"{exchange or '(default)'!r} within {self.publish_timeout} s (last problem: "
-                f"{failure!r}); check that RabbitMQ is running and not blocking publishers "
-                "for a memory or disk alarm"
-            ) from failure
+            raise self._unconfirmed(exchange, failure) from failure
+
+    async def _attempt(
+        self,
+        link: _Link,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        properties: spec.Basic.Properties,
+        declare: str | None,
+        within: float | None,
+    ) -> BaseException | None:
+        """Publish once on *link*; returns what went wrong if another try may succeed."""
+        try:
+            if declare is not None and declare not in self._declared:
+                await self._declare_destination(link, declare)
+            channel = await self._publisher(link)
+            await channel.basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=properties,
+                timeout=within,
+            )
+            return None
+        except asyncio.CancelledError as exc:
+            if not _cancelled_by_the_client():
+                raise
+            return exc
+        except (BrokerError, TimeoutError):
+            raise
+        except Exception as exc:
+            if not _is_transient(exc):
+                raise BrokerError(
+                    f"RabbitMQ at {_mask(self.url)} refused a message for exchange "
+                    f"{exchange!r}: {exc}"
+                ) from exc
+            if declare is not None and isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+                self._declared.discard(declare)  # deleted behind our back: declare it again
+            return exc
+
+    def _unconfirmed(self, exchange: str, failure: BaseException | None) -> BrokerUnavailable:
+        problem = f" (last problem: {failure!r})" if failure is not None else ""
+        return BrokerUnavailable(
+            f"RabbitMQ at {_mask(self.url)} did not confirm a message for exchange "
+            f"{exchange or '(default)'!r} within {self.publish_timeout} s{problem}; check that "
+            "RabbitMQ is running and not blocking publishers for a memory or disk alarm"
+        )
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -553,7 +608,7 @@ class RabbitMQBroker(BaseBroker):
     async def _consume_loop(
         self,
         consumer: Consumer,
-        declare: Callable[[AbstractChannel], Awaitable[str]],
+        declare: Callable[[AbstractChannel], Coroutine[Any, Any, str]],
         started_with: str | None,
         task_status: anyio.abc.TaskStatus[Any],
     ) -> None:
@@ -570,14 +625,22 @@ class RabbitMQBroker(BaseBroker):
                 await channel.set_qos(prefetch_count=prefetch)
                 queue = await declare(channel)
                 raw = await channel.get_underlay_channel()
+                # Start again when the channel closes, or when RabbitMQ cancels the consumer
+                # (its queue was deleted): the next round declares the queue again.
+                gone = anyio.Event()
+
+                def on_cancel(*_: Any, gone: anyio.Event = gone) -> None:
+                    gone.set()
+
+                raw.on_consumer_cancel_callbacks.add(on_cancel)
+                raw.closing.add_done_callback(on_cancel)
                 await raw.basic_consume(queue, on_message, no_ack=False)
                 if not started:
                     started = True
                     task_status.started(started_with)
                 else:
                     logger.info("consuming %r again", queue)
-                with contextlib.suppress(Exception):
-                    await raw.closing
+                await gone.wait()
             except asyncio.CancelledError:
                 if not _cancelled_by_the_client():
                     raise
@@ -599,20 +662,23 @@ class RabbitMQBroker(BaseBroker):
                 )
             finally:
                 if channel is not None and not channel.is_closed:
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                        with contextlib.suppress(Exception):
-                            await channel.close()
+                    with (
+                        anyio.CancelScope(shield=True),
+                        anyio.move_on_after(5),
+                        contextlib.suppress(Exception),
+                    ):
+                        await channel.close()
             if link.alive:  # only the channel failed: do not spin
                 await anyio.sleep(self.reconnect_interval)
 
     def _on_message(
         self, consumer: Consumer, limit: anyio.Semaphore | None
-    ) -> Callable[[DeliveredMessage], Awaitable[None]]:
+    ) -> Callable[[DeliveredMessage], Coroutine[Any, Any, None]]:
         """The callback the client runs (in a task of its own) for each delivery."""
 
         async def on_message(message: DeliveredMessage) -> None:
-            delivery = message.delivery
-            assert isinstance(delivery, spec.Basic.Deliver)
+            # A consumer only gets Basic.Deliver, whose tag is always set.
+            tag = cast("int", cast("spec.Basic.Deliver", message.delivery).delivery_tag)
             amqp_headers = message.header.properties.headers
             headers = _headers_of(amqp_headers) if amqp_headers else _NO_HEADERS
             try:
@@ -628,13 +694,13 @@ class RabbitMQBroker(BaseBroker):
                 )
                 await anyio.sleep(_SETTLE_PAUSE)
                 with contextlib.suppress(Exception):
-                    await message.channel.basic_nack(delivery.delivery_tag, requeue=True)
+                    await message.channel.basic_nack(tag, requeue=True)
                 return
             # Not done: the subscription is closing; the message goes back when its channel
             # closes (see the module's docstring).
             if done:
                 # Without waiting for the write: a lost ack only means a redelivery.
                 with contextlib.suppress(Exception):
-                    await message.channel.basic_ack(delivery.delivery_tag, wait=False)
+                    await message.channel.basic_ack(tag, wait=False)
 
         return on_message

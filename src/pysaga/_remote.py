@@ -89,17 +89,14 @@ class Requester:
             waiter.event.set()
 
     async def request(self, destination: str, command: Envelope) -> Envelope:
-        """Publish *command* to *destination* and wait for the reply to it."""
-        if self.address is None:
-            raise RuntimeError("the reply channel is not open; enter the Orchestrator first")
+        """Publish *command* (whose ``reply_to`` is :attr:`address`) to *destination* and wait
+        for the reply to it."""
         waiter = self._pending.get(command.id)
         if waiter is None:
             waiter = self._pending[command.id] = _Waiter()
         waiter.users += 1
         try:
-            await self.broker.publish(
-                destination, command.model_copy(update={"reply_to": self.address})
-            )
+            await self.broker.publish(destination, command)
             await waiter.event.wait()
             assert waiter.reply is not None
             return waiter.reply
@@ -126,10 +123,13 @@ class Requester:
             message = call.build_compensation(data)
         else:
             message = call.build(data)
+        if self.address is None:
+            raise RuntimeError("the reply channel is not open; enter the Orchestrator first")
         command = Envelope.of(
             message,
             id=command_id(ctx.idempotency_key, compensation=compensating),
             correlation_id=ctx.saga_id,
+            reply_to=self.address,
             headers={HEADER_IDEMPOTENCY_KEY: ctx.idempotency_key, HEADER_STEP: ctx.step},
         )
         reply = await self.request(call.service, command)

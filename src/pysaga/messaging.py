@@ -23,6 +23,7 @@ the model it was given: an old service must not half-understand a new message.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -78,30 +79,29 @@ HEADER_DEAD_AT = "x-pysaga-dead-lettered-at"
 HEADER_IDEMPOTENCY_KEY = "x-pysaga-idempotency-key"
 HEADER_STEP = "x-pysaga-step"
 
-_COMMAND_IDS = uuid.UUID("6f1c3a52-9d0e-4c4b-8a8e-2f5b7d9e0c11")
 
-
-def command_id(idempotency_key: str, *, compensation: bool = False) -> str:
-    """The message id of a saga step's command (or of its compensation's command).
-
-    It is derived from the step's idempotency key, so a command sent again — on a retry, or by
-    another orchestrator after a crash — carries the same id, and the participant's inbox
-    recognises it.
-    """
-    suffix = "/compensate" if compensation else ""
-    return str(uuid.uuid5(_COMMAND_IDS, idempotency_key + suffix))
-
-
+@functools.cache
 def message_type(model: type[BaseModel]) -> str:
     """The type name a message model travels under: ``__message_type__`` or the class name."""
     name = getattr(model, "__message_type__", None)
     return name if isinstance(name, str) and name else model.__name__
 
 
+@functools.cache
 def schema_version(model: type[BaseModel]) -> int:
     """The model's payload schema version: ``__schema_version__``, 1 if not set."""
     version = getattr(model, "__schema_version__", 1)
     return version if isinstance(version, int) else 1
+
+
+def command_id(idempotency_key: str, *, compensation: bool = False) -> str:
+    """The message id of a saga step's command (or of its compensation's command).
+
+    It is the step's idempotency key (``"<saga id>/<step>"``, with ``#compensate`` for the
+    compensation), so a command sent again — on a retry, or by another orchestrator after a
+    crash — carries the same id, and the participant's inbox recognises it.
+    """
+    return idempotency_key + "#compensate" if compensation else idempotency_key
 
 
 def _now() -> _dt.datetime:

@@ -30,7 +30,6 @@ import json
 import logging
 import time
 import typing
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -70,8 +69,6 @@ logger = logging.getLogger("pysaga.participant")
 C = TypeVar("C", bound=BaseModel)
 _HandlerT = TypeVar("_HandlerT", bound=Callable[..., Awaitable[Any]])
 
-_REPLY_IDS = uuid.UUID("0b8d6c3e-47a1-4f0e-9c55-3e1f7a2d9b60")
-
 
 @dataclass(frozen=True, slots=True)
 class HandlerContext:
@@ -104,24 +101,23 @@ class _Route:
 
 
 class _Guards:
-    """One lock per message id in flight, so two copies of a command are handled in turn."""
+    """Handles two copies of one message in turn: the second waits for the first to finish
+    (then finds its reply in the inbox). Costs two dictionary operations when there is no
+    second copy."""
 
     def __init__(self) -> None:
-        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
+        self._busy: dict[str, list[anyio.Event]] = {}
 
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> Any:
-        lock, users = self._locks.get(key) or (anyio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+    async def acquire(self, key: str) -> None:
+        while (waiters := self._busy.get(key)) is not None:
+            event = anyio.Event()
+            waiters.append(event)
+            await event.wait()
+        self._busy[key] = []
+
+    def release(self, key: str) -> None:
+        for event in self._busy.pop(key, ()):
+            event.set()
 
 
 class Participant:
@@ -337,15 +333,21 @@ class Participant:
                 f"{envelope.type!r} (it handles {known})"
             )
         command = envelope.parse(route.model)
-        async with self._guards.hold(envelope.id):
+        await self._guards.acquire(envelope.id)
+        try:
             record = await self._inbox.get(self.service, envelope.id)
             if record is None:
                 reply = await self._run_handler(route, command, envelope)
                 if reply is None:  # a technical failure, already answered
                     return
-                record = await self._inbox.put(self.service, envelope.id, _record(reply))
+                fresh = _record(reply)
+                record = await self._inbox.put(self.service, envelope.id, fresh)
                 if route.compensation and HEADER_IDEMPOTENCY_KEY in envelope.headers:
                     await self._bar_late_command(envelope)
+                if record is fresh:
+                    if envelope.reply_to:
+                        await self._reply(envelope, reply, id=envelope.id + "#reply")
+                    return
             else:
                 logger.info(
                     "%s: message %s (%s) was handled before; answering from the inbox",
@@ -353,6 +355,8 @@ class Participant:
                     envelope.id,
                     envelope.type,
                 )
+        finally:
+            self._guards.release(envelope.id)
         if envelope.reply_to:
             await self._send_reply(envelope, record)
 
@@ -414,7 +418,7 @@ class Participant:
         assert envelope.reply_to is not None
         assert self._broker is not None
         reply = Envelope.model_construct(
-            id=str(uuid.uuid5(_REPLY_IDS, envelope.id)),
+            id=envelope.id + "#reply",
             type=record.reply_type,
             schema_version=record.schema_version,
             correlation_id=envelope.correlation_id,
@@ -426,10 +430,12 @@ class Participant:
         )
         await self._broker.reply(envelope.reply_to, reply)
 
-    async def _reply(self, envelope: Envelope, message: BaseModel) -> None:
+    async def _reply(
+        self, envelope: Envelope, message: BaseModel, *, id: str | None = None
+    ) -> None:
         assert envelope.reply_to is not None
         assert self._broker is not None
-        await self._broker.reply(envelope.reply_to, envelope.reply(message))
+        await self._broker.reply(envelope.reply_to, envelope.reply(message, id=id))
 
     @contextlib.contextmanager
     def _span(self, envelope: Envelope) -> Iterator[None]:

@@ -12,7 +12,8 @@ Install ``opentelemetry-sdk`` and set a provider to see everything.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+import os
+from typing import TYPE_CHECKING, Any, cast
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, Status, StatusCode
@@ -62,6 +63,39 @@ METRIC_COMPENSATION_DURATION = "pysaga.compensation.duration"
 """Histogram, seconds: one compensation attempt."""
 
 _NO_SDK_TRACERS: tuple[type[Any], ...] = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+
+try:  # the API keeps the global providers in module globals; reading them skips the
+    # environment lookup that get_*_provider() makes on every call while none is set
+    from opentelemetry.environment_variables import (
+        OTEL_PYTHON_METER_PROVIDER,
+        OTEL_PYTHON_TRACER_PROVIDER,
+    )
+    from opentelemetry.metrics import _internal as _metrics_internal
+
+    _FAST_GLOBALS = (
+        hasattr(trace, "_TRACER_PROVIDER")
+        and hasattr(_metrics_internal, "_METER_PROVIDER")
+        and OTEL_PYTHON_TRACER_PROVIDER not in os.environ
+        and OTEL_PYTHON_METER_PROVIDER not in os.environ
+    )
+except ImportError:  # pragma: no cover - depends on the API's internals
+    _FAST_GLOBALS = False
+
+
+def _global_tracer_provider() -> object:
+    """The global tracer provider, or ``None`` when none was set (a cheap check)."""
+    if _FAST_GLOBALS:
+        return trace._TRACER_PROVIDER
+    return trace.get_tracer_provider()
+
+
+def _global_meter_provider() -> object:
+    """The global meter provider, or ``None`` when none was set (a cheap check)."""
+    if _FAST_GLOBALS:
+        return _metrics_internal._METER_PROVIDER
+    return metrics.get_meter_provider()
+
+
 try:  # the API's default meter provider is private; fall back to the public no-op one
     from opentelemetry.metrics._internal import _ProxyMeterProvider
 
@@ -132,26 +166,32 @@ class Telemetry:
     @property
     def tracer(self) -> trace.Tracer | None:
         """The tracer, or ``None`` without an SDK."""
-        provider = self._fixed_tracer_provider or trace.get_tracer_provider()
+        provider = self._fixed_tracer_provider or _global_tracer_provider()
         if provider is not self._tracer_provider:
             self._tracer_provider = provider
             self._tracer = (
                 None
-                if isinstance(provider, _NO_SDK_TRACERS)
-                else provider.get_tracer(INSTRUMENTATION_NAME, __version__)
+                if provider is None or isinstance(provider, _NO_SDK_TRACERS)
+                else cast("trace.TracerProvider", provider).get_tracer(
+                    INSTRUMENTATION_NAME, __version__
+                )
             )
         return self._tracer
 
     @property
     def instruments(self) -> Instruments | None:
         """The metric instruments, or ``None`` without an SDK."""
-        provider = self._fixed_meter_provider or metrics.get_meter_provider()
+        provider = self._fixed_meter_provider or _global_meter_provider()
         if provider is not self._meter_provider:
             self._meter_provider = provider
             self._instruments = (
                 None
-                if isinstance(provider, _NO_SDK_METERS)
-                else Instruments(provider.get_meter(INSTRUMENTATION_NAME, __version__))
+                if provider is None or isinstance(provider, _NO_SDK_METERS)
+                else Instruments(
+                    cast("metrics.MeterProvider", provider).get_meter(
+                        INSTRUMENTATION_NAME, __version__
+                    )
+                )
             )
         return self._instruments
 

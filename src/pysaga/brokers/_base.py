@@ -91,8 +91,7 @@ class Consumer:
         self._deliver = deliver
         self.closing = False
         self._inflight = 0
-        self._idle = anyio.Event()
-        self._idle.set()
+        self._idle: anyio.Event | None = None  # made by close() when it has to wait
         self._scope: anyio.CancelScope | None = None
         self._stopped = anyio.Event()
 
@@ -108,14 +107,12 @@ class Consumer:
         """Handle one message; ``True`` means acknowledge it, ``False`` leave it unacknowledged."""
         if self.closing:
             return False
-        if self._inflight == 0:
-            self._idle = anyio.Event()
         self._inflight += 1
         try:
             await self._deliver(self, body, headers or {})
         finally:
             self._inflight -= 1
-            if self._inflight == 0:
+            if self._inflight == 0 and self._idle is not None:
                 self._idle.set()
         return True
 
@@ -123,8 +120,10 @@ class Consumer:
         """Stop taking messages, let those in flight finish (up to the drain timeout), stop."""
         if not self.closing:
             self.closing = True
-            with anyio.move_on_after(self._broker.drain_timeout):
-                await self._idle.wait()
+            if self._inflight:
+                self._idle = anyio.Event()
+                with anyio.move_on_after(self._broker.drain_timeout):
+                    await self._idle.wait()
             if self._scope is not None:
                 self._scope.cancel()
         await self._stopped.wait()
@@ -287,9 +286,9 @@ class BaseBroker(abc.ABC):
     async def reply(self, address: str, envelope: Envelope) -> None:
         """Send *envelope* to a reply address taken from a message's ``reply_to``."""
         self._check_open()
-        headers = dict(envelope.headers)
-        propagate.inject(headers)
-        if headers != envelope.headers:
+        if self._telemetry.tracer is not None:
+            headers = dict(envelope.headers)
+            propagate.inject(headers)
             envelope = envelope.model_copy(update={"headers": headers})
         await self._send_reply(address, envelope.encode(), key=envelope.correlation_id)
 
@@ -381,9 +380,13 @@ class BaseBroker(abc.ABC):
             return
         policy = self.redelivery
         failures = 0
+        traced = self._telemetry.tracer is not None
         while True:
             try:
-                with self._received(consumer, envelope):
+                if traced:
+                    with self._received(consumer, envelope):
+                        await handler(envelope)
+                else:
                     await handler(envelope)
                 return
             except DecodeError as exc:

@@ -276,11 +276,12 @@ class MemoryBroker(BaseBroker):
         self, destination: str, body: bytes, *, key: str | None, headers: Mapping[str, str]
     ) -> None:
         self._hub.publish(destination, (body, dict(headers)), self._spawn)
+        # Let the consumers run, as a network round trip would: a burst of sends is then
+        # shared among competing consumers instead of going to whichever runs first.
         await anyio.lowlevel.checkpoint()
 
     async def _send_reply(self, address: str, body: bytes, *, key: str | None) -> None:
         self._hub.publish(address, (body, {}), self._spawn, own_group=False)
-        await anyio.lowlevel.checkpoint()
 
     async def _consume(
         self, consumer: Consumer, *, task_status: anyio.abc.TaskStatus[None]

@@ -344,7 +344,8 @@ class BrokerContract:
         async def on_reply(envelope: Envelope) -> None:
             got.add(envelope)
 
-        address = await broker.open_reply_channel(on_reply)
+        channel = await broker.open_reply_channel(on_reply)
+        address = channel.destination
         async with setup.make() as other:
             sent = ping(9, correlation_id="saga-r")
             await other.reply(address, sent)

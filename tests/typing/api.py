@@ -8,10 +8,15 @@ from typing import assert_type
 from pydantic import BaseModel
 
 from pysaga import (
+    Broker,
     BusinessError,
+    DeadLetter,
+    Envelope,
     Failure,
+    HandlerContext,
     LogEntry,
     Orchestrator,
+    Participant,
     Retry,
     Saga,
     SagaOutcome,
@@ -76,3 +81,59 @@ async def use() -> None:
         assert_type(await orch.history(saga_id), list[LogEntry])
         drawing = place_order.to_mermaid()
         assert_type(drawing, str)
+
+
+# -- remote steps, participants and messages -------------------------------------------------
+
+
+class Reserve(BaseModel):
+    order_id: str
+
+
+class Reserved(BaseModel):
+    reservation_id: str
+
+
+shipping = Saga("ship-order", Order)
+ship = shipping.remote(
+    "reserve",
+    service="stock",
+    command=Reserve,
+    reply=Reserved,
+    build=lambda order: Reserve(order_id=order.order_id),
+    on_reply=lambda order, reply: order,
+    timeout=5.0,
+)
+assert_type(ship, Step[Order])
+
+stock = Participant("stock", broker="memory://typing", inbox="sqlite:///inbox.db")
+
+
+@stock.handles(Reserve)
+async def on_reserve(cmd: Reserve, ctx: HandlerContext) -> Reserved:
+    assert_type(ctx.idempotency_key, str)
+    assert_type(ctx.saga_id, str | None)
+    return Reserved(reservation_id=cmd.order_id)
+
+
+
+
+async def use_messages(broker: Broker) -> None:
+    ctx = HandlerContext("stock", "m-1", None, "saga-1/reserve", None, {})
+    assert_type(await on_reserve(Reserve(order_id="o-1"), ctx), Reserved)  # still callable
+    envelope = Envelope.of(Reserve(order_id="o-1"), correlation_id="saga-1")
+    assert_type(envelope.parse(Reserve), Reserve)
+    assert_type(Envelope.decode(envelope.encode()), Envelope)
+    await broker.publish("stock", envelope)
+
+    async def handler(message: Envelope) -> None: ...
+
+    subscription = await broker.subscribe("stock", handler, group="audit")
+    await subscription.close()
+
+    async def on_dead(letter: DeadLetter) -> None:
+        assert_type(letter.envelope, Envelope | None)
+
+    await broker.subscribe_dead_letters("stock", on_dead)
+    async with Orchestrator(sagas=[shipping], log="memory://", broker=broker) as orch:
+        assert_type(await orch.run(shipping, Order(order_id="o-3")), SagaOutcome[Order])

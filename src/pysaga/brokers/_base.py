@@ -216,10 +216,12 @@ class BaseBroker(abc.ABC):
         await tg.__aenter__()
         try:
             await self._open()
-        except BaseException as exc:
+        except BaseException:
             self._state = "closed"
             tg.cancel_scope.cancel()
-            await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            # Exit the task group as if nothing happened (it holds no task yet), so that the
+            # caller sees the connection error itself, not an exception group around it.
+            await tg.__aexit__(None, None, None)
             raise
         self._tg = tg
         self._state = "open"

@@ -95,6 +95,7 @@ class TestTheDocsAreCovered:
             "parallel_steps",
             "tracing_setup",
             "remote_steps",
+            "brokers_howto",
         }
     )
 
@@ -487,3 +488,29 @@ class TestRemoteSteps:
             ("reserve_stock", "stock", StepKind.COMPENSATABLE),
             ("charge_card", "payments", StepKind.PIVOT),
         ]
+
+
+@pytest.mark.anyio
+class TestBrokersHowto:
+    """docs/guides/brokers.md"""
+
+    async def test_dead_letters_are_reported_as_the_page_shows(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The good message is handled; the two bad ones reach the dead-letter reader."""
+        howto = load("brokers_howto", monkeypatch)
+        assert await howto.main() == ["book"]
+        printed = capsys.readouterr().out
+        assert sorted(pasted_output("brokers_howto").splitlines()) == sorted(printed.splitlines())
+
+    def test_the_brokers_on_the_page_can_be_built(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Each construction example makes the broker it says (nothing connects yet)."""
+        from pysaga.brokers.memory import MemoryBroker
+        from pysaga.brokers.rabbitmq import RabbitMQBroker
+
+        howto = load("brokers_howto", monkeypatch)
+        assert isinstance(howto.choose(), RabbitMQBroker)
+        assert isinstance(howto.rabbitmq(), RabbitMQBroker)
+        faulty = howto.faulty()
+        assert isinstance(faulty, MemoryBroker)
+        assert [rule.action for rule in faulty.faults._rules] == ["duplicate", "delay", "reorder"]

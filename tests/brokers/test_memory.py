@@ -16,6 +16,8 @@ pytestmark = pytest.mark.anyio
 
 
 class MemorySetup(BrokerSetup):
+    ordered_by_key = True
+
     def __init__(self) -> None:
         self._first = MemoryBroker()
 

@@ -33,7 +33,8 @@ __all__ = ("Faults", "Match", "MemoryBroker")
 
 logger = logging.getLogger("pysaga.brokers")
 
-_Item: TypeAlias = tuple[bytes, Mapping[str, str]]
+_Item: TypeAlias = tuple[bytes, Mapping[str, str], str | None]
+"""A message in a queue: body, headers, key (the correlation id)."""
 
 Match: TypeAlias = str | type[BaseModel] | Callable[[str, Envelope | None], bool] | None
 """Which deliveries a fault applies to: a message type name, a message model, a predicate
@@ -275,13 +276,13 @@ class MemoryBroker(BaseBroker):
     async def _send(
         self, destination: str, body: bytes, *, key: str | None, headers: Mapping[str, str]
     ) -> None:
-        self._hub.publish(destination, (body, dict(headers)), self._spawn)
+        self._hub.publish(destination, (body, dict(headers), key), self._spawn)
         # Let the consumers run, as a network round trip would: a burst of sends is then
         # shared among competing consumers instead of going to whichever runs first.
         await anyio.lowlevel.checkpoint()
 
     async def _send_reply(self, address: str, body: bytes, *, key: str | None) -> None:
-        self._hub.publish(address, (body, {}), self._spawn, own_group=False)
+        self._hub.publish(address, (body, {}, key), self._spawn, own_group=False)
 
     async def _consume(
         self, consumer: Consumer, *, task_status: anyio.abc.TaskStatus[None]
@@ -302,16 +303,40 @@ class MemoryBroker(BaseBroker):
             self._hub.groups.pop(address, None)
 
     async def _work(self, consumer: Consumer, queue: _Queue) -> None:
+        """Handle up to ``consumer.concurrency`` messages at once, one key at a time: a
+        message whose key (saga) is being handled waits for it, as on a Kafka partition."""
+        busy: dict[str, deque[_Item]] = {}  # key in hand -> its messages waiting
+
+        async def settle(item: _Item) -> bool:
+            try:
+                return await consumer.process(item[0], item[1])
+            except Exception:  # e.g. the dead-letter send failed: try again later
+                logger.exception("could not settle a message on %r", consumer.destination)
+                await anyio.sleep(0.1)
+                return False
+
         async def worker() -> None:
             while not consumer.closing:
                 item = await queue.get()
+                key = item[2]
+                waiting: deque[_Item] = deque()
+                if key is not None:
+                    if key in busy:  # its saga's earlier message is in hand: after it
+                        busy[key].append(item)
+                        continue
+                    busy[key] = waiting
                 acked = False
                 try:
-                    acked = await consumer.process(*item)
-                except Exception:  # e.g. the dead-letter send failed: try again later
-                    logger.exception("could not settle a message on %r", consumer.destination)
-                    await anyio.sleep(0.1)
+                    while True:
+                        acked = await settle(item)
+                        if not acked or not waiting:
+                            break
+                        item = waiting.popleft()
                 finally:
+                    if key is not None:
+                        del busy[key]
+                    for later in reversed(waiting):  # back in front, in their order
+                        queue.put(later, front=True)
                     if not acked:  # closing, failed or cancelled: back to the queue
                         queue.put(item, front=True)
 

@@ -64,6 +64,13 @@ async def test_one_trace_spans_orchestrator_and_participants(kit: BrokerKit, suf
             chain.append(span.name)
         return chain
 
+    assert ancestors("process CardCharged")[:5] == [
+        "send CardCharged",
+        "process ChargeCard",
+        "send ChargeCard",
+        "step charge",
+        f"saga {shop.saga.name}",
+    ]
     assert ancestors("handle ChargeCard")[:3] == [
         "process ChargeCard",
         "send ChargeCard",

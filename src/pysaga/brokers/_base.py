@@ -33,7 +33,7 @@ from ..messaging import DeadLetter, DeadLetterHandler, Envelope, Handler
 from ..tracing import Telemetry, mark_error, telemetry
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable, Iterator, Mapping
     from types import TracebackType
 
     from opentelemetry.trace import TracerProvider
@@ -269,12 +269,28 @@ class BaseBroker(abc.ABC):
     async def publish(self, destination: str, envelope: Envelope) -> None:
         """Send *envelope* to *destination*; returns once the broker has accepted it."""
         self._check_open()
-        tracer = self._telemetry.tracer
-        if tracer is None:
+        if self._telemetry.tracer is None:
             await self._send(
                 destination, envelope.encode(), key=envelope.correlation_id, headers={}
             )
             return
+        with self._sending(destination, envelope) as traced:
+            await self._send(destination, traced.encode(), key=envelope.correlation_id, headers={})
+
+    async def reply(self, address: str, envelope: Envelope) -> None:
+        """Send *envelope* to a reply address taken from a message's ``reply_to``."""
+        self._check_open()
+        if self._telemetry.tracer is None:
+            await self._send_reply(address, envelope.encode(), key=envelope.correlation_id)
+            return
+        with self._sending(address, envelope) as traced:
+            await self._send_reply(address, traced.encode(), key=envelope.correlation_id)
+
+    @contextlib.contextmanager
+    def _sending(self, destination: str, envelope: Envelope) -> Iterator[Envelope]:
+        """A producer span for sending *envelope*, and the envelope carrying its context."""
+        tracer = self._telemetry.tracer
+        assert tracer is not None
         with tracer.start_as_current_span(
             f"send {envelope.type}",
             kind=SpanKind.PRODUCER,
@@ -282,17 +298,7 @@ class BaseBroker(abc.ABC):
         ):
             headers = dict(envelope.headers)
             propagate.inject(headers)
-            traced = envelope.model_copy(update={"headers": headers})
-            await self._send(destination, traced.encode(), key=envelope.correlation_id, headers={})
-
-    async def reply(self, address: str, envelope: Envelope) -> None:
-        """Send *envelope* to a reply address taken from a message's ``reply_to``."""
-        self._check_open()
-        if self._telemetry.tracer is not None:
-            headers = dict(envelope.headers)
-            propagate.inject(headers)
-            envelope = envelope.model_copy(update={"headers": headers})
-        await self._send_reply(address, envelope.encode(), key=envelope.correlation_id)
+            yield envelope.model_copy(update={"headers": headers})
 
     async def subscribe(
         self,

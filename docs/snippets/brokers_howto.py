@@ -19,7 +19,7 @@ class ReserveStock(BaseModel):
     qty: int
 
 
-def choose(url: str = "amqp://guest:guest@localhost:5672/") -> object:
+def choose() -> object:
     # --8<-- [start:choose]
     from pysaga.brokers import from_url
 
@@ -34,6 +34,15 @@ def rabbitmq() -> object:
 
     broker = RabbitMQBroker("amqp://guest:guest@localhost:5672/", prefix="shop.", prefetch=200)
     # --8<-- [end:rabbitmq]
+    return broker
+
+
+def kafka() -> object:
+    # --8<-- [start:kafka]
+    from pysaga.brokers.kafka import KafkaBroker
+
+    broker = KafkaBroker("localhost:9092", client_id="shop", partitions=8)
+    # --8<-- [end:kafka]
     return broker
 
 

@@ -223,14 +223,19 @@ class TestPlaceOrder:
         assert place_order.confirmed == ["o-1"]
         assert len(place_order.reserved) == 1
 
-    def test_readme_shows_the_snippet(self) -> None:
-        """The README's code is the snippet the tests run, character for character."""
-        source = (SNIPPETS / "place_order.py").read_text(encoding="utf-8")
-        section = re.search(r"\[start:saga\]\n(.*?)\n[^\n]*\[end:saga\]", source, re.DOTALL)
-        assert section is not None
+    def test_readme_shows_the_snippets(self) -> None:
+        """The README's code is the snippets the tests run, character for character."""
+        wanted = [("place_order", "saga"), ("remote_steps", "saga"), ("remote_steps", "stock")]
+        sections = []
+        for snippet, name in wanted:
+            source = (SNIPPETS / f"{snippet}.py").read_text(encoding="utf-8")
+            pattern = rf"\[start:{name}\]\n(.*?)\n[^\n]*\[end:{name}\]"
+            section = re.search(pattern, source, re.DOTALL)
+            assert section is not None
+            sections.append(section[1] + "\n")
         readme = (ROOT / "README.md").read_text(encoding="utf-8")
         blocks = re.findall(r"^```python\n(.*?)^```$", readme, re.MULTILINE | re.DOTALL)
-        assert [section[1] + "\n"] == blocks
+        assert sections == blocks
 
 
 class TestStepKinds:
@@ -505,12 +510,14 @@ class TestBrokersHowto:
 
     def test_the_brokers_on_the_page_can_be_built(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Each construction example makes the broker it says (nothing connects yet)."""
+        from pysaga.brokers.kafka import KafkaBroker
         from pysaga.brokers.memory import MemoryBroker
         from pysaga.brokers.rabbitmq import RabbitMQBroker
 
         howto = load("brokers_howto", monkeypatch)
         assert isinstance(howto.choose(), RabbitMQBroker)
         assert isinstance(howto.rabbitmq(), RabbitMQBroker)
+        assert isinstance(howto.kafka(), KafkaBroker)
         faulty = howto.faulty()
         assert isinstance(faulty, MemoryBroker)
         assert [rule.action for rule in faulty.faults._rules] == ["duplicate", "delay", "reorder"]

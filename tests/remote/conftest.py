@@ -30,7 +30,10 @@ def kit(request: pytest.FixtureRequest) -> BrokerKit:
     if request.param == "rabbitmq":
         return BrokerKit("rabbitmq", request.getfixturevalue("amqp_url"))
     server = request.getfixturevalue("kafka_server")
-    return BrokerKit("kafka", f"{server.url}?fetch_max_wait_ms=5")
+    return BrokerKit(
+        "kafka",
+        f"{server.url}?fetch_max_wait_ms=5&session_timeout_ms=2000&heartbeat_interval_ms=300",
+    )
 
 
 @pytest.fixture

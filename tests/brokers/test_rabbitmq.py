@@ -230,11 +230,10 @@ async def test_no_message_is_lost_when_connections_drop_in_the_middle_of_a_strea
     """Sends waiting for their confirms and messages being handled when every connection
     drops are sent and delivered again: each message is handled at least once."""
     dest = rabbit.name("stream")
-    total = 500
     handled: set[str] = set()
     progress = Inbox()
-    confirmed = 0
-    sent = [ping(n, correlation_id=f"saga-{n}") for n in range(total)]
+    sent: list[Envelope] = []
+    dropped = anyio.Event()
 
     async def handler(envelope: Envelope) -> None:
         handled.add(envelope.id)
@@ -245,26 +244,31 @@ async def test_no_message_is_lost_when_connections_drop_in_the_middle_of_a_strea
         await consumer.subscribe(dest, handler, concurrency=20)
 
         async def one(envelope: Envelope, limiter: anyio.Semaphore) -> None:
-            nonlocal confirmed
             async with limiter:
                 await publisher.publish(dest, envelope)
-            confirmed += 1
 
-        async def publish_all() -> None:
+        async def stream() -> None:
+            """Send one message every few milliseconds until 200 more went after the drop:
+            the drop always lands in the middle of the stream, however slow the box."""
             limiter = anyio.Semaphore(50)
+            after = 0
             async with anyio.create_task_group() as senders:
-                for envelope in sent:
+                while after < 200:
+                    envelope = ping(len(sent), correlation_id=f"saga-{len(sent)}")
+                    sent.append(envelope)
                     senders.start_soon(one, envelope, limiter)
-                    await anyio.sleep(0.004)  # a stream, still going when connections drop
+                    after += dropped.is_set()
+                    await anyio.sleep(0.004)
 
         async with anyio.create_task_group() as tg:
-            tg.start_soon(publish_all)
-            await progress.wait_for(total // 5, within=60)
+            tg.start_soon(stream)
+            await progress.wait_for(100, within=60)
             assert await close_connections(rabbit.marker) >= 2
-            assert confirmed < total, "the connections dropped while sends were going on"
+            dropped.set()
         with anyio.fail_after(120):
-            while len(handled) < total:
+            while len(handled) < len(sent):
                 await progress.wait_for(len(progress.items) + 1, within=120)
+    assert len(sent) >= 300
     assert handled == {envelope.id for envelope in sent}, "every message handled at least once"
 
 

@@ -142,7 +142,16 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, _REFUSALS):
         return False
     # A channel closed without a reason rejects what waits on it with a bare Exception.
-    return isinstance(exc, _TRANSIENT_ERRORS) or type(exc) is Exception
+    if isinstance(exc, _TRANSIENT_ERRORS) or type(exc) is Exception:
+        return True
+    # Opening a channel on a connection that has just closed (or is not ready yet) raises a
+    # RuntimeError that says so: the next connection will do.
+    return type(exc) is RuntimeError and any(
+        phrase in str(exc) for phrase in _CONNECTION_STATE_PHRASES
+    )
+
+
+_CONNECTION_STATE_PHRASES = (" closed", "closed channel", "not opened", "not ready")
 
 
 class _Link:

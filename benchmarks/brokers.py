@@ -70,6 +70,8 @@ if TYPE_CHECKING:
     from aio_pika.abc import AbstractIncomingMessage
 
 BROKERS = ("memory", "rabbitmq", "kafka")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+"""Units of the CPU counters in ``/proc``, per second."""
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 KAFKA_OPTIONS = {"fetch_max_wait_ms": 5, "session_timeout_ms": 6000, "heartbeat_interval_ms": 2000}
 """Consumer settings for Kafka, raw and pysaga alike, where the Kafka URL does not set them: a
@@ -128,20 +130,139 @@ class Sample:
     """One run of one measurement."""
 
     rate: float
-    cpu: float  # seconds of this process's CPU per operation
+    cpu: float
+    """Seconds of this process's CPU per operation."""
+    server: float | None = None
+    """Seconds of the broker server's CPU per operation (its process tree; ``None``: none)."""
+    other: float | None = None
+    """Cores that everything else on the box kept busy meanwhile (``None``: unknown)."""
     p50: float = 0.0
     p99: float = 0.0
 
 
+@dataclass(frozen=True)
+class Reading:
+    """CPU counters at one moment (seconds): this process, the server, the whole box."""
+
+    wall: float
+    client: float
+    server: float | None
+    box: float | None
+
+
+class Meter:
+    """CPU time spent during a measurement, as the machine's limits were measured: by this
+    process (the client), by the broker server's process tree (found by its listening port),
+    and by everything else on the box. Server and box come from ``/proc`` (Linux); elsewhere
+    only the client's is known."""
+
+    def __init__(self, port: int | None) -> None:
+        root = _listening_pid(port) if port else None
+        self.server_pids = _process_tree(root) if root else []
+
+    def _server(self) -> float | None:
+        if not self.server_pids:
+            return None
+        return sum(_process_cpu(pid) for pid in self.server_pids)
+
+    def start(self) -> Reading:
+        """The counters as a measurement starts (the slow ones read first)."""
+        server, box = self._server(), _box_busy()
+        return Reading(time.perf_counter(), time.process_time(), server, box)
+
+    def sample(self, start: Reading, ops: int, p50: float = 0.0, p99: float = 0.0) -> Sample:
+        """A sample of *ops* operations done since *start* (the clock read first)."""
+        wall, client = time.perf_counter() - start.wall, time.process_time() - start.client
+        server_now, box_now = self._server(), _box_busy()
+        server = None
+        if server_now is not None and start.server is not None:
+            server = server_now - start.server
+        other = None
+        if box_now is not None and start.box is not None:
+            other = max(0.0, (box_now - start.box - client - (server or 0.0)) / wall)
+        ops = max(ops, 1)
+        return Sample(
+            ops / wall,
+            client / ops,
+            None if server is None else server / ops,
+            other,
+            p50,
+            p99,
+        )
+
+
+def _box_busy() -> float | None:
+    """CPU seconds the whole box has been busy since boot, or ``None`` without ``/proc``."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(f) for f in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds process *pid* used (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def _listening_pid(port: int) -> int | None:
+    """The process that listens on TCP *port* on this box, if ``/proc`` tells."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":  # LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.scandir(f"/proc/{entry.name}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd.path) in inodes:
+                        return int(entry.name)
+    return None
+
+
+def _process_tree(root: int) -> list[int]:
+    """*root* and its descendants."""
+    children: defaultdict[int, list[int]] = defaultdict(list)
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            with (
+                contextlib.suppress(OSError, IndexError, ValueError),
+                open(f"/proc/{entry.name}/stat") as stat,
+            ):
+                children[int(stat.read().rsplit(")", 1)[1].split()[1])].append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
+
+
 Send = Callable[[], Awaitable[None]]
-Relay = Callable[[int], Awaitable[Sample]]
-"""``relay(count)``: move *count* messages A->B end to end; the rate is messages per second."""
+Relay = Callable[[int, Meter], Awaitable[Sample]]
+"""``relay(count, meter)``: move *count* messages A->B end to end; the rate is messages per
+second."""
 
 
-async def pump(send: Send, in_flight: int, duration: float) -> Sample:
+async def pump(send: Send, in_flight: int, duration: float, meter: Meter) -> Sample:
     """Call *send* from *in_flight* concurrent loops for *duration* seconds."""
     done = 0
     clock = time.perf_counter
+    start = meter.start()
     stop_at = clock() + duration
 
     async def loop() -> None:
@@ -150,12 +271,10 @@ async def pump(send: Send, in_flight: int, duration: float) -> Sample:
             await send()
             done += 1
 
-    cpu, started = time.process_time(), clock()
     async with anyio.create_task_group() as tg:
         for _ in range(in_flight):
             tg.start_soon(loop)
-    elapsed, cpu = clock() - started, time.process_time() - cpu
-    return Sample(done / elapsed, cpu / max(done, 1))
+    return meter.sample(start, done)
 
 
 class Tally:
@@ -175,7 +294,7 @@ class Tally:
             self.done.set()
 
 
-async def run_relay(send: Send, tally: Tally, count: int, in_flight: int) -> Sample:
+async def run_relay(send: Send, tally: Tally, in_flight: int, count: int, meter: Meter) -> Sample:
     """Send *count* messages into A from *in_flight* loops; time until B's consumer has all."""
     tally.expect(count)
     left = count
@@ -187,7 +306,7 @@ async def run_relay(send: Send, tally: Tally, count: int, in_flight: int) -> Sam
             await send()
 
     limit = 60 + count / 100
-    cpu, started = time.process_time(), time.perf_counter()
+    start = meter.start()
     try:
         with anyio.fail_after(limit):
             async with anyio.create_task_group() as tg:
@@ -198,14 +317,13 @@ async def run_relay(send: Send, tally: Tally, count: int, in_flight: int) -> Sam
         raise RuntimeError(
             f"the relay's consumer got {tally.seen:,} of {count:,} messages in {limit:.0f} s"
         ) from None
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return Sample(count / elapsed, cpu / count)
+    return meter.sample(start, count)
 
 
-async def measure_relay(relay: Relay, count: int) -> Sample:
+async def measure_relay(relay: Relay, count: int, meter: Meter) -> Sample:
     """A short warm-up pass (connections, channels, topology), then the timed one."""
-    await relay(max(1, min(count // 20, 500)))
-    return await relay(count)
+    await relay(max(1, min(count // 20, 500)), meter)
+    return await relay(count, meter)
 
 
 # -- the raw clients -------------------------------------------------------------------------
@@ -270,7 +388,7 @@ class MemoryRaw(RawClient):
             for _ in range(in_flight):
                 tg.start_soon(forward)
                 tg.start_soon(drain)
-            yield lambda count: run_relay(send, tally, count, in_flight)
+            yield functools.partial(run_relay, send, tally, in_flight)
             tg.cancel_scope.cancel()
 
 
@@ -353,7 +471,7 @@ class RabbitRaw(RawClient):
             async def send() -> None:
                 await exchange_a.publish(self._message(BODY), routing_key="")
 
-            yield lambda count: run_relay(send, tally, count, in_flight)
+            yield functools.partial(run_relay, send, tally, in_flight)
 
     async def cleanup(self) -> None:
         await delete_rabbitmq(self.url, self.names)
@@ -465,7 +583,7 @@ class KafkaRaw(RawClient):
             tg = await stack.enter_async_context(anyio.create_task_group())
             tg.start_soon(forward)
             tg.start_soon(drain)
-            yield lambda count: run_relay(send, tally, count, in_flight)
+            yield functools.partial(run_relay, send, tally, in_flight)
             tg.cancel_scope.cancel()
 
     async def cleanup(self) -> None:
@@ -529,7 +647,7 @@ async def adapter_relay(url: str, a: str, b: str, in_flight: int) -> AsyncIterat
         async def send() -> None:
             await producer.publish(a, Envelope.of(ITEM))
 
-        yield lambda count: run_relay(send, tally, count, in_flight)
+        yield functools.partial(run_relay, send, tally, in_flight)
 
 
 # -- the remote saga -------------------------------------------------------------------------
@@ -657,11 +775,12 @@ class Shop:
 
 
 async def measure_sagas(
-    orchestrator: Orchestrator, saga: Saga[Order], in_flight: int, duration: float
+    orchestrator: Orchestrator, saga: Saga[Order], in_flight: int, duration: float, meter: Meter
 ) -> Sample:
     """Run sagas from *in_flight* concurrent loops for *duration* seconds."""
     latencies: list[float] = []
     clock = time.perf_counter
+    start = meter.start()
     stop_at = clock() + duration
 
     async def loop() -> None:
@@ -672,15 +791,14 @@ async def measure_sagas(
             if outcome.status is not SagaStatus.COMPLETED:
                 raise RuntimeError(f"a saga ended {outcome.status}: {outcome.failure}")
 
-    cpu, started = time.process_time(), clock()
     async with anyio.create_task_group() as tg:
         for _ in range(in_flight):
             tg.start_soon(loop)
-    elapsed, cpu = clock() - started, time.process_time() - cpu
+    sagas = len(latencies)
     if len(latencies) < 2:
         latencies *= 2
     cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    return Sample(len(latencies) / elapsed, cpu / len(latencies), cuts[49], cuts[98])
+    return meter.sample(start, sagas, cuts[49], cuts[98])
 
 
 # -- servers and clean-up --------------------------------------------------------------------
@@ -788,6 +906,14 @@ class Target:
     """pysaga's destinations (on Kafka, also the prefixes of the topics it made for them)."""
     facts: dict[str, str] = field(default_factory=dict)
     """What the adapter settled on when it opened, for the report."""
+    meter: Meter = field(init=False)
+
+    def __post_init__(self) -> None:
+        port: int | None = None
+        if self.name != "memory":
+            with contextlib.suppress(ValueError):  # several servers: no single one to watch
+                port = urlsplit(self.url).port or (5672 if self.name == "rabbitmq" else 9092)
+        self.meter = Meter(port)
 
     def dest(self, what: str, number: int) -> str:
         """A destination name of this run's own."""
@@ -817,7 +943,7 @@ async def run_target(
     samples: defaultdict[Key, list[Sample]],
 ) -> dict[str, float]:
     """One run of every measurement on one broker; returns the seconds each part took."""
-    name, n, duration = target.name, args.in_flight, args.duration
+    name, n, duration, meter = target.name, args.in_flight, args.duration, target.meter
 
     def note(what: str, who: str, sample: Sample) -> None:
         samples[name, what, who].append(sample)
@@ -828,20 +954,20 @@ async def run_target(
     # Publish: the raw client, then pysaga, each with a short warm-up.
     started = clock()
     async with target.raw.publisher(target.dest("raw-pub", number)) as send:
-        await pump(send, n, duration / 20)
-        note("publish", "raw", await pump(send, n, duration))
+        await pump(send, n, duration / 20, meter)
+        note("publish", "raw", await pump(send, n, duration, meter))
     async with adapter_publisher(target.url, target.dest("pub", number), target.facts) as send:
-        await pump(send, n, duration / 20)
-        note("publish", "pysaga", await pump(send, n, duration))
+        await pump(send, n, duration / 20, meter)
+        note("publish", "pysaga", await pump(send, n, duration, meter))
     phases["publish"], started = clock() - started, clock()
 
     # Relay A->B.
     a, b = target.dest("raw-a", number), target.dest("raw-b", number)
     async with target.raw.relay(a, b, n) as relay:
-        note("relay", "raw", await measure_relay(relay, target.relay_count))
+        note("relay", "raw", await measure_relay(relay, target.relay_count, meter))
     a, b = target.dest("a", number), target.dest("b", number)
     async with adapter_relay(target.url, a, b, n) as relay:
-        note("relay", "pysaga", await measure_relay(relay, target.relay_count))
+        note("relay", "pysaga", await measure_relay(relay, target.relay_count, meter))
     phases["relay"], started = clock() - started, clock()
 
     # The remote saga: participants up once (started together: on Kafka each joins a
@@ -860,11 +986,11 @@ async def run_target(
             url = f"sqlite:///{workdir / uuid.uuid4().hex}.db" if log == "sqlite" else "memory://"
             async with Orchestrator(sagas=[shop.saga], log=url, broker=target.url) as orch:
                 for in_flight in (1, n):
-                    await measure_sagas(orch, shop.saga, in_flight, duration / 20)
+                    await measure_sagas(orch, shop.saga, in_flight, duration / 20, meter)
                     note(
                         f"saga {log} {in_flight}",
                         "pysaga",
-                        await measure_sagas(orch, shop.saga, in_flight, duration),
+                        await measure_sagas(orch, shop.saga, in_flight, duration, meter),
                     )
         stop.set()  # the participants close as a service would: not cancelled
     phases["sagas"] = clock() - started
@@ -999,7 +1125,9 @@ def report(
         f"msg/s). Python {platform.python_version()}; load average {load[0]:.2f} at the "
         f"start, {load[1]:.2f} at the end ({os.cpu_count()} cores; other work on the box "
         f"slows every figure). Raw body {len(BODY)} B of JSON; pysaga sends the same payload "
-        f"in a {envelope} B envelope. CPU = this process's CPU time per message."
+        f"in a {envelope} B envelope. CPU us = CPU time per message of this process + of the "
+        "broker server's processes; other load = cores the rest of the box kept busy "
+        "meanwhile (the most in any run): compare figures only from runs with little of it."
     )
     headers: tuple[str, ...] = (
         "broker",
@@ -1010,6 +1138,7 @@ def report(
         "pysaga msg/s",
         "pysaga CPU us",
         "pysaga/raw",
+        "other load",
         "LIMITS.md raw",
     )
     rows: list[tuple[str, ...]] = []
@@ -1027,10 +1156,11 @@ def report(
                     traffic[what],
                     target.raw.label,
                     f"{median(raw, 'rate'):,.0f}",
-                    f"{median(raw, 'cpu') * 1e6:,.1f}",
+                    _cpu(raw),
                     f"{median(ours, 'rate'):,.0f}",
-                    f"{median(ours, 'cpu') * 1e6:,.1f}",
+                    _cpu(ours),
                     f"{ratio:.0%}",
+                    _other([*raw, *ours]),
                     LIMITS_RAW.get((target.name, what), ""),
                 )
             )
@@ -1051,6 +1181,7 @@ def report(
         "p50 ms",
         "p99 ms",
         "CPU us/saga",
+        "other load",
         "ceiling",
         "x ceiling",
         "ceiling basis",
@@ -1077,7 +1208,8 @@ def report(
                         f"{rate:,.0f}",
                         f"{median(cell, 'p50') * 1e3:.2f}",
                         f"{median(cell, 'p99') * 1e3:.2f}",
-                        f"{median(cell, 'cpu') * 1e6:,.0f}",
+                        _cpu(cell, digits=0),
+                        _other(cell),
                         f"{ceiling:,}",
                         f"{rate / ceiling:.2f}",
                         basis,
@@ -1085,7 +1217,7 @@ def report(
                         f"{rate / here:.2f}" if here else "",
                     )
                 )
-    print(_table(headers, rows, left={0, 1, 9}))
+    print(_table(headers, rows, left={0, 1, 10}))
 
     verdicts = [
         f"{what} {ratio:.0%} ({'met' if ratio >= AIM_RATIO else 'MISSED'})"
@@ -1125,6 +1257,21 @@ def traffic_labels(broker: str, in_flight: int, count: int) -> dict[str, str]:
         "publish": f"publish, {in_flight} in flight",
         "relay": f"relay A->B, {count:,} msgs, {in_flight} consumers",
     }
+
+
+def _cpu(samples: Sequence[Sample], digits: int = 1) -> str:
+    """Median CPU µs per operation: ``client + server``, or the client's alone."""
+    client = f"{median(samples, 'cpu') * 1e6:,.{digits}f}"
+    servers = [s.server for s in samples if s.server is not None]
+    if not servers:
+        return client
+    return f"{client} + {statistics.median(servers) * 1e6:,.{digits}f}"
+
+
+def _other(samples: Sequence[Sample]) -> str:
+    """The most other load (cores) seen in any of *samples*, if known."""
+    others = [s.other for s in samples if s.other is not None]
+    return f"{max(others):.2f}" if others else ""
 
 
 def _paragraph(text: str) -> None:

@@ -326,6 +326,20 @@ async def measure_relay(relay: Relay, count: int, meter: Meter) -> Sample:
     return await relay(count, meter)
 
 
+def envelope_cost(n: int = 20_000) -> tuple[float, float]:
+    """Seconds per message that pysaga's envelope costs on its own, on this core: making and
+    encoding one (``Envelope.of(item).encode()``), and decoding one (``Envelope.decode``)."""
+    clock = time.perf_counter
+    started = clock()
+    for _ in range(n):
+        body = Envelope.of(ITEM).encode()
+    encode = (clock() - started) / n
+    started = clock()
+    for _ in range(n):
+        Envelope.decode(body)
+    return encode, (clock() - started) / n
+
+
 # -- the raw clients -------------------------------------------------------------------------
 
 
@@ -1078,6 +1092,9 @@ async def benchmark(
     load_at_start = os.getloadavg()[0]
     samples: defaultdict[Key, list[Sample]] = defaultdict(list)
     for number in range(args.runs):  # runs interleave, so drift hits every figure alike
+        encode, decode = envelope_cost()
+        samples["envelope", "encode", "pysaga"].append(Sample(1 / encode, encode))
+        samples["envelope", "decode", "pysaga"].append(Sample(1 / decode, decode))
         for target in targets:
             try:
                 phases = await run_target(target, number, args, workdir, samples)
@@ -1233,6 +1250,15 @@ def report(
         print(
             f"  one remote saga at a time on RabbitMQ (SQLite log): p50 {p50 * 1e3:.2f} ms vs "
             f"< {AIM_RABBITMQ_P50 * 1e3:.0f} ms: {verdict}"
+        )
+    if samples["envelope", "encode", "pysaga"]:
+        encode = median(samples["envelope", "encode", "pysaga"], "cpu")
+        decode = median(samples["envelope", "decode", "pysaga"], "cpu")
+        print(
+            f"Note: pysaga's envelope alone costs {encode * 1e6:.1f} us to make and encode "
+            f"(Envelope.of + encode) and {decode * 1e6:.1f} us to decode, per message, in "
+            "every pysaga figure above (a relayed message is made once, encoded twice and decoded "
+            "twice)"
         )
     for target in targets:
         for fact, value in target.facts.items():

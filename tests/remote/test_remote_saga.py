@@ -91,3 +91,21 @@ async def test_many_sagas_at_once(kit: BrokerKit, suffix: str) -> None:
     assert statuses.count("compensated") == 10
     assert shop.ledger.stock == 1_000 - 30
     assert not shop.ledger.repeated()
+
+
+async def test_services_stop_promptly_when_cancelled(kit: BrokerKit, suffix: str) -> None:
+    """Participants and an orchestrator run with serve() in a task group; cancelling the group
+    stops them all (each closes its consumer and its own broker connection) without hanging."""
+    import anyio
+
+    shop = ShopSetup(suffix)
+    stock, payments = shop.participants(kit.url)
+    orch = Orchestrator(sagas=[shop.saga], log="memory://", broker=kit.url)
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as services:
+            await services.start(stock.serve)
+            await services.start(payments.serve)
+            await services.start(orch.serve)
+            outcome = await orch.run(shop.saga, order(1))
+            services.cancel_scope.cancel()
+    assert outcome.status is SagaStatus.COMPLETED

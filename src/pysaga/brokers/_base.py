@@ -117,16 +117,21 @@ class Consumer:
         return True
 
     async def close(self) -> None:
-        """Stop taking messages, let those in flight finish (up to the drain timeout), stop."""
-        if not self.closing:
-            self.closing = True
-            if self._inflight:
-                self._idle = anyio.Event()
-                with anyio.move_on_after(self._broker.drain_timeout):
-                    await self._idle.wait()
-            if self._scope is not None:
-                self._scope.cancel()
-        await self._stopped.wait()
+        """Stop taking messages, let those in flight finish (up to the drain timeout), stop.
+
+        It runs to its end even when the caller is being cancelled (it is bounded by the
+        drain timeout), so that a consumer is never left half stopped.
+        """
+        with anyio.CancelScope(shield=True):
+            if not self.closing:
+                self.closing = True
+                if self._inflight:
+                    self._idle = anyio.Event()
+                    with anyio.move_on_after(self._broker.drain_timeout):
+                        await self._idle.wait()
+                if self._scope is not None:
+                    self._scope.cancel()
+            await self._stopped.wait()
 
 
 class BaseBroker(abc.ABC):
@@ -246,7 +251,7 @@ class BaseBroker(abc.ABC):
             self._state = "closed"
             if tg is not None:
                 tg.cancel_scope.cancel()
-                await tg.__aexit__(exc_type, exc, tb)
+                await tg.__aexit__(None, None, None)
 
     def _check_open(self) -> anyio.abc.TaskGroup:
         if self._tg is None or self._state != "open":

@@ -24,7 +24,6 @@ by it, say), or write the effect and the inbox record in one transaction.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import inspect
 import json
 import logging
@@ -417,16 +416,13 @@ class Participant:
     async def _send_reply(self, envelope: Envelope, record: InboxRecord) -> None:
         assert envelope.reply_to is not None
         assert self._broker is not None
-        reply = Envelope.model_construct(
+        reply = Envelope.from_parts(
             id=envelope.id + "#reply",
             type=record.reply_type,
             schema_version=record.schema_version,
+            payload=json.loads(record.payload),
             correlation_id=envelope.correlation_id,
             causation_id=envelope.id,
-            reply_to=None,
-            timestamp=_dt.datetime.now(_dt.UTC),
-            headers={},
-            payload=json.loads(record.payload),
         )
         await self._broker.reply(envelope.reply_to, reply)
 

@@ -100,9 +100,9 @@ class _Route:
 
 
 class _Guards:
-    """Handles two copies of one message in turn: the second waits for the first to finish
-    (then finds its reply in the inbox). Costs two dictionary operations when there is no
-    second copy."""
+    """Handles messages with one key in turn: the second waits for the first to finish (a
+    second copy then finds its reply in the inbox). Costs two dictionary operations when
+    nothing else holds the key."""
 
     def __init__(self) -> None:
         self._busy: dict[str, list[anyio.Event]] = {}
@@ -332,7 +332,11 @@ class Participant:
                 f"{envelope.type!r} (it handles {known})"
             )
         command = envelope.parse(route.model)
-        await self._guards.acquire(envelope.id)
+        # One step's command and its compensation carry one idempotency key: taking them in
+        # turn means a compensation never runs while its command is being handled (and then
+        # bars it), which would leave the command's effect in place with nobody to undo it.
+        guard = envelope.headers.get(HEADER_IDEMPOTENCY_KEY) or envelope.id
+        await self._guards.acquire(guard)
         try:
             record = await self._inbox.get(self.service, envelope.id)
             if record is None:
@@ -355,7 +359,7 @@ class Participant:
                     envelope.type,
                 )
         finally:
-            self._guards.release(envelope.id)
+            self._guards.release(guard)
         if envelope.reply_to:
             await self._send_reply(envelope, record)
 

@@ -42,7 +42,6 @@ from .errors import (
     SagaNotFoundError,
     SagaNotRegisteredError,
 )
-from .messaging import Broker
 from .models import (
     EntryKind,
     LogEntry,
@@ -60,6 +59,8 @@ if TYPE_CHECKING:
 
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
+
+    from .messaging import Broker
 
 from .tracing import Telemetry, telemetry
 
@@ -167,19 +168,14 @@ class Orchestrator:
                 "commands can be sent ('memory://name' in one process, 'amqp://...' or "
                 "'kafka://...' across processes)"
             )
-        if isinstance(broker, str):
+        self._own_broker: Broker | None = None
+        self._requester: _Requester | None = None
+        if broker is not None:
             from . import brokers
 
-            self._own_broker: Broker | None = brokers.from_url(broker)
-            broker = self._own_broker
-        elif broker is not None and not isinstance(broker, Broker):
-            raise TypeError(
-                f"broker={broker!r}: pass a broker URL or an object implementing pysaga.Broker"
-            )
-        else:
-            self._own_broker = None
-        self._broker: Broker | None = broker
-        self._requester = _Requester(broker) if broker is not None else None
+            resolved, owned = brokers.resolve(broker)
+            self._own_broker = resolved if owned else None
+            self._requester = _Requester(resolved)
         self.lease = lease
         self.claim_interval = claim_interval if claim_interval is not None else lease / 2
         self.drain_timeout = drain_timeout

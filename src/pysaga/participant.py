@@ -268,12 +268,11 @@ class Participant:
                     f"participant {self.service!r} has no broker; pass broker='memory://name', "
                     "'amqp://...', 'kafka://...' or a Broker object"
                 )
-            if isinstance(broker, str):
-                from . import brokers
+            from . import brokers
 
-                broker = await stack.enter_async_context(brokers.from_url(broker))
-            elif not isinstance(broker, Broker):
-                raise TypeError(f"broker={broker!r}: pass a broker URL or a pysaga.Broker")
+            broker, owned = brokers.resolve(broker)
+            if owned:
+                await stack.enter_async_context(broker)
             self._broker = broker
             await stack.enter_async_context(self._inbox)
             tg = await stack.enter_async_context(anyio.create_task_group())

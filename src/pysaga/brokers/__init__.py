@@ -7,15 +7,13 @@ is loaded only when it is used; a missing extra raises an ImportError naming it.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
+from ..messaging import Broker
 from ._base import DEFAULT_REDELIVERY, BaseBroker, Consumer
 
-if TYPE_CHECKING:
-    from ..messaging import Broker
-
-__all__ = ("DEFAULT_REDELIVERY", "BaseBroker", "Consumer", "from_url")
+__all__ = ("DEFAULT_REDELIVERY", "BaseBroker", "Consumer", "from_url", "resolve")
 
 _SCHEMES = {
     "memory": ("pysaga.brokers.memory", "MemoryBroker"),
@@ -50,3 +48,22 @@ def from_url(url: str, **options: Any) -> Broker:
     cls = getattr(importlib.import_module(module_name), class_name)
     broker: Broker = cls.from_url(url, **options)
     return broker
+
+
+def resolve(broker: str | Broker) -> tuple[Broker, bool]:
+    """The broker object that *broker* names, and whether it was created here.
+
+    A URL makes a new broker that its caller owns and must enter; an object is used as it is
+    (whoever created it enters it).
+
+    Raises:
+        TypeError: *broker* is neither a URL nor a :class:`~pysaga.Broker`.
+    """
+    if isinstance(broker, str):
+        return from_url(broker), True
+    if not isinstance(broker, Broker):
+        raise TypeError(
+            f"broker={broker!r}: pass a broker URL ('memory://name', 'amqp://...', "
+            "'kafka://...') or an object implementing pysaga.Broker"
+        )
+    return broker, False

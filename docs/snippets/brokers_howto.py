@@ -51,7 +51,7 @@ def faulty() -> MemoryBroker:
     broker = MemoryBroker()
     broker.faults.duplicate(ReserveStock, times=10)  # deliver each of the next 10 twice
     broker.faults.delay("CardCharged", seconds=2.0)  # a reply that comes too late
-    broker.faults.reorder(times=3)  # the next 3 deliveries overtake the ones after them
+    broker.faults.reorder(times=3)  # each of the next 3 is overtaken by the one after it
     # --8<-- [end:faults]
     return broker
 

@@ -159,7 +159,32 @@ class SagaLog(Protocol):
         *,
         name: str | None = None,
         status: SagaStatus | None = None,
+        statuses: Collection[SagaStatus] | None = None,
+        created_before: float | None = None,
+        updated_before: float | None = None,
+        deadline_before: float | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
-        """Sagas, newest first, optionally filtered by name and status."""
+        """Sagas, newest first, that match every filter given.
+
+        Args:
+            name: Only sagas of this definition.
+            status: Only sagas in this status.
+            statuses: Only sagas in one of these statuses (an empty collection matches none).
+            created_before: Only sagas created before this time (epoch seconds).
+            updated_before: Only sagas last written before this time (epoch seconds).
+            deadline_before: Only sagas with a deadline before this time (epoch seconds).
+            limit: At most this many sagas.
+
+        Returns:
+            The matching records, by ``created_at``, newest first.
+        """
+        ...
+
+    async def counts(self, *, name: str | None = None) -> dict[SagaStatus, int]:
+        """How many sagas (of definition *name*, or of all) are in each status.
+
+        Returns:
+            A count per status; statuses with no saga are left out.
+        """
         ...

@@ -192,15 +192,23 @@ class LogsAgree(RuleBasedStateMachine):
             self.both("get", saga_id)
             self.both("history", saga_id)
         self.both("active_kinds")
-        for status in (None, SagaStatus.RUNNING):
+        self.both("counts")
+        self.both("counts", name="s")
+        filters: list[dict[str, Any]] = [
+            {},
+            {"status": SagaStatus.RUNNING},
+            {"statuses": (SagaStatus.RUNNING, SagaStatus.COMPENSATING), "updated_before": 50.0},
+            {"statuses": (SagaStatus.FAILED,), "created_before": 30.0, "name": "s"},
+        ]
+        for kwargs in filters:
             listed = [
                 sorted(
-                    self.portal.call(lambda log=log, status=status: log.list(status=status)),
+                    self.portal.call(lambda log=log, kwargs=kwargs: log.list(**kwargs)),
                     key=lambda r: r.saga_id,
                 )
                 for log in (self.memory, self.sqlite)
             ]
-            assert listed[0] == listed[1]
+            assert listed[0] == listed[1], kwargs
 
 
 LogsAgree.TestCase.settings = settings(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anyio
 import pytest
 
@@ -278,6 +280,55 @@ class TestList:
         assert [r.saga_id for r in await saga_log.list(name="x")] == ["c", "a"]
         assert [r.saga_id for r in await saga_log.list(status=SagaStatus.FAILED)] == ["c"]
         assert [r.saga_id for r in await saga_log.list(limit=1)] == ["c"]
+
+    async def test_statuses_and_times(self, saga_log: SagaLog) -> None:
+        """List filters by any of several statuses, by creation, last write and deadline
+        times (strictly before), and every filter given must match."""
+        await saga_log.create(record("a", created_at=1.0), started())
+        await saga_log.create(record("b", created_at=2.0, status=SagaStatus.COMPENSATING), [])
+        await saga_log.create(record("c", created_at=3.0, status=SagaStatus.FAILED), [])
+        await saga_log.create(record("d", name="x", created_at=4.0), [])
+        # "a" is written later: its updated_at moves on, its created_at does not
+        await saga_log.update(
+            "a", SagaUpdate([LogEntry(EntryKind.STEP_STARTED, at=10.0)]), revision=0, owner="me"
+        )
+        late = record("e", created_at=5.0)
+        late.deadline_at = 7.0
+        await saga_log.create(late, [])
+
+        async def ids(**filters: Any) -> list[str]:
+            return [r.saga_id for r in await saga_log.list(**filters)]
+
+        active = {SagaStatus.RUNNING, SagaStatus.COMPENSATING}
+        assert await ids(statuses=active) == ["e", "d", "b", "a"]
+        assert await ids(statuses=[SagaStatus.FAILED, SagaStatus.COMPLETED]) == ["c"]
+        assert await ids(statuses=[]) == []
+        assert await ids(statuses=active, status=SagaStatus.RUNNING) == ["e", "d", "a"]
+        assert await ids(statuses=active, name="x") == ["d"]
+        assert await ids(created_before=3.0) == ["b", "a"]
+        assert await ids(updated_before=4.0) == ["c", "b"]
+        assert await ids(updated_before=4.5, statuses=active) == ["d", "b"]
+        assert await ids(deadline_before=7.5) == ["e"]
+        assert await ids(deadline_before=7.0) == []
+        assert await ids(statuses=active, updated_before=100.0, limit=2) == ["e", "d"]
+
+    async def test_counts(self, saga_log: SagaLog) -> None:
+        """Counts gives the number of sagas per status, for one name or all; statuses with
+        none are left out."""
+        assert await saga_log.counts() == {}
+        await saga_log.create(record("a"), started())
+        await saga_log.create(record("b"), started())
+        await saga_log.create(record("c", status=SagaStatus.FAILED), started())
+        await saga_log.create(record("d", name="x", status=SagaStatus.COMPLETED), started())
+        assert await saga_log.counts() == {
+            SagaStatus.RUNNING: 2,
+            SagaStatus.FAILED: 1,
+            SagaStatus.COMPLETED: 1,
+        }
+        assert await saga_log.counts(name="x") == {SagaStatus.COMPLETED: 1}
+        assert await saga_log.counts(name="nobody") == {}
+        await saga_log.update("a", SagaUpdate([], SagaStatus.COMPENSATING), revision=0, owner="me")
+        assert (await saga_log.counts(name="s"))[SagaStatus.COMPENSATING] == 1
 
 
 class TestOwnLeases:

@@ -7,6 +7,7 @@ and out, so callers can never change what the log holds behind its back.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Self
 
 from ..errors import ConcurrencyError, LeaseLost, SagaNotFoundError
@@ -139,14 +140,33 @@ class InMemorySagaLog:
         *,
         name: str | None = None,
         status: SagaStatus | None = None,
+        statuses: Collection[SagaStatus] | None = None,
+        created_before: float | None = None,
+        updated_before: float | None = None,
+        deadline_before: float | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
+        wanted = None if statuses is None else frozenset(statuses)
         found = [
             _copy(rec)
             for rec in reversed(self._records.values())
-            if (name is None or rec.name == name) and (status is None or rec.status is status)
+            if (name is None or rec.name == name)
+            and (status is None or rec.status is status)
+            and (wanted is None or rec.status in wanted)
+            and (created_before is None or rec.created_at < created_before)
+            and (updated_before is None or rec.updated_at < updated_before)
+            and (
+                deadline_before is None
+                or (rec.deadline_at is not None and rec.deadline_at < deadline_before)
+            )
         ]
         return found[:limit]
+
+    async def counts(self, *, name: str | None = None) -> dict[SagaStatus, int]:
+        found = Counter(
+            rec.status for rec in self._records.values() if name is None or rec.name == name
+        )
+        return dict(found)
 
 
 def _copy(r: SagaRecord) -> SagaRecord:

@@ -517,6 +517,10 @@ class SQLiteSagaLog:
         *,
         name: str | None = None,
         status: SagaStatus | None = None,
+        statuses: Collection[SagaStatus] | None = None,
+        created_before: float | None = None,
+        updated_before: float | None = None,
+        deadline_before: float | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
         clauses: list[str] = []
@@ -527,6 +531,25 @@ class SQLiteSagaLog:
         if status is not None:
             clauses.append("status = ?")
             params.append(status.value)
+        if statuses is not None:
+            values = sorted({s.value for s in statuses})
+            if not values:
+                return []
+            if values == ["compensating", "running"]:
+                # written as in the partial index's clause, so SQLite reads only that index
+                clauses.append(f"status IN {_ACTIVE}")
+            else:
+                clauses.append(f"status IN ({', '.join('?' for _ in values)})")
+                params.extend(values)
+        if created_before is not None:
+            clauses.append("created_at < ?")
+            params.append(created_before)
+        if updated_before is not None:
+            clauses.append("updated_at < ?")
+            params.append(updated_before)
+        if deadline_before is not None:
+            clauses.append("deadline_at < ?")  # NULL (no deadline) never matches
+            params.append(deadline_before)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
 
         def read() -> list[SagaRecord]:
@@ -536,6 +559,18 @@ class SQLiteSagaLog:
                 (*params, limit),
             ).fetchall()
             return [_record(row) for row in rows]
+
+        return await self._call(read)
+
+    async def counts(self, *, name: str | None = None) -> dict[SagaStatus, int]:
+        # GROUP BY status over the (name, status) index: the table itself is not read
+        where, params = ("WHERE name = ?", (name,)) if name is not None else ("", ())
+
+        def read() -> dict[SagaStatus, int]:
+            rows = self._db.execute(
+                f"SELECT status, COUNT(*) FROM pysaga_sagas {where} GROUP BY status", params
+            ).fetchall()
+            return {SagaStatus(status): count for status, count in rows}
 
         return await self._call(read)
 

@@ -1,0 +1,278 @@
+"""Read-only questions an operator asks of a saga log: what is there, what is stuck, and what
+happened to one saga, step by step.
+
+An :class:`Inspector` only reads. It takes the saga log an orchestrator writes (an open log
+object, or a URL it opens itself), so it can run in the orchestrator's process or in a
+separate one, for example a script or an admin endpoint::
+
+    async with Inspector("sqlite:///sagas.db") as inspector:
+        for record in await inspector.stuck(no_progress_for=300):
+            print(record.saga_id, record.status, record.updated_at)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Self
+from urllib.parse import quote
+
+from . import stores
+from .errors import SagaNotFoundError
+from .models import ACTIVE_STATUSES, EntryKind, SagaRecord, SagaStatus
+from .protocols import SagaLog
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection
+    from types import TracebackType
+
+__all__ = ("Inspector", "Timeline", "TimelineEvent")
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEvent:
+    """One entry of a saga's history, as :meth:`Inspector.timeline` shows it.
+
+    Attributes:
+        kind: What happened.
+        step: The step concerned, if any.
+        attempt: The attempt number (1-based) for step and compensation events, else 0.
+        at: When, as seconds since the epoch.
+        since_previous: Seconds since the previous event (0.0 for the first one).
+        failure: Why, for failure events (step, exception type and message), else ``None``.
+        owner: The orchestrator that wrote the event.
+    """
+
+    kind: EntryKind
+    step: str | None
+    attempt: int
+    at: float
+    since_previous: float
+    failure: str | None
+    owner: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """A saga's current state and its whole history, oldest event first.
+
+    Attributes:
+        record: The saga's current-state record.
+        events: One event per history entry, oldest first.
+    """
+
+    record: SagaRecord
+    events: tuple[TimelineEvent, ...]
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the first event to the last (0.0 with fewer than two events)."""
+        if not self.events:
+            return 0.0
+        return self.events[-1].at - self.events[0].at
+
+
+class Inspector:
+    """Answers questions about the sagas in a saga log, without changing anything.
+
+    Give it the log an orchestrator uses. A URL (or a file path, for SQLite) is opened by the
+    inspector: use it as ``async with Inspector(url) as inspector:``, which opens the log and
+    closes it at the end. A log object is used as it is: the inspector neither enters nor
+    closes it, so an orchestrator's open log (``orchestrator.log``) can be shared.
+
+    Args:
+        log: A saga log URL (``"sqlite:///sagas.db"``, ``"memory://"``), a file path for a
+            SQLite log, or an object implementing :class:`~pysaga.SagaLog`.
+        clock: Returns the current time in seconds since the epoch; ages such as
+            ``older_than`` and ``no_progress_for`` are measured against it.
+
+    Raises:
+        TypeError: *log* is none of the above.
+        ValueError: *log* is a URL with a scheme pysaga does not know.
+    """
+
+    def __init__(
+        self,
+        log: str | os.PathLike[str] | SagaLog,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if isinstance(log, os.PathLike):  # a file path: the SQLite log in that file
+            log = "sqlite:///" + quote(os.fspath(log))
+        if isinstance(log, str):
+            self._log: SagaLog = stores.from_url(log)
+            self._owned = True
+        elif isinstance(log, SagaLog):
+            self._log = log
+            self._owned = False
+        else:
+            raise TypeError(
+                f"log={log!r}: pass a saga log URL ('sqlite:///sagas.db', 'memory://'), a "
+                "file path for a SQLite log, or an object implementing pysaga.SagaLog"
+            )
+        self._clock = clock
+        self._open = not self._owned
+
+    def __repr__(self) -> str:
+        return f"<Inspector log={self._log!r}>"
+
+    @property
+    def log(self) -> SagaLog:
+        """The saga log this inspector reads."""
+        return self._log
+
+    async def __aenter__(self) -> Self:
+        if self._owned:
+            await self._log.__aenter__()
+            self._open = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._owned and self._open:
+            self._open = False
+            await self._log.__aexit__(exc_type, exc, tb)
+
+    def _ready(self) -> SagaLog:
+        if not self._open:
+            raise RuntimeError(
+                "this Inspector opens its saga log itself; use "
+                "'async with Inspector(url) as inspector:'"
+            )
+        return self._log
+
+    async def stuck(
+        self, *, no_progress_for: float, name: str | None = None, limit: int = 100
+    ) -> list[SagaRecord]:
+        """Unfinished sagas that look stuck: not written for too long, or past their deadline.
+
+        A saga is written at every step's start and outcome, so a running saga that has not
+        been written for *no_progress_for* seconds is waiting on something: its orchestrator
+        is gone and no other has claimed it, or a step hangs. Renewing a lease is not a write.
+        Choose *no_progress_for* above your longest step timeout plus retry backoff, or a
+        healthy saga waiting on a slow step is reported too.
+
+        A saga with a deadline that is still unfinished after it is also reported: its
+        orchestrator should have turned it back. (A saga past its pivot is no longer bound by
+        its deadline and may rightly run on; its timeline shows which case it is.)
+
+        Args:
+            no_progress_for: Seconds without a write after which an unfinished saga is stuck.
+            name: Only sagas of this definition.
+            limit: At most this many sagas.
+
+        Returns:
+            Up to *limit* stuck sagas, the longest silent first. When more are stuck, which
+            ones come back is the log's choice (the most recently started, with the logs
+            pysaga ships).
+
+        Raises:
+            ValueError: *no_progress_for* is negative.
+            RuntimeError: the inspector opens its log itself and was not entered.
+        """
+        if no_progress_for < 0:
+            raise ValueError(f"no_progress_for must be >= 0 seconds, got {no_progress_for!r}")
+        log = self._ready()
+        now = self._clock()
+        silent = await log.list(
+            name=name,
+            statuses=ACTIVE_STATUSES,
+            updated_before=now - no_progress_for,
+            limit=limit,
+        )
+        late = await log.list(name=name, statuses=ACTIVE_STATUSES, deadline_before=now, limit=limit)
+        found = {record.saga_id: record for record in (*silent, *late)}
+        return sorted(found.values(), key=lambda r: (r.updated_at, r.saga_id))[:limit]
+
+    async def timeline(self, saga_id: str) -> Timeline:
+        """The saga's current state and its history, with the time between events.
+
+        Args:
+            saga_id: The saga's id.
+
+        Returns:
+            The saga's timeline.
+
+        Raises:
+            SagaNotFoundError: there is no saga with this id.
+            RuntimeError: the inspector opens its log itself and was not entered.
+        """
+        log = self._ready()
+        record = await log.get(saga_id)
+        if record is None:
+            raise SagaNotFoundError(saga_id)
+        events: list[TimelineEvent] = []
+        previous: float | None = None
+        for entry in await log.history(saga_id):
+            events.append(
+                TimelineEvent(
+                    kind=entry.kind,
+                    step=entry.step,
+                    attempt=entry.attempt,
+                    at=entry.at,
+                    since_previous=0.0 if previous is None else entry.at - previous,
+                    failure=None if entry.failure is None else str(entry.failure),
+                    owner=entry.owner,
+                )
+            )
+            previous = entry.at
+        return Timeline(record, tuple(events))
+
+    async def counts(self, *, name: str | None = None) -> dict[SagaStatus, int]:
+        """How many sagas are in each status.
+
+        Args:
+            name: Only sagas of this definition.
+
+        Returns:
+            A count for every status, zero where there is none, in the order of
+            :class:`~pysaga.SagaStatus`.
+
+        Raises:
+            RuntimeError: the inspector opens its log itself and was not entered.
+        """
+        found = await self._ready().counts(name=name)
+        return {status: found.get(status, 0) for status in SagaStatus}
+
+    # ``list`` comes last: below it, inside the class body, its name hides the builtin.
+
+    async def list(
+        self,
+        *,
+        name: str | None = None,
+        status: SagaStatus | Collection[SagaStatus] | None = None,
+        older_than: float | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        """Sagas, newest first.
+
+        Args:
+            name: Only sagas of this definition.
+            status: Only sagas in this status, or in any of these statuses.
+            older_than: Only sagas started more than this many seconds ago.
+            limit: At most this many sagas.
+
+        Returns:
+            The matching records, newest first.
+
+        Raises:
+            RuntimeError: the inspector opens its log itself and was not entered.
+        """
+        log = self._ready()
+        if status is None or isinstance(status, SagaStatus):
+            single, several = status, None
+        else:
+            single, several = None, frozenset(status)
+        created_before = None if older_than is None else self._clock() - older_than
+        return await log.list(
+            name=name,
+            status=single,
+            statuses=several,
+            created_before=created_before,
+            limit=limit,
+        )

@@ -33,6 +33,9 @@ from .errors import SchemaVersionError as SchemaVersionError
 from .errors import StepError as StepError
 from .errors import StoreError as StoreError
 from .errors import UnknownMessageType as UnknownMessageType
+from .inspection import Inspector as Inspector
+from .inspection import Timeline as Timeline
+from .inspection import TimelineEvent as TimelineEvent
 from .messaging import Broker as Broker
 from .messaging import DeadLetter as DeadLetter
 from .messaging import Envelope as Envelope
@@ -69,6 +72,7 @@ __all__ = (
     "HandlerContext",
     "Inbox",
     "InboxRecord",
+    "Inspector",
     "LeaseLost",
     "LogEntry",
     "MessagingError",
@@ -95,6 +99,8 @@ __all__ = (
     "StepState",
     "StepStatus",
     "StoreError",
+    "Timeline",
+    "TimelineEvent",
     "UnknownMessageType",
     "__version__",
     "new_saga_id",

@@ -96,6 +96,7 @@ class TestTheDocsAreCovered:
             "tracing_setup",
             "remote_steps",
             "brokers_howto",
+            "inspecting",
         }
     )
 
@@ -521,3 +522,16 @@ class TestBrokersHowto:
         faulty = howto.faulty()
         assert isinstance(faulty, MemoryBroker)
         assert [rule.action for rule in faulty.faults._rules] == ["duplicate", "delay", "reorder"]
+
+
+@pytest.mark.anyio
+class TestInspecting:
+    """docs/guides/inspecting-sagas.md"""
+
+    async def test_output_is_the_one_on_the_page(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Counts, no stuck saga, and the declined trip's timeline, as the page shows."""
+        inspecting = load("inspecting", monkeypatch)
+        await inspecting.main(sqlite_url(tmp_path / "trips.db"))
+        assert pasted_output("inspecting") == capsys.readouterr().out

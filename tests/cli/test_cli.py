@@ -379,3 +379,11 @@ class TestBadInput:
         err = one_line_error(capsys, 1, "draw", f"{definitions}_broken:saga")
         assert "RuntimeError: no config" in err
         sys.modules.pop(f"{definitions}_broken", None)
+
+
+def test_the_console_script_is_declared() -> None:
+    """`pip install` puts a `pysaga` command on the PATH that runs this CLI."""
+    from importlib.metadata import entry_points
+
+    [script] = [ep for ep in entry_points(group="console_scripts") if ep.name == "pysaga"]
+    assert script.value == "pysaga.cli:console_main"

@@ -203,20 +203,15 @@ class Envelope(BaseModel):
     ) -> Envelope:
         """Wrap *message* in a new envelope (a fresh id unless *id* is given)."""
         model = type(message)
-        return _trusted(
-            cls,
-            {
-                "format": ENVELOPE_FORMAT,
-                "id": id or new_message_id(),
-                "type": message_type(model),
-                "schema_version": schema_version(model),
-                "correlation_id": correlation_id,
-                "causation_id": causation_id,
-                "reply_to": reply_to,
-                "timestamp": _now(),
-                "headers": dict(headers) if headers else {},
-                "payload": message.model_dump(mode="json"),
-            },
+        return cls.from_parts(
+            id=id or new_message_id(),
+            type=message_type(model),
+            schema_version=schema_version(model),
+            payload=message.model_dump(mode="json"),
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            reply_to=reply_to,
+            headers=headers,
         )
 
     @classmethod

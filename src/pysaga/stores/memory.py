@@ -22,20 +22,13 @@ if TYPE_CHECKING:
 __all__ = ("InMemoryInbox", "InMemorySagaLog")
 
 
-class InMemorySagaLog:
-    """A :class:`~pysaga.SagaLog` held in dictionaries."""
-
-    def __init__(self) -> None:
-        self._records: dict[str, SagaRecord] = {}
-        self._history: dict[str, list[LogEntry]] = {}
+class _InProcess:
+    """What an in-memory store needs of a store's lifecycle: nothing to open or close."""
 
     @classmethod
-    def from_url(cls, url: str) -> InMemorySagaLog:
+    def from_url(cls, url: str) -> Self:
         """Build from ``memory://`` (the URL carries no options)."""
         return cls()
-
-    def __repr__(self) -> str:
-        return f"<InMemorySagaLog: {len(self._records)} sagas>"
 
     async def __aenter__(self) -> Self:
         return self
@@ -47,6 +40,17 @@ class InMemorySagaLog:
         tb: TracebackType | None,
     ) -> None:
         return None
+
+
+class InMemorySagaLog(_InProcess):
+    """A :class:`~pysaga.SagaLog` held in dictionaries."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, SagaRecord] = {}
+        self._history: dict[str, list[LogEntry]] = {}
+
+    def __repr__(self) -> str:
+        return f"<InMemorySagaLog: {len(self._records)} sagas>"
 
     async def create(self, record: SagaRecord, entries: Sequence[LogEntry]) -> None:
         if record.saga_id in self._records:
@@ -188,30 +192,14 @@ def _copy(r: SagaRecord) -> SagaRecord:
     )
 
 
-class InMemoryInbox:
+class InMemoryInbox(_InProcess):
     """An :class:`~pysaga.Inbox` held in a dictionary: de-duplicates within this process."""
 
     def __init__(self) -> None:
         self._seen: dict[tuple[str, str], InboxRecord] = {}
 
-    @classmethod
-    def from_url(cls, url: str) -> InMemoryInbox:
-        """Build from ``memory://`` (the URL carries no options)."""
-        return cls()
-
     def __repr__(self) -> str:
         return f"<InMemoryInbox: {len(self._seen)} messages>"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        pass
 
     async def get(self, consumer: str, message_id: str) -> InboxRecord | None:
         return self._seen.get((consumer, message_id))

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
     from types import TracebackType
 
-__all__ = ("SCHEMA_VERSION", "SQLiteSagaLog", "parse_url")
+__all__ = ("SCHEMA_VERSION", "SQLiteSagaLog", "open_database", "parse_url")
 
 logger = logging.getLogger("pysaga.stores.sqlite")
 
@@ -149,6 +149,46 @@ def parse_url(url: str) -> tuple[str, Synchronous, float]:
     return path, "full" if sync == "full" else "normal", float(query.get("busy_timeout", 5.0))
 
 
+def open_database(
+    path: str,
+    synchronous: Synchronous,
+    busy_timeout: float,
+    setup: Callable[[sqlite3.Connection], object],
+    *,
+    what: str,
+    any_thread: bool = False,
+) -> sqlite3.Connection:
+    """Open a WAL-mode SQLite file (creating its directory) and run *setup* on it.
+
+    Args:
+        path: The file, or ``":memory:"``.
+        synchronous: ``"normal"`` or ``"full"``.
+        busy_timeout: Seconds to wait for another process's lock.
+        setup: Creates or checks the schema.
+        what: What the file holds, for the error message.
+        any_thread: Whether the connection may be used from a worker thread too.
+
+    Raises:
+        StoreError: the file cannot be opened or set up.
+    """
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=not any_thread, timeout=busy_timeout
+    )
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        setup(conn)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"cannot open the SQLite {what} {path!r}: {exc}") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 @dataclass(frozen=True, slots=True)
 class _Create:
     record: SagaRecord
@@ -217,21 +257,14 @@ class SQLiteSagaLog:
     async def __aenter__(self) -> Self:
         if self._conn is not None:
             raise RuntimeError(f"{self!r} is already open; enter it once")
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
+        conn = open_database(
+            self.path,
+            self.synchronous,
+            self.busy_timeout,
+            self._migrate,
+            what="saga log",
+            any_thread=True,
         )
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-            self._migrate(conn)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StoreError(f"cannot open the SQLite saga log {self.path!r}: {exc}") from exc
-        except BaseException:
-            conn.close()
-            raise
         self._conn = conn
         if self.path != ":memory:":
             conn.execute("PRAGMA wal_autocheckpoint=0")

@@ -9,12 +9,11 @@ message, cheaper than a hand-off to a worker thread.
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 from ..errors import StoreError
 from ..protocols import InboxRecord
-from .sqlite import Synchronous, parse_url
+from .sqlite import Synchronous, open_database, parse_url
 
 if TYPE_CHECKING:
     import os
@@ -69,17 +68,13 @@ class SQLiteInbox:
     async def __aenter__(self) -> Self:
         if self._conn is not None:
             raise RuntimeError(f"{self!r} is already open; enter it once")
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-            conn.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StoreError(f"cannot open the SQLite inbox {self.path!r}: {exc}") from exc
-        self._conn = conn
+        self._conn = open_database(
+            self.path,
+            self.synchronous,
+            self.busy_timeout,
+            lambda conn: conn.executescript(_SCHEMA),
+            what="inbox",
+        )
         return self
 
     async def __aexit__(

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -85,3 +86,28 @@ def kafka_server(_kafka: services.KafkaServer | None) -> services.KafkaServer:
         )
     assert _kafka is not None
     return _kafka
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """A reachable PostgreSQL (``PYSAGA_POSTGRES_DSN``, default postgres on 127.0.0.1:5432/test)."""
+    if not services.reachable(services.POSTGRES_DSN, 5432):
+        require_service(
+            f"PostgreSQL at {services.POSTGRES_DSN}",
+            "pg_ctlcluster <version> main start (or set PYSAGA_POSTGRES_DSN)",
+        )
+    return services.POSTGRES_DSN
+
+
+@pytest.fixture
+async def postgres_url(postgres_dsn: str) -> AsyncIterator[str]:
+    """A PostgreSQL URL on a schema of this test's own, dropped afterwards."""
+    import asyncpg
+
+    schema = f"pysaga_test_{uuid.uuid4().hex[:12]}"
+    yield f"{postgres_dsn}?schema={schema}"
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    finally:
+        await conn.close()

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 AMQP_URL = os.environ.get("PYSAGA_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 KAFKA_URL = os.environ.get("PYSAGA_KAFKA_URL", "")
+POSTGRES_DSN = os.environ.get("PYSAGA_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def reachable(url: str, default_port: int, timeout: float = 1.0) -> bool:

@@ -172,11 +172,18 @@ class StepState:
         status: Where the step is.
         attempts: How many times the action (or, once compensating, the compensation) started.
         failures: How many of those attempts failed.
+        timeout_at: While an attempt runs (``STARTED`` or ``COMPENSATING``): when it times out
+            (seconds since the epoch), if it has a time limit. Kept in the log, so an attempt
+            resumed after a restart keeps its original limit.
+        retry_at: After a failed attempt that will be retried: when the next attempt may
+            start, so a restart waits out the rest of the backoff instead of starting over.
     """
 
     status: StepStatus
     attempts: int = 0
     failures: int = 0
+    timeout_at: float | None = None
+    retry_at: float | None = None
 
 
 @dataclass(slots=True)

@@ -96,7 +96,6 @@ def test_urls(url: str, path: str, sync: str) -> None:
         ("sqlite:///x.db?color=blue", "unknown option"),
         ("sqlite://", "names no file"),
         ("mongodb://x", "unknown scheme"),
-        ("postgresql://localhost/db", "not available in this version"),
     ],
 )
 def test_bad_urls(url: str, match: str) -> None:

@@ -1,4 +1,5 @@
-"""Saga logs: where sagas are recorded. ``memory`` and ``sqlite`` ship with the core.
+"""Saga logs and inboxes: ``memory`` and ``sqlite`` ship with the core; ``postgres`` is the
+extra of that name.
 
 :func:`from_url` picks one by URL scheme and imports its module only then, so an adapter's
 client library is loaded only when it is used.
@@ -18,6 +19,8 @@ __all__ = ("from_url", "inbox_from_url")
 _SCHEMES = {
     "memory": ("pysaga.stores.memory", "InMemorySagaLog"),
     "sqlite": ("pysaga.stores.sqlite", "SQLiteSagaLog"),
+    "postgresql": ("pysaga.stores.postgres", "PostgresSagaLog"),
+    "postgres": ("pysaga.stores.postgres", "PostgresSagaLog"),
 }
 
 
@@ -27,16 +30,13 @@ def from_url(url: str) -> SagaLog:
     * ``memory://`` — in this process only; gone when it ends.
     * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` — the embedded default.
       Query options: ``synchronous=normal|full`` (default ``normal``).
+    * ``postgresql://user:password@host:5432/database`` — PostgreSQL (extra ``postgres``),
+      for several orchestrator processes sharing one log.
 
     Raises:
         ValueError: for a scheme pysaga does not know.
     """
     scheme = urlsplit(url).scheme.lower()
-    if scheme in ("postgresql", "postgres"):
-        raise ValueError(
-            f"saga log URL {url!r}: the PostgreSQL saga log is not available in this version "
-            "of pysaga; use 'sqlite:///path/to/sagas.db' or 'memory://'"
-        )
     try:
         module_name, class_name = _SCHEMES[scheme]
     except KeyError:
@@ -52,12 +52,14 @@ def from_url(url: str) -> SagaLog:
 _INBOXES = {
     "memory": ("pysaga.stores.memory", "InMemoryInbox"),
     "sqlite": ("pysaga.stores.sqlite_inbox", "SQLiteInbox"),
+    "postgresql": ("pysaga.stores.postgres_inbox", "PostgresInbox"),
+    "postgres": ("pysaga.stores.postgres_inbox", "PostgresInbox"),
 }
 
 
 def inbox_from_url(url: str) -> Inbox:
-    """Open the participant inbox named by *url* (not yet entered): ``memory://`` or
-    ``sqlite:///path.db`` (the same URL forms as :func:`from_url`).
+    """Open the participant inbox named by *url* (not yet entered): ``memory://``,
+    ``sqlite:///path.db`` or ``postgresql://...`` (the same URL forms as :func:`from_url`).
 
     Raises:
         ValueError: for a scheme pysaga does not know.

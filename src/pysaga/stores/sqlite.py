@@ -16,7 +16,6 @@ drive sagas at a time on SQLite; to run several, use the PostgreSQL log.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -32,14 +31,12 @@ import anyio.to_thread
 from ..errors import ConcurrencyError, LeaseLost, SagaNotFoundError, SchemaVersionError, StoreError
 from ..models import (
     EntryKind,
-    Failure,
     LogEntry,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
-    StepState,
-    StepStatus,
 )
+from ._codec import dump_failure, dump_steps, load_failure, load_steps
 from ._group_commit import GroupCommit, PendingWrite
 
 if TYPE_CHECKING:
@@ -377,8 +374,8 @@ class SQLiteSagaLog:
                     r.version,
                     r.status.value,
                     r.data,
-                    _dump_steps(r.steps),
-                    _dump_failure(r.failure),
+                    dump_steps(r.steps),
+                    dump_failure(r.failure),
                     r.revision,
                     r.owner,
                     r.lease_expires_at,
@@ -396,9 +393,9 @@ class SQLiteSagaLog:
         u = op.update
         at = u.entries[-1].at if u.entries else time.time()
         params = (
-            _dump_steps(u.steps),
+            dump_steps(u.steps),
             u.data,
-            _dump_failure(u.failure),
+            dump_failure(u.failure),
             at,
             op.saga_id,
             op.revision,
@@ -444,7 +441,7 @@ class SQLiteSagaLog:
                     at=at,
                     step=step,
                     attempt=attempt,
-                    failure=_load_failure(failure),
+                    failure=load_failure(failure),
                     owner=owner,
                 )
                 for kind, at, step, attempt, failure, owner in rows
@@ -682,35 +679,11 @@ def _insert_entries(
                 e.attempt,
                 e.at,
                 e.owner,
-                _dump_failure(e.failure),
+                dump_failure(e.failure),
             )
             for idx, e in enumerate(entries)
         ],
     )
-
-
-def _dump_steps(steps: dict[str, StepState] | Any) -> str:
-    return json.dumps(
-        {name: [s.status.value, s.attempts, s.failures] for name, s in steps.items()},
-        separators=(",", ":"),
-    )
-
-
-def _load_steps(text: str) -> dict[str, StepState]:
-    return {
-        name: StepState(StepStatus(status), attempts, failures)
-        for name, (status, attempts, failures) in json.loads(text).items()
-    }
-
-
-def _dump_failure(failure: Failure | None) -> str | None:
-    if failure is None:
-        return None
-    return json.dumps(failure.to_json(), separators=(",", ":"), default=str)
-
-
-def _load_failure(text: str | None) -> Failure | None:
-    return None if text is None else Failure.from_json(json.loads(text))
 
 
 def _record(row: tuple[Any, ...]) -> SagaRecord:
@@ -735,12 +708,12 @@ def _record(row: tuple[Any, ...]) -> SagaRecord:
         version=version,
         status=SagaStatus(status),
         data=data,
-        steps=_load_steps(steps),
+        steps=load_steps(steps),
         revision=revision,
         owner=owner,
         lease_expires_at=lease_expires_at,
         deadline_at=deadline_at,
         created_at=created_at,
         updated_at=updated_at,
-        failure=_load_failure(failure),
+        failure=load_failure(failure),
     )

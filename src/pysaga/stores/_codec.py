@@ -1,0 +1,50 @@
+"""How the saga logs that keep text (SQLite, PostgreSQL) write a saga's step states and
+failures: compact JSON, one encoding for every store, so a record reads back the same from each.
+
+A step's state is ``[status, attempts, failures]``, followed by ``timeout_at`` and ``retry_at``
+only when one of the step's timers is set (older rows without them read back unchanged).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from ..models import Failure, StepState, StepStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ("dump_failure", "dump_steps", "load_failure", "load_steps")
+
+
+def _state(s: StepState) -> list[Any]:
+    if s.timeout_at is None and s.retry_at is None:
+        return [s.status.value, s.attempts, s.failures]
+    return [s.status.value, s.attempts, s.failures, s.timeout_at, s.retry_at]
+
+
+def dump_steps(steps: Mapping[str, StepState]) -> str:
+    """Step states by step name, as JSON text."""
+    return json.dumps({name: _state(s) for name, s in steps.items()}, separators=(",", ":"))
+
+
+def load_steps(text: str | Mapping[str, Any]) -> dict[str, StepState]:
+    """Read :func:`dump_steps`' output (as text, or already parsed)."""
+    raw = json.loads(text) if isinstance(text, str) else text
+    return {
+        name: StepState(StepStatus(value[0]), value[1], value[2], *value[3:5])
+        for name, value in raw.items()
+    }
+
+
+def dump_failure(failure: Failure | None) -> str | None:
+    """A failure as JSON text (``None`` stays ``None``)."""
+    if failure is None:
+        return None
+    return json.dumps(failure.to_json(), separators=(",", ":"), default=str)
+
+
+def load_failure(text: str | None) -> Failure | None:
+    """Read :func:`dump_failure`'s output."""
+    return None if text is None else Failure.from_json(json.loads(text))

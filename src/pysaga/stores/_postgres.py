@@ -1,0 +1,177 @@
+"""What the PostgreSQL saga log and inbox share: reading their URL, opening a connection pool
+on a schema of their own, applying their schema once even when several processes start
+together, and turning client errors into :class:`~pysaga.StoreError`.
+
+Needs the ``postgres`` extra (asyncpg).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from ..errors import SchemaVersionError, StoreError
+
+try:
+    import asyncpg
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    raise ImportError(
+        "the PostgreSQL saga log and inbox need asyncpg: install the extra with "
+        "'pip install \"pysaga-core[postgres]\"'"
+    ) from exc
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ("PostgresOptions", "apply_schema", "is_connection_error", "open_pool", "parse_url")
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_OPTIONS = {"schema", "pool_size"}
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresOptions:
+    """A PostgreSQL URL, split into what asyncpg takes and pysaga's own options.
+
+    Attributes:
+        dsn: The URL without pysaga's options, as asyncpg takes it.
+        schema: The PostgreSQL schema pysaga's tables live in (created if missing).
+        pool_size: The most connections the pool opens.
+    """
+
+    dsn: str
+    schema: str = "public"
+    pool_size: int = 8
+
+
+def check_schema_name(schema: str) -> str:
+    """Return *schema* if it is a plain identifier (it is written into SQL unquoted).
+
+    Raises:
+        ValueError: it is not.
+    """
+    if not _NAME.match(schema):
+        raise ValueError(
+            f"schema {schema!r} is not a plain identifier; use letters, digits and '_' "
+            "(at most 63, not starting with a digit)"
+        )
+    return schema
+
+
+def parse_url(url: str) -> PostgresOptions:
+    """Read ``postgresql://user:password@host:5432/database?schema=pysaga&pool_size=8``.
+
+    ``schema`` (default ``public``) and ``pool_size`` (default 8) are pysaga's; every other
+    query option goes to the client (``sslmode=require``, say).
+
+    Raises:
+        ValueError: not a PostgreSQL URL, or a bad option.
+    """
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {url!r}; write 'postgresql://user@host/db'")
+    ours: dict[str, str] = {}
+    theirs: list[tuple[str, str]] = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        (ours.__setitem__(key, value) if key in _OPTIONS else theirs.append((key, value)))
+    schema = check_schema_name(ours.get("schema", "public"))
+    try:
+        pool_size = int(ours.get("pool_size", "8"))
+    except ValueError:
+        raise ValueError(f"PostgreSQL URL {url!r}: pool_size must be a whole number") from None
+    if pool_size < 1:
+        raise ValueError(f"PostgreSQL URL {url!r}: pool_size must be at least 1")
+    dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(theirs)))
+    return PostgresOptions(dsn, schema, pool_size)
+
+
+def redact(dsn: str) -> str:
+    """*dsn* with its password hidden, for messages."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def open_pool(options: PostgresOptions, *, what: str) -> asyncpg.Pool[Any]:
+    """A connection pool whose connections find pysaga's tables in ``options.schema``.
+
+    Raises:
+        StoreError: the database cannot be reached.
+    """
+    try:
+        pool: asyncpg.Pool[Any] = await asyncpg.create_pool(
+            options.dsn,
+            min_size=1,
+            max_size=options.pool_size,
+            server_settings={"search_path": options.schema, "application_name": f"pysaga {what}"},
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise StoreError(
+            f"cannot open the PostgreSQL {what} at {redact(options.dsn)}: {exc}; check that "
+            "the server runs and the URL names an existing database and role"
+        ) from exc
+    return pool
+
+
+async def apply_schema(
+    pool: asyncpg.Pool[Any],
+    schema: str,
+    component: str,
+    migrations: Sequence[str],
+) -> None:
+    """Bring *component*'s tables in *schema* up to ``len(migrations)``.
+
+    ``migrations[i]`` takes the schema from version ``i`` to ``i + 1``. Runs in one
+    transaction under an advisory lock, so processes that start together apply each
+    migration once, and a process that finds a newer schema than it knows refuses it.
+
+    Raises:
+        SchemaVersionError: the database holds a newer schema than this pysaga knows.
+    """
+    target = len(migrations)
+    lock = int.from_bytes(
+        hashlib.sha256(f"pysaga:{schema}".encode()).digest()[:8], "big", signed=True
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock)
+        await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        await conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {schema}.pysaga_schema "
+            "(component text PRIMARY KEY, version integer NOT NULL)"
+        )
+        found: int | None = await conn.fetchval(
+            f"SELECT version FROM {schema}.pysaga_schema WHERE component = $1", component
+        )
+        current = found or 0
+        if current > target:
+            raise SchemaVersionError(
+                f"the PostgreSQL {component} in schema {schema!r} has schema version {current}, "
+                f"newer than this pysaga's ({target}); upgrade pysaga to use it"
+            )
+        for migration in migrations[current:]:
+            await conn.execute(migration)
+        if current < target:
+            await conn.execute(
+                f"INSERT INTO {schema}.pysaga_schema (component, version) VALUES ($1, $2) "
+                "ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version",
+                component,
+                target,
+            )
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether *exc* says the connection to the server was lost (or could not be made)."""
+    return isinstance(
+        exc,
+        (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.AdminShutdownError,
+        ),
+    )

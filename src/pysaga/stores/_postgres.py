@@ -108,7 +108,12 @@ async def open_pool(options: PostgresOptions, *, what: str) -> asyncpg.Pool[Any]
             options.dsn,
             min_size=1,
             max_size=options.pool_size,
-            server_settings={"search_path": options.schema, "application_name": f"pysaga {what}"},
+            server_settings={
+                "search_path": options.schema,
+                # names the schema, so an operator (or a test) can tell whose connections
+                # these are in pg_stat_activity
+                "application_name": f"pysaga {what} {options.schema}"[:63],
+            },
         )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         raise StoreError(

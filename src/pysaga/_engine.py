@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from .protocols import SagaLog
     from .tracing import Instruments
 
-__all__ = ("Run",)
+__all__ = ("Run", "timeout_at")
 
 logger = logging.getLogger("pysaga.orchestrator")
 
@@ -323,7 +323,10 @@ class Run(Generic[DataT]):
             state = self.steps.get(step.name)
             attempts = (state.attempts if state else 0) + 1
             intents[step.name] = StepState(
-                StepStatus.STARTED, attempts, state.failures if state else 0
+                StepStatus.STARTED,
+                attempts,
+                state.failures if state else 0,
+                self._timeout_at(step, self._time_left()),
             )
             entries.append(self._entry(EntryKind.STEP_STARTED, step.name, attempts))
         if entries:
@@ -391,28 +394,55 @@ class Run(Generic[DataT]):
     ) -> tuple[DataT | None, Failure | None]:
         """Run *step* until it succeeds or its retry policy gives up.
 
+        The step's timers live in its state in the log: ``timeout_at`` while an attempt runs,
+        ``retry_at`` while a retry waits. A saga resumed from the log (after a restart, or by
+        another orchestrator) keeps them: an attempt that was running goes on with the time it
+        had left (or counts as timed out if that ran out meanwhile), and a retry still waits
+        out the rest of its backoff.
+
         The outcome is staged, not written: the caller writes it with the next transition.
         """
         state = self.steps.get(step.name)
         attempts = state.attempts if state else 0
         failures = state.failures if state else 0
+        timeout_at = state.timeout_at if state else None
+        retry_at = state.retry_at if state else None
+        # An attempt whose intent is in the log and whose outcome is not: running when this
+        # saga was last written, so it goes on as the same attempt, under its own timer.
+        running = (
+            state is not None
+            and state.status is StepStatus.STARTED
+            and timeout_at is not None
+            and retry_at is None
+        )
         policy: Retry = step.retry
         while True:
             left = self._time_left()
             if left is not None and left <= 0:
                 return None, failure_of(step.name, _deadline_error())
             if intent_written:
-                intent_written = False
+                intent_written = running = False
                 self.fresh_intents.discard(step.name)
+            elif running:
+                running = False
             else:
+                if retry_at is not None:  # a backoff that a restart interrupted
+                    wait = retry_at - time.time()
+                    if wait > 0:
+                        await anyio.sleep(wait if left is None else min(wait, max(0.0, left)))
+                    retry_at = None
+                    continue  # the deadline may have passed meanwhile
                 attempts += 1
+                timeout_at = self._timeout_at(step, left)
                 await self._write(
                     [self._entry(EntryKind.STEP_STARTED, step.name, attempts)],
-                    steps={step.name: StepState(StepStatus.STARTED, attempts, failures)},
+                    steps={
+                        step.name: StepState(StepStatus.STARTED, attempts, failures, timeout_at)
+                    },
                 )
             ctx = self._context(step, attempts)
             try:
-                result = await self._call(step, data, ctx, left)
+                result = await self._call(step, data, ctx, timeout_at)
             except Exception as exc:
                 failures += 1
                 left = self._time_left()
@@ -430,14 +460,15 @@ class Run(Generic[DataT]):
                     and policy.may_retry(exc, failures)
                 )
                 entry = self._entry(EntryKind.STEP_FAILED, step.name, attempts, failure)
-                new_state = StepState(status, attempts, failures)
                 if not retry:
-                    self._stage(entry, step.name, new_state)
+                    self._stage(entry, step.name, StepState(status, attempts, failures))
                     return None, failure
-                await self._write([entry], steps={step.name: new_state})
                 delay = policy.delay(failures)
-                left = self._time_left()
-                await anyio.sleep(delay if left is None else max(0.0, min(delay, left)))
+                retry_at = time.time() + delay
+                await self._write(
+                    [entry],
+                    steps={step.name: StepState(status, attempts, failures, retry_at=retry_at)},
+                )
                 continue
             self._stage(
                 self._entry(EntryKind.STEP_SUCCEEDED, step.name, attempts),
@@ -445,6 +476,9 @@ class Run(Generic[DataT]):
                 StepState(StepStatus.SUCCEEDED, attempts, failures),
             )
             return result, None
+
+    def _timeout_at(self, step: Step[DataT], time_left: float | None) -> float | None:
+        return timeout_at(step, time.time(), time_left)
 
     def _context(
         self, step: Step[DataT], attempt: int, *, compensating: bool = False
@@ -461,14 +495,10 @@ class Run(Generic[DataT]):
         )
 
     async def _call(
-        self, step: Step[DataT], data: DataT, ctx: StepContext, time_left: float | None
+        self, step: Step[DataT], data: DataT, ctx: StepContext, timeout_at: float | None
     ) -> DataT | None:
-        limit = step.timeout
-        if time_left is not None and step.kind is not StepKind.PIVOT:
-            # The deadline stops a pivot from starting, never interrupts one that started.
-            limit = time_left if limit is None else min(limit, time_left)
         fn, wants_context = self._callable(step, compensating=False)
-        result = await self._execute(step, fn, wants_context, data, ctx, limit)
+        result = await self._execute(step, fn, wants_context, data, ctx, timeout_at)
         if result is not None and not isinstance(result, self.saga.data_type):
             raise _BadReturn(
                 f"step {step.name!r} returned {type(result).__name__}; a step returns "
@@ -503,11 +533,11 @@ class Run(Generic[DataT]):
         wants_context: bool,
         data: DataT,
         ctx: StepContext,
-        limit: float | None,
+        timeout_at: float | None,
     ) -> Any:
-        """Await a step's action or compensation, under its time limit, observed."""
+        """Await a step's action or compensation until *timeout_at* (if set), observed."""
         if self._tracer is None and self._instruments is None:  # nothing to observe
-            return await _invoke(step, fn, wants_context, data, ctx, limit)
+            return await _invoke(step, fn, wants_context, data, ctx, timeout_at)
         kind = "compensate" if ctx.compensating else "step"
         attributes = {
             ATTR_SAGA_ID: self.saga_id,
@@ -519,7 +549,7 @@ class Run(Generic[DataT]):
         outcome = "succeeded"
         with self.telemetry.span(f"{kind} {step.name}", attributes) as span:
             try:
-                return await _invoke(step, fn, wants_context, data, ctx, limit)
+                return await _invoke(step, fn, wants_context, data, ctx, timeout_at)
             except Exception as exc:
                 outcome = "failed"
                 mark_error(span, exc)
@@ -559,28 +589,40 @@ class Run(Generic[DataT]):
         await self._write([self._entry(EntryKind.SAGA_COMPENSATED)], status=SagaStatus.COMPENSATED)
 
     async def _compensate(self, step: Step[DataT], state: StepState) -> Failure | None:
+        """Undo *step*, retrying under its compensation policy; its timers live in the log
+        as a step's do (see :meth:`_attempts`)."""
         compensation, wants_context = self._callable(step, compensating=True)
         resuming = state.status is StepStatus.COMPENSATING
         attempts = state.attempts if resuming else 0
         failures = state.failures if resuming else 0
+        timeout_at = state.timeout_at if resuming else None
+        retry_at = state.retry_at if resuming else None
+        running = timeout_at is not None and retry_at is None
         policy = step.compensation_retry
+        limit = step.compensation_timeout
         while True:
-            attempts += 1
-            ctx = self._context(step, attempts, compensating=True)
+            if retry_at is not None:
+                await anyio.sleep(max(0.0, retry_at - time.time()))
+                retry_at = None
             # A compensation, once begun, is never cut short by cancellation.
             with anyio.CancelScope(shield=True):
-                await self._write(
-                    [self._entry(EntryKind.COMPENSATION_STARTED, step.name, attempts)],
-                    steps={step.name: StepState(StepStatus.COMPENSATING, attempts, failures)},
-                )
+                if running:  # the attempt that was running goes on, under its own timer
+                    running = False
+                else:
+                    attempts += 1
+                    timeout_at = None if limit is None else time.time() + limit
+                    await self._write(
+                        [self._entry(EntryKind.COMPENSATION_STARTED, step.name, attempts)],
+                        steps={
+                            step.name: StepState(
+                                StepStatus.COMPENSATING, attempts, failures, timeout_at
+                            )
+                        },
+                    )
+                ctx = self._context(step, attempts, compensating=True)
                 try:
                     await self._execute(
-                        step,
-                        compensation,
-                        wants_context,
-                        self.data,
-                        ctx,
-                        step.compensation_timeout,
+                        step, compensation, wants_context, self.data, ctx, timeout_at
                     )
                 except Exception as exc:
                     failures += 1
@@ -593,9 +635,14 @@ class Run(Generic[DataT]):
                             StepState(StepStatus.COMPENSATION_FAILED, attempts, failures),
                         )
                         return failure
+                    retry_at = time.time() + policy.delay(failures)
                     await self._write(
                         [entry],
-                        steps={step.name: StepState(StepStatus.COMPENSATING, attempts, failures)},
+                        steps={
+                            step.name: StepState(
+                                StepStatus.COMPENSATING, attempts, failures, retry_at=retry_at
+                            )
+                        },
                     )
                 else:
                     self._stage(
@@ -604,7 +651,6 @@ class Run(Generic[DataT]):
                         StepState(StepStatus.COMPENSATED, attempts, failures),
                     )
                     return None
-            await anyio.sleep(policy.delay(failures))
 
 
 async def _invoke(
@@ -613,23 +659,44 @@ async def _invoke(
     wants_context: bool,
     data: Any,
     ctx: StepContext,
-    limit: float | None,
+    timeout_at: float | None,
 ) -> Any:
-    """Call *fn*, under *limit* seconds if there is one (no cancel scope otherwise)."""
-    if limit is None:
+    """Call *fn*, until *timeout_at* if there is one (no cancel scope otherwise)."""
+    if timeout_at is None:
         return await (fn(data, ctx) if wants_context else fn(data))
+    left = timeout_at - time.time()
+    if left <= 0:  # it ran out while no orchestrator drove the saga
+        what = "compensation of step" if ctx.compensating else "step"
+        raise TimeoutError(
+            f"{what} {step.name!r} ran out of time (attempt {ctx.attempt}) while no "
+            "orchestrator was driving the saga"
+        )
     try:
-        with anyio.fail_after(limit):
+        with anyio.fail_after(left):
             return await (fn(data, ctx) if wants_context else fn(data))
     except TimeoutError as exc:
-        raise _timed_out(step, ctx, limit) from exc
+        raise _timed_out(step, ctx, step_limit(step, ctx)) from exc
 
 
-def _timed_out(step: Step[Any], ctx: StepContext, limit: float) -> TimeoutError:
+def timeout_at(step: Step[Any], now: float, time_left: float | None) -> float | None:
+    """When an attempt of *step* starting at *now* times out: after its own limit, or at the
+    saga's deadline (*time_left* from now) if that comes first. The deadline stops a pivot
+    from starting, never interrupts one that started."""
+    limit = step.timeout
+    if time_left is not None and step.kind is not StepKind.PIVOT:
+        limit = time_left if limit is None else min(limit, time_left)
+    return None if limit is None else now + limit
+
+
+def step_limit(step: Step[Any], ctx: StepContext) -> float | None:
+    """The time limit of one attempt of *step* (or of its compensation), as declared."""
+    return step.compensation_timeout if ctx.compensating else step.timeout
+
+
+def _timed_out(step: Step[Any], ctx: StepContext, limit: float | None) -> TimeoutError:
     what = "compensation of step" if ctx.compensating else "step"
-    return TimeoutError(
-        f"{what} {step.name!r} did not finish within {limit:.3g} s (attempt {ctx.attempt})"
-    )
+    within = f"within {limit:.3g} s " if limit is not None else "before the saga's deadline "
+    return TimeoutError(f"{what} {step.name!r} did not finish {within}(attempt {ctx.attempt})")
 
 
 def _deadline_error() -> DeadlineExceeded:

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import stores
 from ._engine import Run as _Run
+from ._engine import timeout_at as _timeout_at
 from ._remote import Requester as _Requester
 from .definition import Saga
 from .errors import (
@@ -443,7 +444,12 @@ class Orchestrator:
             deadline_at=now + definition.deadline if definition.deadline else None,
             created_at=now,
             updated_at=now,
-            steps={step.name: StepState(StepStatus.STARTED, 1, 0) for step in first},
+            steps={
+                step.name: StepState(
+                    StepStatus.STARTED, 1, 0, _timeout_at(step, now, definition.deadline)
+                )
+                for step in first
+            },
         )
         entries = [LogEntry(EntryKind.SAGA_STARTED, at=now, owner=self.owner)]
         entries.extend(

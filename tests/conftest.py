@@ -34,12 +34,18 @@ def anyio_backend() -> str:
 LogFactory = Callable[[], SagaLog]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def log_factory(request: pytest.FixtureRequest, tmp_path: Path) -> LogFactory:
-    """A factory of fresh (not yet entered) saga logs of one kind; SQLite ones share a file."""
+    """A factory of fresh (not yet entered) saga logs of one kind; SQLite ones share a file,
+    PostgreSQL ones a schema of the test's own (PostgreSQL is asked for only by that kind)."""
     if request.param == "memory":
         shared = InMemorySagaLog()
         return lambda: shared
+    if request.param == "postgres":
+        from pysaga.stores.postgres import PostgresSagaLog
+
+        url: str = request.getfixturevalue("postgres_url")
+        return lambda: PostgresSagaLog(url, pool_size=4)
     path = tmp_path / "sagas.db"
     return lambda: SQLiteSagaLog(path)
 

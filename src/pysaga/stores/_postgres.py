@@ -26,7 +26,23 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ("PostgresOptions", "apply_schema", "is_connection_error", "open_pool", "parse_url")
+__all__ = (
+    "CLIENT_ERRORS",
+    "PostgresOptions",
+    "apply_schema",
+    "is_connection_error",
+    "open_pool",
+    "parse_url",
+)
+
+CLIENT_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+"""Every error the PostgreSQL client raises (the server's, the connection's, its own); a store
+turns them into :class:`~pysaga.StoreError`."""
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _OPTIONS = {"schema", "pool_size"}
@@ -97,6 +113,10 @@ def redact(dsn: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
+    """The pool's reset of a connection given back: nothing to reset (see :func:`open_pool`)."""
+
+
 async def open_pool(options: PostgresOptions, *, what: str) -> asyncpg.Pool[Any]:
     """A connection pool whose connections find pysaga's tables in ``options.schema``.
 
@@ -108,6 +128,10 @@ async def open_pool(options: PostgresOptions, *, what: str) -> asyncpg.Pool[Any]
             options.dsn,
             min_size=1,
             max_size=options.pool_size,
+            # pysaga's stores change no session state (no SET, LISTEN, cursors or session
+            # advisory locks), so a connection given back needs no reset statement, which
+            # would cost a round trip per call (an open transaction is still rolled back)
+            reset=_keep_session,
             server_settings={
                 "search_path": options.schema,
                 # names the schema, so an operator (or a test) can tell whose connections
@@ -178,5 +202,6 @@ def is_connection_error(exc: BaseException) -> bool:
             asyncpg.PostgresConnectionError,
             asyncpg.InterfaceError,
             asyncpg.AdminShutdownError,
+            asyncpg.CannotConnectNowError,
         ),
     )

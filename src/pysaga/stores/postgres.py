@@ -1,0 +1,690 @@
+"""The PostgreSQL saga log: one log that several orchestrator processes share.
+
+Durability: a write is acknowledged once PostgreSQL has committed it, with the server's
+``synchronous_commit`` setting deciding what "committed" means (``on``, the server default:
+flushed to the server's write-ahead log, and to a synchronous standby if one is configured).
+pysaga does not change the setting; set it on the server, the database or the role.
+
+Group commit: writes from concurrent sagas in one process are queued, and one leader sends a
+whole batch as one statement, so a batch of any size costs one round trip and one commit.
+The statement is set-based over arrays (``unnest``): the new sagas are inserted with
+``ON CONFLICT DO NOTHING`` (a duplicate id fails only its own write), the updates are applied
+where revision and owner still match, and the history entries of the writes that landed are
+appended. Writes that matched nothing are then told apart (no such saga, lease lost, stale
+revision) by one more read.
+
+Several orchestrators: every saga carries a lease (owner and expiry). An orchestrator claims
+sagas whose lease expired with ``FOR UPDATE SKIP LOCKED``, so replicas that claim at the same
+moment never get the same saga and never wait for each other. Every write checks the saga's
+revision and owner: an orchestrator that lost a saga gets :class:`~pysaga.LeaseLost` and
+stops driving it.
+
+Connection loss: a call whose connection breaks raises :class:`~pysaga.StoreError`; the pool
+opens a new connection for the next call. Reads and lease upkeep (claim, renew, release) are
+tried once more on a fresh connection first. A write whose connection broke is not retried:
+it may or may not have been committed, and the orchestrator resumes the saga from the log.
+
+Needs the ``postgres`` extra (asyncpg).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+import anyio
+
+from ..errors import ConcurrencyError, LeaseLost, SagaNotFoundError, StoreError
+from ..models import EntryKind, LogEntry, SagaRecord, SagaStatus, SagaUpdate
+from ._codec import dump_failure, dump_steps, load_failure, load_steps
+from ._group_commit import GroupCommit, PendingWrite
+from ._postgres import (
+    CLIENT_ERRORS,
+    PostgresOptions,
+    apply_schema,
+    check_schema_name,
+    is_connection_error,
+    open_pool,
+    parse_url,
+    redact,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Collection, Sequence
+    from types import TracebackType
+
+    import asyncpg
+
+__all__ = ("MIGRATIONS", "PostgresSagaLog")
+
+_T = TypeVar("_T")
+
+COMPONENT = "saga_log"
+"""The saga log's name in the schema's ``pysaga_schema`` table."""
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the current-state table, its indexes, and the history
+    """
+    CREATE TABLE pysaga_sagas (
+        saga_id          text COLLATE "C" PRIMARY KEY,
+        name             text COLLATE "C" NOT NULL,
+        version          integer NOT NULL,
+        status           text COLLATE "C" NOT NULL,
+        data             text NOT NULL,
+        steps            jsonb NOT NULL,
+        failure          text,
+        revision         bigint NOT NULL,
+        owner            text COLLATE "C",
+        lease_expires_at double precision NOT NULL,
+        deadline_at      double precision,
+        created_at       double precision NOT NULL,
+        updated_at       double precision NOT NULL
+    ) WITH (fillfactor = 90);
+    CREATE INDEX pysaga_sagas_active
+        ON pysaga_sagas (lease_expires_at) WHERE status IN ('running', 'compensating');
+    CREATE INDEX pysaga_sagas_name_status ON pysaga_sagas (name, status);
+    CREATE INDEX pysaga_sagas_created ON pysaga_sagas (created_at);
+    CREATE TABLE pysaga_history (
+        saga_id  text COLLATE "C" NOT NULL,
+        revision bigint NOT NULL,
+        idx      integer NOT NULL,
+        kind     text NOT NULL,
+        step     text,
+        attempt  integer NOT NULL,
+        at       double precision NOT NULL,
+        owner    text,
+        failure  text,
+        PRIMARY KEY (saga_id, revision, idx)
+    );
+    """,
+)
+"""``MIGRATIONS[i]`` takes the saga log's tables from schema version ``i`` to ``i + 1``."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema this version writes. A database with a newer schema is refused."""
+
+_RECORD_COLUMNS = (
+    "saga_id, name, version, status, data, steps, failure, revision, owner, "
+    "lease_expires_at, deadline_at, created_at, updated_at"
+)
+# written as in the partial index's clause, so PostgreSQL can use that index
+_ACTIVE = "status IN ('running', 'compensating')"
+
+_GET = f"SELECT {_RECORD_COLUMNS} FROM pysaga_sagas WHERE saga_id = $1"
+
+# One batch of writes in one statement (so one round trip and one implicit transaction):
+# creates ($1-$13), updates ($14-$21) and the history entries of both ($22-$30). Entries are
+# kept only for the writes that landed; the statement returns the ids of those writes.
+_WRITE_BATCH = f"""
+WITH created AS (
+    INSERT INTO pysaga_sagas ({_RECORD_COLUMNS})
+    SELECT c.saga_id, c.name, c.version, c.status, c.data, c.steps::jsonb, c.failure,
+           c.revision, c.owner, c.lease_expires_at, c.deadline_at, c.created_at, c.updated_at
+    FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::int8[], $9::text[], $10::float8[], $11::float8[],
+                $12::float8[], $13::float8[])
+        AS c(saga_id, name, version, status, data, steps, failure, revision, owner,
+             lease_expires_at, deadline_at, created_at, updated_at)
+    ON CONFLICT (saga_id) DO NOTHING
+    RETURNING saga_id
+), updated AS (
+    UPDATE pysaga_sagas s
+    SET status = coalesce(u.status, s.status),
+        steps = s.steps || u.steps::jsonb,
+        data = coalesce(u.data, s.data),
+        failure = coalesce(u.failure, s.failure),
+        revision = s.revision + 1,
+        updated_at = u.at
+    FROM unnest($14::text[], $15::int8[], $16::text[], $17::text[], $18::text[], $19::text[],
+                $20::text[], $21::float8[])
+        AS u(saga_id, revision, owner, status, steps, data, failure, at)
+    WHERE s.saga_id = u.saga_id AND s.revision = u.revision AND s.owner = u.owner
+    RETURNING s.saga_id
+), entries AS (
+    INSERT INTO pysaga_history (saga_id, revision, idx, kind, step, attempt, at, owner, failure)
+    SELECT e.saga_id, e.revision, e.idx, e.kind, e.step, e.attempt, e.at, e.owner, e.failure
+    FROM unnest($22::text[], $23::int8[], $24::int4[], $25::text[], $26::text[], $27::int4[],
+                $28::float8[], $29::text[], $30::text[])
+        AS e(saga_id, revision, idx, kind, step, attempt, at, owner, failure)
+    WHERE e.saga_id IN (SELECT saga_id FROM created UNION ALL SELECT saga_id FROM updated)
+)
+SELECT saga_id FROM created UNION ALL SELECT saga_id FROM updated
+"""
+
+# Claim in one statement: lock the oldest expired leases that no other claimer holds locked
+# (SKIP LOCKED: concurrent claimers split the sagas and never wait on each other), take them,
+# and record the claims. $1 now, $2 owner, $3/$4 the wanted kinds, $5 limit, $6 the new lease.
+_CLAIM = f"""
+WITH picked AS (
+    SELECT saga_id, lease_expires_at AS old_lease FROM pysaga_sagas
+    WHERE {_ACTIVE}
+      AND lease_expires_at < $1
+      AND (owner IS DISTINCT FROM $2 OR lease_expires_at = 0)
+      AND (name, version) IN (SELECT k.name, k.version
+                              FROM unnest($3::text[], $4::int4[]) AS k(name, version))
+    ORDER BY lease_expires_at
+    LIMIT $5
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE pysaga_sagas s
+    SET owner = $2, lease_expires_at = $6, revision = s.revision + 1, updated_at = $1
+    FROM picked p
+    WHERE s.saga_id = p.saga_id
+    RETURNING s.*, p.old_lease
+), entries AS (
+    INSERT INTO pysaga_history (saga_id, revision, idx, kind, step, attempt, at, owner, failure)
+    SELECT saga_id, revision, 0, '{EntryKind.SAGA_CLAIMED.value}', NULL, 0, $1, $2, NULL
+    FROM claimed
+)
+SELECT {_RECORD_COLUMNS} FROM claimed ORDER BY old_lease, saga_id
+"""
+
+# After a claim whose connection broke: the sagas that claim may have taken all the same
+# (the last entry at their current revision is this owner's claim at this time).
+_CLAIMED_BEFORE = f"""
+SELECT {", ".join(f"s.{c.strip()}" for c in _RECORD_COLUMNS.split(","))}
+FROM pysaga_sagas s
+JOIN pysaga_history h ON h.saga_id = s.saga_id AND h.revision = s.revision AND h.idx = 0
+WHERE s.{_ACTIVE} AND s.owner = $2 AND h.kind = '{EntryKind.SAGA_CLAIMED.value}'
+  AND h.at = $1 AND h.owner = $2
+  AND (s.name, s.version) IN (SELECT k.name, k.version
+                              FROM unnest($3::text[], $4::int4[]) AS k(name, version))
+ORDER BY s.saga_id
+LIMIT $5
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class _Create:
+    record: SagaRecord
+    entries: Sequence[LogEntry]
+
+
+@dataclass(frozen=True, slots=True)
+class _Update:
+    saga_id: str
+    update: SagaUpdate
+    revision: int
+    owner: str
+
+
+_Write = _Create | _Update
+
+
+class PostgresSagaLog:
+    """A :class:`~pysaga.SagaLog` in PostgreSQL, for several orchestrator processes.
+
+    Args:
+        dsn: ``postgresql://user:password@host:5432/database``; its query may carry
+            ``schema`` and ``pool_size`` (see :meth:`from_url`) and client options such as
+            ``sslmode=require``.
+        schema: The PostgreSQL schema of the log's tables (created if missing); overrides
+            the URL's ``schema``. Default ``public``.
+        pool_size: The most connections the log opens; overrides the URL's ``pool_size``.
+            Default 8. Writes use one connection at a time (group commit); the others serve
+            reads and lease upkeep.
+
+    Raises:
+        ValueError: a bad URL, schema name or pool size.
+    """
+
+    def __init__(
+        self, dsn: str, *, schema: str | None = None, pool_size: int | None = None
+    ) -> None:
+        options = parse_url(dsn)
+        if schema is not None:
+            options = PostgresOptions(options.dsn, check_schema_name(schema), options.pool_size)
+        if pool_size is not None:
+            if pool_size < 1:
+                raise ValueError(f"pool_size={pool_size}: a pool needs at least 1 connection")
+            options = PostgresOptions(options.dsn, options.schema, pool_size)
+        self.options = options
+        self._pool: asyncpg.Pool[Any] | None = None
+        self._commits: GroupCommit[_Write] = GroupCommit(self._flush)
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresSagaLog:
+        """Build from ``postgresql://user:password@host:5432/database?schema=pysaga&pool_size=8``.
+
+        ``schema`` (default ``public``) and ``pool_size`` (default 8) are pysaga's options;
+        every other query option goes to the PostgreSQL client.
+        """
+        return cls(url)
+
+    @property
+    def schema(self) -> str:
+        """The PostgreSQL schema holding the log's tables."""
+        return self.options.schema
+
+    @property
+    def pool_size(self) -> int:
+        """The most connections the log opens."""
+        return self.options.pool_size
+
+    def __repr__(self) -> str:
+        return f"<PostgresSagaLog {redact(self.options.dsn)!r} schema={self.schema}>"
+
+    @property
+    def commits(self) -> GroupCommit[_Write]:
+        """The group-commit queue (its ``batches`` and ``writes`` counters show the batching)."""
+        return self._commits
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._pool is not None:
+            raise RuntimeError(f"{self!r} is already open; enter it once")
+        pool = await open_pool(self.options, what="saga log")
+        try:
+            await apply_schema(pool, self.schema, COMPONENT, MIGRATIONS)
+        except CLIENT_ERRORS as exc:
+            pool.terminate()
+            raise StoreError(
+                f"cannot set up the PostgreSQL saga log in schema {self.schema!r} at "
+                f"{redact(self.options.dsn)}: {exc}"
+            ) from exc
+        except BaseException:
+            pool.terminate()
+            raise
+        self._pool = pool
+        await self._warm_up()
+        return self
+
+    async def _warm_up(self) -> None:
+        """Run the write and the read of one saga once, writing nothing: a new server
+        connection pays for loading the tables' catalog entries and planning on its first
+        statements (several milliseconds), and a saga's first write should not."""
+        try:
+            async with self._db.acquire() as conn:
+                await conn.fetch(_WRITE_BATCH, *([[]] * 30))
+                await conn.fetchrow(_GET, "")
+        except CLIENT_ERRORS as exc:
+            await self.aclose()
+            raise self._error("open the log", exc) from exc
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool (writes already acknowledged are committed).
+
+        Waits up to 10 seconds for calls still running, then closes their connections.
+        """
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(10):
+                try:
+                    await pool.close()
+                    return
+                except CLIENT_ERRORS:  # a broken connection: nothing left to close cleanly
+                    pass
+            pool.terminate()
+
+    @property
+    def _db(self) -> asyncpg.Pool[Any]:
+        if self._pool is None:
+            raise RuntimeError(
+                f"{self!r} is not open; use 'async with log:' (the Orchestrator does this)"
+            )
+        return self._pool
+
+    def _error(self, doing: str, exc: BaseException, *, write: bool = False) -> StoreError:
+        where = f"PostgreSQL saga log (schema {self.schema!r} at {redact(self.options.dsn)})"
+        if is_connection_error(exc):
+            advice = "the connection to the server was lost; the next call opens a new one"
+            if write:
+                advice += (
+                    "; the write may or may not have been committed (the orchestrator "
+                    "resumes the saga from the log)"
+                )
+        else:
+            advice = "the server refused the statement"
+        return StoreError(f"{where}: could not {doing}: {type(exc).__name__}: {exc} ({advice})")
+
+    async def _run(
+        self,
+        doing: str,
+        fn: Callable[[asyncpg.pool.PoolConnectionProxy[Any]], Awaitable[_T]],
+        *,
+        on_retry: Callable[[asyncpg.pool.PoolConnectionProxy[Any]], Awaitable[_T]] | None = None,
+    ) -> _T:
+        """Run *fn* on a pooled connection; once more (as *on_retry*, if given) on a fresh one
+        if the connection broke. Client errors become :class:`~pysaga.StoreError`."""
+        pool = self._db
+        try:
+            async with pool.acquire() as conn:
+                return await fn(conn)
+        except CLIENT_ERRORS as exc:
+            if not is_connection_error(exc):
+                raise self._error(doing, exc) from exc
+        try:
+            async with pool.acquire() as conn:
+                return await (on_retry or fn)(conn)
+        except CLIENT_ERRORS as exc:
+            raise self._error(doing, exc) from exc
+
+    # -- writes (group commit) ---------------------------------------------------------------
+
+    async def create(self, record: SagaRecord, entries: Sequence[LogEntry]) -> None:
+        await self._commits.submit(_Create(record, entries))
+
+    async def update(self, saga_id: str, update: SagaUpdate, *, revision: int, owner: str) -> int:
+        result: int = await self._commits.submit(_Update(saga_id, update, revision, owner))
+        return result
+
+    async def _flush(self, batch: list[PendingWrite[_Write]]) -> None:
+        pool = self._db
+        ids = [_saga_id(write.op) for write in batch]
+        # two writes to one saga in one batch: apply them in turn, each on its own
+        groups = [batch] if len(set(ids)) == len(ids) else [[write] for write in batch]
+        done = 0
+        try:
+            async with pool.acquire() as conn:
+                for group in groups:
+                    await self._write(conn, group)
+                    done += len(group)
+        except CLIENT_ERRORS as exc:
+            error = self._error("write to the log", exc, write=True)
+            for write in batch[done:]:  # the groups committed before keep their results
+                write.error = error
+
+    async def _write(
+        self, conn: asyncpg.pool.PoolConnectionProxy[Any], batch: list[PendingWrite[_Write]]
+    ) -> None:
+        """Apply one batch (no saga twice) in one statement; set each write's outcome."""
+        creates = [w.op for w in batch if isinstance(w.op, _Create)]
+        updates = sorted(
+            (w.op for w in batch if isinstance(w.op, _Update)), key=lambda op: op.saga_id
+        )
+        entries: list[tuple[str, int, int, LogEntry]] = []
+        for c in creates:
+            r = c.record
+            entries.extend((r.saga_id, r.revision, i, e) for i, e in enumerate(c.entries))
+        for u in updates:
+            entries.extend(
+                (u.saga_id, u.revision + 1, i, e) for i, e in enumerate(u.update.entries)
+            )
+        landed = {
+            row[0]
+            for row in await conn.fetch(
+                _WRITE_BATCH,
+                [c.record.saga_id for c in creates],
+                [c.record.name for c in creates],
+                [c.record.version for c in creates],
+                [c.record.status.value for c in creates],
+                [c.record.data for c in creates],
+                [dump_steps(c.record.steps) for c in creates],
+                [dump_failure(c.record.failure) for c in creates],
+                [c.record.revision for c in creates],
+                [c.record.owner for c in creates],
+                [c.record.lease_expires_at for c in creates],
+                [c.record.deadline_at for c in creates],
+                [c.record.created_at for c in creates],
+                [c.record.updated_at for c in creates],
+                [u.saga_id for u in updates],
+                [u.revision for u in updates],
+                [u.owner for u in updates],
+                [None if u.update.status is None else u.update.status.value for u in updates],
+                [dump_steps(u.update.steps) for u in updates],
+                [u.update.data for u in updates],
+                [dump_failure(u.update.failure) for u in updates],
+                [u.update.entries[-1].at if u.update.entries else time.time() for u in updates],
+                [saga_id for saga_id, _, _, _ in entries],
+                [revision for _, revision, _, _ in entries],
+                [idx for _, _, idx, _ in entries],
+                [e.kind.value for _, _, _, e in entries],
+                [e.step for _, _, _, e in entries],
+                [e.attempt for _, _, _, e in entries],
+                [e.at for _, _, _, e in entries],
+                [e.owner for _, _, _, e in entries],
+                [dump_failure(e.failure) for _, _, _, e in entries],
+            )
+        }
+        missed: list[PendingWrite[_Write]] = []
+        for write in batch:
+            op = write.op
+            if isinstance(op, _Create):
+                if op.record.saga_id not in landed:
+                    saga_id = op.record.saga_id
+                    write.error = ConcurrencyError(saga_id, f"a saga with id {saga_id!r} exists")
+            elif op.saga_id in landed:
+                write.result = op.revision + 1
+            else:
+                missed.append(write)
+        if not missed:
+            return
+        # Why did these updates match nothing? The same rules as the SQLite log.
+        try:
+            rows = await conn.fetch(
+                "SELECT saga_id, owner FROM pysaga_sagas WHERE saga_id = ANY($1::text[])",
+                [_saga_id(write.op) for write in missed],
+            )
+        except CLIENT_ERRORS as exc:
+            error = self._error("read why a write was refused", exc)
+            for write in missed:
+                write.error = error
+            return
+        owners = {row[0]: row[1] for row in rows}
+        for write in missed:
+            op = write.op
+            assert isinstance(op, _Update)
+            if op.saga_id not in owners:
+                write.error = SagaNotFoundError(op.saga_id)
+            elif owners[op.saga_id] != op.owner:
+                write.error = LeaseLost(op.saga_id, op.owner)
+            else:
+                write.error = ConcurrencyError(op.saga_id)
+
+    # -- reads and lease management ----------------------------------------------------------
+
+    async def get(self, saga_id: str) -> SagaRecord | None:
+        async def read(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> SagaRecord | None:
+            row = await conn.fetchrow(_GET, saga_id)
+            return None if row is None else _record(row)
+
+        return await self._run(f"read saga {saga_id!r}", read)
+
+    async def history(self, saga_id: str) -> list[LogEntry]:
+        async def read(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> list[LogEntry]:
+            rows = await conn.fetch(
+                "SELECT kind, at, step, attempt, failure, owner FROM pysaga_history "
+                "WHERE saga_id = $1 ORDER BY revision, idx",
+                saga_id,
+            )
+            return [
+                LogEntry(
+                    EntryKind(kind),
+                    at=at,
+                    step=step,
+                    attempt=attempt,
+                    failure=load_failure(failure),
+                    owner=owner,
+                )
+                for kind, at, step, attempt, failure, owner in rows
+            ]
+
+        return await self._run(f"read the history of saga {saga_id!r}", read)
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        kinds: Collection[tuple[str, int]],
+        lease: float,
+        now: float,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        if not kinds or limit <= 0:
+            return []
+        pairs = sorted(kinds)
+        names = [name for name, _ in pairs]
+        versions = [version for _, version in pairs]
+        until = now + lease
+
+        async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> list[SagaRecord]:
+            rows = await conn.fetch(_CLAIM, now, owner, names, versions, limit, until)
+            return [_record(row) for row in rows]
+
+        async def rerun(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> list[SagaRecord]:
+            # The first try may have committed before its connection broke: its sagas are
+            # this owner's now, and it would never claim them back. Return them too.
+            rows = await conn.fetch(_CLAIMED_BEFORE, now, owner, names, versions, limit)
+            before = [_record(row) for row in rows]
+            if len(before) >= limit:
+                return before
+            fresh = await conn.fetch(
+                _CLAIM, now, owner, names, versions, limit - len(before), until
+            )
+            return before + [_record(row) for row in fresh]
+
+        return await self._run("claim expired sagas", run, on_retry=rerun)
+
+    async def renew(self, owner: str, *, until: float) -> int:
+        async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> int:
+            status = await conn.execute(
+                f"UPDATE pysaga_sagas SET lease_expires_at = $1 WHERE owner = $2 AND {_ACTIVE}",
+                until,
+                owner,
+            )
+            return _row_count(status)
+
+        return await self._run(f"renew the leases of {owner!r}", run)
+
+    async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
+        async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
+            if saga_ids is None:
+                await conn.execute(
+                    f"UPDATE pysaga_sagas SET lease_expires_at = 0 WHERE owner = $1 AND {_ACTIVE}",
+                    owner,
+                )
+            else:
+                await conn.execute(
+                    "UPDATE pysaga_sagas SET lease_expires_at = 0 "
+                    f"WHERE owner = $1 AND saga_id = ANY($2::text[]) AND {_ACTIVE}",
+                    owner,
+                    list(saga_ids),
+                )
+
+        await self._run(f"release the leases of {owner!r}", run)
+
+    async def active_kinds(self) -> set[tuple[str, int]]:
+        async def read(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> set[tuple[str, int]]:
+            rows = await conn.fetch(
+                f"SELECT DISTINCT name, version FROM pysaga_sagas WHERE {_ACTIVE}"
+            )
+            return {(name, version) for name, version in rows}
+
+        return await self._run("read the kinds of unfinished sagas", read)
+
+    async def list(
+        self,
+        *,
+        name: str | None = None,
+        status: SagaStatus | None = None,
+        statuses: Collection[SagaStatus] | None = None,
+        created_before: float | None = None,
+        updated_before: float | None = None,
+        deadline_before: float | None = None,
+        limit: int = 100,
+    ) -> list[SagaRecord]:
+        clauses: list[str] = []
+        params: list[Any] = []
+
+        def param(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        if name is not None:
+            clauses.append(f"name = {param(name)}")
+        if status is not None:
+            clauses.append(f"status = {param(status.value)}")
+        if statuses is not None:
+            values = sorted({s.value for s in statuses})
+            if not values:
+                return []
+            if values == ["compensating", "running"]:
+                clauses.append(_ACTIVE)  # as in the partial index's clause
+            else:
+                clauses.append(f"status = ANY({param(values)}::text[])")
+        if created_before is not None:
+            clauses.append(f"created_at < {param(created_before)}")
+        if updated_before is not None:
+            clauses.append(f"updated_at < {param(updated_before)}")
+        if deadline_before is not None:
+            clauses.append(f"deadline_at < {param(deadline_before)}")  # NULL never matches
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        sql = (
+            f"SELECT {_RECORD_COLUMNS} FROM pysaga_sagas {where} "
+            f"ORDER BY created_at DESC, saga_id LIMIT {param(max(limit, 0))}"
+        )
+
+        async def read(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> list[SagaRecord]:
+            return [_record(row) for row in await conn.fetch(sql, *params)]
+
+        return await self._run("list sagas", read)
+
+    async def counts(self, *, name: str | None = None) -> dict[SagaStatus, int]:
+        async def read(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> dict[SagaStatus, int]:
+            if name is None:
+                rows = await conn.fetch("SELECT status, count(*) FROM pysaga_sagas GROUP BY status")
+            else:
+                rows = await conn.fetch(
+                    "SELECT status, count(*) FROM pysaga_sagas WHERE name = $1 GROUP BY status",
+                    name,
+                )
+            return {SagaStatus(status): count for status, count in rows}
+
+        return await self._run("count sagas", read)
+
+
+# -- row encoding ----------------------------------------------------------------------------
+
+
+def _saga_id(op: _Write) -> str:
+    return op.record.saga_id if isinstance(op, _Create) else op.saga_id
+
+
+def _row_count(status: str) -> int:
+    """The row count of a command status such as ``UPDATE 3``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _record(row: Sequence[Any]) -> SagaRecord:
+    (
+        saga_id,
+        name,
+        version,
+        status,
+        data,
+        steps,
+        failure,
+        revision,
+        owner,
+        lease_expires_at,
+        deadline_at,
+        created_at,
+        updated_at,
+    ) = row
+    return SagaRecord(
+        saga_id=saga_id,
+        name=name,
+        version=version,
+        status=SagaStatus(status),
+        data=data,
+        steps=load_steps(steps),
+        revision=revision,
+        owner=owner,
+        lease_expires_at=lease_expires_at,
+        deadline_at=deadline_at,
+        created_at=created_at,
+        updated_at=updated_at,
+        failure=load_failure(failure),
+    )

@@ -50,8 +50,11 @@ async def worker(log_url: str, ship_timeout: float) -> AsyncIterator[tuple[anyio
         await process.wait()
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
     return f"sqlite:///{tmp_path / 'sagas.db'}"
 
 

@@ -194,11 +194,17 @@ async def apply_schema(
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    """Whether *exc* says the connection to the server was lost (or could not be made)."""
+    """Whether *exc* says the connection to the server was lost (or could not be made).
+
+    The client's internal errors count too: it raises one when the server's goodbye (say,
+    after ``pg_terminate_backend``) arrived while the connection was idle, and a fresh
+    connection is the cure.
+    """
     return isinstance(
         exc,
         (
             OSError,
+            asyncpg.InternalClientError,
             asyncpg.PostgresConnectionError,
             asyncpg.InterfaceError,
             asyncpg.AdminShutdownError,

@@ -29,6 +29,7 @@ Needs the ``postgres`` extra (asyncpg).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -51,7 +52,7 @@ from ._postgres import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Collection, Sequence
+    from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
     from types import TracebackType
 
     import asyncpg
@@ -296,7 +297,7 @@ class PostgresSagaLog:
         connection pays for loading the tables' catalog entries and planning on its first
         statements (several milliseconds), and a saga's first write should not."""
         try:
-            async with self._db.acquire() as conn:
+            async with self._connection() as conn:
                 await conn.fetch(_WRITE_BATCH, *([[]] * 30))
                 await conn.fetchrow(_GET, "")
         except CLIENT_ERRORS as exc:
@@ -358,18 +359,34 @@ class PostgresSagaLog:
     ) -> _T:
         """Run *fn* on a pooled connection; once more (as *on_retry*, if given) on a fresh one
         if the connection broke. Client errors become :class:`~pysaga.StoreError`."""
-        pool = self._db
         try:
-            async with pool.acquire() as conn:
+            async with self._connection() as conn:
                 return await fn(conn)
         except CLIENT_ERRORS as exc:
             if not is_connection_error(exc):
                 raise self._error(doing, exc) from exc
         try:
-            async with pool.acquire() as conn:
+            async with self._connection() as conn:
                 return await (on_retry or fn)(conn)
         except CLIENT_ERRORS as exc:
             raise self._error(doing, exc) from exc
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy[Any]]:
+        """A pooled connection. When one breaks under a call, the pool replaces every
+        connection it holds (as they are next used): what ended one connection (the server
+        restarting, or ending them all) has most likely ended the idle ones too, and a retry
+        must not meet another dead one."""
+        pool = self._db
+        async with pool.acquire() as conn:
+            try:
+                yield conn
+            except CLIENT_ERRORS as exc:
+                if is_connection_error(exc):
+                    await pool.expire_connections()
+                    with contextlib.suppress(*CLIENT_ERRORS):  # it may be gone already
+                        conn.terminate()
+                raise
 
     # -- writes (group commit) ---------------------------------------------------------------
 
@@ -381,13 +398,12 @@ class PostgresSagaLog:
         return result
 
     async def _flush(self, batch: list[PendingWrite[_Write]]) -> None:
-        pool = self._db
         ids = [_saga_id(write.op) for write in batch]
         # two writes to one saga in one batch: apply them in turn, each on its own
         groups = [batch] if len(set(ids)) == len(ids) else [[write] for write in batch]
         done = 0
         try:
-            async with pool.acquire() as conn:
+            async with self._connection() as conn:
                 for group in groups:
                     await self._write(conn, group)
                     done += len(group)
@@ -524,28 +540,44 @@ class PostgresSagaLog:
     ) -> list[SagaRecord]:
         if not kinds or limit <= 0:
             return []
+
+        async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> list[SagaRecord]:
+            return await self._claim_on(conn, owner, kinds=kinds, lease=lease, now=now, limit=limit)
+
+        async def rerun(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> list[SagaRecord]:
+            return await self._claim_on(
+                conn, owner, kinds=kinds, lease=lease, now=now, limit=limit, again=True
+            )
+
+        return await self._run("claim expired sagas", run, on_retry=rerun)
+
+    @staticmethod
+    async def _claim_on(
+        conn: asyncpg.pool.PoolConnectionProxy[Any],
+        owner: str,
+        *,
+        kinds: Collection[tuple[str, int]],
+        lease: float,
+        now: float,
+        limit: int,
+        again: bool = False,
+    ) -> list[SagaRecord]:
+        """Claim on *conn*. ``again``: this claim is a retry after its first try lost its
+        connection, which may have committed before it broke; the sagas it took are this
+        owner's now and it would never claim them back, so they are returned first."""
         pairs = sorted(kinds)
         names = [name for name, _ in pairs]
         versions = [version for _, version in pairs]
-        until = now + lease
-
-        async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> list[SagaRecord]:
-            rows = await conn.fetch(_CLAIM, now, owner, names, versions, limit, until)
-            return [_record(row) for row in rows]
-
-        async def rerun(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> list[SagaRecord]:
-            # The first try may have committed before its connection broke: its sagas are
-            # this owner's now, and it would never claim them back. Return them too.
+        before: list[SagaRecord] = []
+        if again:
             rows = await conn.fetch(_CLAIMED_BEFORE, now, owner, names, versions, limit)
             before = [_record(row) for row in rows]
             if len(before) >= limit:
                 return before
-            fresh = await conn.fetch(
-                _CLAIM, now, owner, names, versions, limit - len(before), until
-            )
-            return before + [_record(row) for row in fresh]
-
-        return await self._run("claim expired sagas", run, on_retry=rerun)
+        rows = await conn.fetch(
+            _CLAIM, now, owner, names, versions, limit - len(before), now + lease
+        )
+        return before + [_record(row) for row in rows]
 
     async def renew(self, owner: str, *, until: float) -> int:
         async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> int:

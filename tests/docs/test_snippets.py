@@ -97,6 +97,7 @@ class TestTheDocsAreCovered:
             "remote_steps",
             "brokers_howto",
             "inspecting",
+            "postgres_log",  # run by tests/stores/test_postgres.py (it needs PostgreSQL)
         }
     )
 

@@ -4,7 +4,11 @@ connections lost under it. The store contract itself runs in test_contract.py.""
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio
@@ -456,3 +460,48 @@ async def test_reads_and_lease_upkeep_retry_once_on_a_lost_connection(
             else:
                 claimed = await log.claim("me", kinds={("s", 1)}, lease=60.0, now=10.0)
                 assert [r.saga_id for r in claimed] == ["a"]
+
+
+# -- the guide's example (docs/guides/postgresql.md) -----------------------------------------
+
+
+class TestTheGuide:
+    """docs/snippets/postgres_log.py, which needs a PostgreSQL server (so it runs here)."""
+
+    def load(self, monkeypatch: pytest.MonkeyPatch) -> Any:
+        snippets = Path(__file__).resolve().parents[2] / "docs" / "snippets"
+        spec = importlib.util.spec_from_file_location("postgres_log", snippets / "postgres_log.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, "postgres_log", module)
+        spec.loader.exec_module(module)
+        return module
+
+    async def test_two_orchestrators_share_one_log(
+        self,
+        postgres_url: str,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Both orchestrators' sagas complete on the one log, each written by its starter."""
+        snippet = self.load(monkeypatch)
+        counts = await snippet.main(postgres_url)
+        assert counts == {SagaStatus.COMPLETED: 100}
+        assert capsys.readouterr().out == (
+            "100 signups completed by two orchestrators on one log\n"
+        )
+        async with PostgresSagaLog(postgres_url) as log:
+            owners = {record.owner for record in await log.list(limit=200)}
+        assert owners == {"replica-1", "replica-2"}
+
+    def test_the_urls_on_the_page_open_the_logs_they_say(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The URL and object forms on the page configure the log as the page says."""
+        snippet = self.load(monkeypatch)
+        by_url = snippet.by_url.log
+        assert isinstance(by_url, PostgresSagaLog)
+        assert (by_url.schema, by_url.pool_size) == ("sagas", 8)
+        assert snippet.by_object.log is snippet.log
+        assert (snippet.log.schema, snippet.log.pool_size) == ("sagas", 8)

@@ -57,11 +57,11 @@ if TYPE_CHECKING:
 
     import asyncpg
 
-__all__ = ("MIGRATIONS", "PostgresSagaLog")
+__all__ = ("MIGRATIONS", "SCHEMA_VERSION", "PostgresSagaLog")
 
 _T = TypeVar("_T")
 
-COMPONENT = "saga_log"
+_COMPONENT = "saga_log"
 """The saga log's name in the schema's ``pysaga_schema`` table."""
 
 MIGRATIONS: tuple[str, ...] = (
@@ -278,7 +278,7 @@ class PostgresSagaLog:
             raise RuntimeError(f"{self!r} is already open; enter it once")
         pool = await open_pool(self.options, what="saga log")
         try:
-            await apply_schema(pool, self.schema, COMPONENT, MIGRATIONS)
+            await apply_schema(pool, self.schema, _COMPONENT, MIGRATIONS)
         except CLIENT_ERRORS as exc:
             pool.terminate()
             raise StoreError(

@@ -54,7 +54,10 @@ from .participant import HandlerContext as HandlerContext
 from .participant import Participant as Participant
 from .protocols import Inbox as Inbox
 from .protocols import InboxRecord as InboxRecord
+from .protocols import InboxTransaction as InboxTransaction
+from .protocols import OutboxMessage as OutboxMessage
 from .protocols import SagaLog as SagaLog
+from .protocols import TransactionalInbox as TransactionalInbox
 
 __all__ = (
     "Broker",
@@ -72,11 +75,13 @@ __all__ = (
     "HandlerContext",
     "Inbox",
     "InboxRecord",
+    "InboxTransaction",
     "Inspector",
     "LeaseLost",
     "LogEntry",
     "MessagingError",
     "Orchestrator",
+    "OutboxMessage",
     "Participant",
     "PysagaError",
     "RemoteCall",
@@ -101,6 +106,7 @@ __all__ = (
     "StoreError",
     "Timeline",
     "TimelineEvent",
+    "TransactionalInbox",
     "UnknownMessageType",
     "__version__",
     "new_saga_id",

@@ -15,10 +15,14 @@ For each command:
   command that arrives again — redelivered by the broker, or re-sent by an orchestrator after
   a timeout or a restart — is answered from the inbox without running the handler twice.
 
-What the inbox cannot cover on its own is a crash after the handler's effect and before the
+What an inbox cannot cover on its own is a crash after the handler's effect and before the
 inbox write: the command is then delivered again and the handler runs again, with the same
 idempotency key. Handlers should use that key to make their effect idempotent (an insert keyed
-by it, say), or write the effect and the inbox record in one transaction.
+by it, say), or use a :class:`~pysaga.TransactionalInbox` (``inbox="postgresql://..."``): the
+participant then handles each command in one database transaction, the handler's own writes
+(through ``ctx.transaction``), the inbox record and the reply (in an outbox, sent after the
+commit) together, so the effect happens once per message and the reply is sent if and only if
+it committed. A relay task sends what a crash left in the outbox.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import logging
 import time
 import typing
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
@@ -52,7 +56,7 @@ from .messaging import (
     message_type,
     schema_version,
 )
-from .protocols import Inbox, InboxRecord
+from .protocols import Inbox, InboxRecord, InboxTransaction, OutboxMessage, TransactionalInbox
 from .tracing import Telemetry, telemetry
 
 if TYPE_CHECKING:
@@ -81,6 +85,10 @@ class HandlerContext:
             key the handler's effect by it. Its compensation command carries the same key.
         step: The saga step that sent it, if any.
         headers: The envelope's headers.
+        transaction: With a :class:`~pysaga.TransactionalInbox`, the store's connection
+            inside the transaction the command is handled in (an asyncpg connection for the
+            PostgreSQL inbox): write the handler's own rows through it and they commit with
+            the inbox record and the reply, or not at all. ``None`` with other inboxes.
     """
 
     service: str
@@ -89,6 +97,38 @@ class HandlerContext:
     idempotency_key: str
     step: str | None
     headers: Mapping[str, str]
+    transaction: Any = None
+    _events: list[tuple[str, Envelope]] = field(default_factory=list, repr=False, compare=False)
+
+    async def publish(self, destination: str, message: BaseModel) -> None:
+        """Publish the event *message* to *destination* if, and once, the command is handled.
+
+        The event's envelope belongs to the same saga (its correlation id) and names this
+        command as its cause; its id is derived from the command's, so the same event
+        published again (a handler that ran again) carries the same id. Events of one
+        handler are sent in the order they were published.
+
+        With a transactional inbox the event is written to the outbox in the handler's
+        transaction: it is sent if and only if that transaction commits. Otherwise it is
+        published once the handler has returned. Either way, a handler that raises (a
+        refusal included) publishes nothing.
+
+        Raises:
+            TypeError: *message* is not a pydantic model, or *destination* not a name.
+        """
+        if not isinstance(destination, str) or not destination:
+            raise TypeError(f"publish() needs a destination name, got {destination!r}")
+        if not isinstance(message, BaseModel):
+            raise TypeError(
+                f"publish() takes a pydantic model (the event), got {type(message).__name__}"
+            )
+        envelope = Envelope.of(
+            message,
+            id=f"{self.message_id}#event-{len(self._events) + 1}",
+            correlation_id=self.saga_id,
+            causation_id=self.message_id,
+        )
+        self._events.append((destination, envelope))
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +159,13 @@ class _Guards:
             event.set()
 
 
+class _RollBack(Exception):
+    """Leaves a handler's transaction so that it rolls back (after a technical failure)."""
+
+
+_LATE_REFUSAL = Refused(reason="the step was compensated before its command arrived")
+
+
 class Participant:
     """A service that handles saga commands from the broker.
 
@@ -128,13 +175,20 @@ class Participant:
         broker: A broker URL (opened and closed with the participant), or a
             :class:`~pysaga.Broker` object the caller has entered.
         inbox: Where handled messages are remembered: a URL (``"memory://"``, the default,
-            or ``"sqlite:///stock-inbox.db"`` to remember across restarts) or an
-            :class:`~pysaga.Inbox`. Entering the participant enters it.
+            ``"sqlite:///stock-inbox.db"`` to remember across restarts, or
+            ``"postgresql://..."`` to handle each command in one transaction with the
+            handler's own writes) or an :class:`~pysaga.Inbox`. Entering the participant
+            enters it.
         group: The consumer group (default: the service name). Copies of a service in one
             group share the commands.
         concurrency: Commands handled at the same time (default: the broker's).
         inbox_retention: Seconds a handled message is remembered (default: 7 days); a
             command re-sent later than that would be handled again.
+        relay_interval: With a transactional inbox: seconds between two rounds of the relay
+            that sends what the outbox still holds (default: 1). It also runs once at start.
+        relay_grace: With a transactional inbox: seconds an outbox message is left to the
+            copy that wrote it (which sends it right after its commit) before the relay
+            sends it (default: 5).
         tracer_provider: Where spans go (default: the global OpenTelemetry provider).
 
     Example::
@@ -158,25 +212,37 @@ class Participant:
         group: str | None = None,
         concurrency: int | None = None,
         inbox_retention: float = 7 * 24 * 3600.0,
+        relay_interval: float = 1.0,
+        relay_grace: float = 5.0,
         tracer_provider: TracerProvider | None = None,
     ) -> None:
         if not isinstance(service, str) or not service:
             raise ValueError("a participant needs a service name, like Participant('stock')")
+        if not relay_interval > 0:
+            raise ValueError(f"relay_interval must be positive, got {relay_interval!r}")
+        if not relay_grace >= 0:
+            raise ValueError(f"relay_grace must not be negative, got {relay_grace!r}")
         self.service = service
         self.group = group or service
         self.concurrency = concurrency
         self.inbox_retention = inbox_retention
+        self.relay_interval = relay_interval
+        self.relay_grace = relay_grace
         self.broker = broker
         """The broker URL or object; may be set until the participant is entered."""
         self._inbox: Inbox = stores.inbox_from_url(inbox) if isinstance(inbox, str) else inbox
         if not isinstance(self._inbox, Inbox):
             raise TypeError(f"inbox={inbox!r}: pass an inbox URL or a pysaga.Inbox")
+        self._transactional = self._inbox if isinstance(self._inbox, TransactionalInbox) else None
         self._routes: dict[str, _Route] = {}
         self._guards = _Guards()
         self._telemetry = Telemetry(tracer_provider) if tracer_provider else telemetry
         self._stack: contextlib.AsyncExitStack | None = None
         self._broker: Broker | None = None
         self._subscription: Subscription | None = None
+        self._after_commit: Callable[[], object] | None = None
+        """Test-only: called right after a handler's transaction commits, before what it wrote
+        to the outbox is sent (a crash test kills the process here). Not an API."""
 
     def __repr__(self) -> str:
         return f"<Participant {self.service!r} handles={sorted(self._routes)}>"
@@ -278,6 +344,8 @@ class Participant:
             tg = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(tg.cancel_scope.cancel)
             tg.start_soon(self._purge_periodically)
+            if self._transactional is not None:
+                tg.start_soon(self._relay_periodically, self._transactional)
             self._subscription = await broker.subscribe(
                 self.service, self.handle_message, group=self.group, concurrency=self.concurrency
             )
@@ -314,6 +382,45 @@ class Participant:
             except Exception:
                 logger.exception("%s: purging the inbox failed; will retry", self.service)
 
+    async def _relay_periodically(self, inbox: TransactionalInbox) -> None:
+        """Send what the outbox still holds: at once (what a crash left), then every
+        ``relay_interval`` seconds. Failures are logged and retried in the next round."""
+        while True:
+            try:
+                while True:
+                    sent = await inbox.relay(
+                        self._send_outbox_message, older_than=self.relay_grace, limit=100
+                    )
+                    if sent:
+                        logger.info("%s: the relay sent %d outbox messages", self.service, sent)
+                    if sent < 100:
+                        break
+            except Exception as exc:
+                logger.warning(
+                    "%s: relaying the outbox failed (%s: %s); will retry",
+                    self.service,
+                    type(exc).__name__,
+                    exc,
+                )
+            await anyio.sleep(self.relay_interval)
+
+    async def _send_outbox_message(self, message: OutboxMessage) -> None:
+        assert self._broker is not None
+        try:
+            envelope = Envelope.decode(message.envelope)
+        except DecodeError:
+            logger.error(
+                "%s: an outbox message to %r is not an envelope; dropped: %r",
+                self.service,
+                message.destination,
+                message.envelope[:200],
+            )
+            return
+        if message.reply:
+            await self._broker.reply(message.destination, envelope)
+        else:
+            await self._broker.publish(message.destination, envelope)
+
     # -- handling ----------------------------------------------------------------------------
 
     async def handle_message(self, envelope: Envelope) -> None:
@@ -337,30 +444,173 @@ class Participant:
         guard = envelope.headers.get(HEADER_IDEMPOTENCY_KEY) or envelope.id
         await self._guards.acquire(guard)
         try:
-            record = await self._inbox.get(self.service, envelope.id)
-            if record is None:
-                reply = await self._run_handler(route, command, envelope)
-                if reply is None:  # a technical failure, already answered
-                    return
-                fresh = _record(reply)
-                record = await self._inbox.put(self.service, envelope.id, fresh)
-                if route.compensation and HEADER_IDEMPOTENCY_KEY in envelope.headers:
-                    await self._bar_late_command(envelope)
-                if record is fresh:
-                    if envelope.reply_to:
-                        await self._reply(envelope, reply, id=envelope.id + "#reply")
-                    return
-            else:
-                logger.info(
-                    "%s: message %s (%s) was handled before; answering from the inbox",
-                    self.service,
-                    envelope.id,
-                    envelope.type,
+            if self._transactional is not None:
+                record = await self._handle_in_transaction(
+                    self._transactional, route, command, envelope
                 )
+            else:
+                record = await self._handle(route, command, envelope)
         finally:
             self._guards.release(guard)
-        if envelope.reply_to:
+        if record is not None and envelope.reply_to:
             await self._send_reply(envelope, record)
+
+    async def _handle(
+        self, route: _Route, command: BaseModel, envelope: Envelope
+    ) -> InboxRecord | None:
+        """Handle *envelope* with a plain inbox and send its reply. Returns the record of an
+        earlier copy of the message instead, if there was one (the handler did not run)."""
+        record = await self._inbox.get(self.service, envelope.id)
+        if record is not None:
+            logger.info(
+                "%s: message %s (%s) was handled before; answering from the inbox",
+                self.service,
+                envelope.id,
+                envelope.type,
+            )
+            return record
+        ctx = self._context(envelope)
+        try:
+            reply = await self._call_handler(route, command, envelope, ctx)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            await self._technical_failure(envelope, exc)
+            return None
+        if not isinstance(reply, Refused):
+            for destination, event in ctx._events:
+                await self._broker_or_fail().publish(destination, event)
+        fresh = _record(reply)
+        record = await self._inbox.put(self.service, envelope.id, fresh)
+        if route.compensation and HEADER_IDEMPOTENCY_KEY in envelope.headers:
+            await self._bar_late_command(envelope)
+        if record is not fresh:
+            return record
+        if envelope.reply_to:
+            await self._reply(envelope, reply, id=envelope.id + "#reply")
+        return None
+
+    async def _handle_in_transaction(
+        self, inbox: TransactionalInbox, route: _Route, command: BaseModel, envelope: Envelope
+    ) -> InboxRecord | None:
+        """Handle *envelope* in one transaction of *inbox*; send its reply and events once it
+        committed. Returns the record of an earlier copy of the message instead, if there was
+        one (the handler did not run).
+
+        The transaction claims the message first (a copy being handled elsewhere is waited
+        for), bars the command a compensation undoes before the compensation runs (so a
+        command handled concurrently elsewhere either committed first, and is undone, or is
+        refused), runs the handler in a savepoint (a refusal undoes its writes only), and
+        records the reply and writes it, with the handler's events, to the outbox.
+        """
+        failure: Exception | None = None
+        try:
+            async with inbox.transaction(self.service) as tx:
+                found = await tx.claim(envelope.id)
+                if found is not None:
+                    return await self._answer_handled(tx, found, envelope)
+                key = envelope.headers.get(HEADER_IDEMPOTENCY_KEY)
+                if route.compensation and key:
+                    await tx.add(command_id(key), _record(_LATE_REFUSAL))
+                ctx = self._context(envelope, tx.connection)
+                try:
+                    async with tx.savepoint():
+                        reply = await self._call_handler(route, command, envelope, ctx)
+                        if isinstance(reply, Refused):
+                            raise _RollBack  # undo the handler's writes, keep the refusal
+                except _RollBack:
+                    ctx._events.clear()
+                except DecodeError:
+                    raise
+                except Exception as exc:
+                    failure = exc
+                    raise _RollBack from None
+                outbox = [(OutboxMessage(d, e.encode()), d, e) for d, e in ctx._events]
+                if envelope.reply_to:
+                    answer = envelope.reply(reply, id=envelope.id + "#reply")
+                    outbox.append(
+                        (
+                            OutboxMessage(envelope.reply_to, answer.encode(), reply=True),
+                            envelope.reply_to,
+                            answer,
+                        )
+                    )
+                ids = await tx.finish(envelope.id, _record(reply), [m for m, _, _ in outbox])
+        except _RollBack:
+            assert failure is not None
+            await self._technical_failure(envelope, failure)
+            return None
+        if self._after_commit is not None:
+            self._after_commit()
+        if ids:
+            await self._send_committed(inbox, ids, [(m, e) for m, _, e in outbox])
+        return None
+
+    async def _answer_handled(
+        self, tx: InboxTransaction, found: InboxRecord, envelope: Envelope
+    ) -> InboxRecord | None:
+        """A copy of a message that was handled before: send what its handling left unsent
+        in the outbox (its process died after the commit), or else answer from the inbox.
+        Returns the record to answer from, or ``None`` when it is answered."""
+        unsent = await tx.unsent(envelope.id)
+        if unsent is None:
+            logger.info(
+                "%s: message %s (%s) was handled before; answering from the inbox",
+                self.service,
+                envelope.id,
+                envelope.type,
+            )
+            return found
+        logger.info(
+            "%s: message %s (%s) was handled before; sending what it left in the outbox",
+            self.service,
+            envelope.id,
+            envelope.type,
+        )
+        for _, message in unsent:
+            await self._send_outbox_message(message)
+        await tx.delete_outbox([outbox_id for outbox_id, _ in unsent])
+        if not unsent:  # a relay is sending them right now
+            return None
+        # A new requester asking again from another address is not answered by a reply left
+        # for an earlier one: answer it from the inbox.
+        if any(m.reply and m.destination == envelope.reply_to for _, m in unsent):
+            return None
+        return found
+
+    async def _send_committed(
+        self,
+        inbox: TransactionalInbox,
+        ids: list[int],
+        messages: list[tuple[OutboxMessage, Envelope]],
+    ) -> None:
+        """Send what a committed transaction wrote to the outbox, then delete it there. What
+        cannot be sent now stays in the outbox for the relay."""
+        broker = self._broker_or_fail()
+        try:
+            for message, envelope in messages:
+                if message.reply:
+                    await broker.reply(message.destination, envelope)
+                else:
+                    await broker.publish(message.destination, envelope)
+        except Exception as exc:
+            logger.warning(
+                "%s: sending a committed reply or event failed (%s: %s); the relay will send it",
+                self.service,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        try:
+            await inbox.delete_outbox(ids)
+        except Exception as exc:
+            logger.warning(
+                "%s: deleting sent messages from the outbox failed (%s: %s); the relay will "
+                "send them again",
+                self.service,
+                type(exc).__name__,
+                exc,
+            )
 
     async def _bar_late_command(self, compensation: Envelope) -> None:
         """After a compensation, make sure the command it undoes is never applied later.
@@ -371,50 +621,57 @@ class Participant:
         handled keeps its real reply, and one that was not is refused when it arrives.
         """
         key = compensation.headers[HEADER_IDEMPOTENCY_KEY]
-        refusal = Refused(reason="the step was compensated before its command arrived")
-        await self._inbox.put(self.service, command_id(key), _record(refusal))
+        await self._inbox.put(self.service, command_id(key), _record(_LATE_REFUSAL))
 
-    async def _run_handler(
-        self, route: _Route, command: BaseModel, envelope: Envelope
-    ) -> BaseModel | None:
-        """The handler's reply (a refusal included), or ``None`` after a technical failure."""
-        ctx = HandlerContext(
+    def _context(self, envelope: Envelope, transaction: Any = None) -> HandlerContext:
+        return HandlerContext(
             service=self.service,
             message_id=envelope.id,
             saga_id=envelope.correlation_id,
             idempotency_key=envelope.headers.get(HEADER_IDEMPOTENCY_KEY) or envelope.id,
             step=envelope.headers.get(HEADER_STEP),
             headers=envelope.headers,
+            transaction=transaction,
         )
+
+    async def _call_handler(
+        self, route: _Route, command: BaseModel, envelope: Envelope, ctx: HandlerContext
+    ) -> BaseModel:
+        """The handler's reply (a refusal included); a technical failure raises."""
         try:
             with self._span(envelope):
                 result = await (
                     route.handler(command, ctx) if route.wants_context else route.handler(command)
                 )
-            if result is not None and not isinstance(result, BaseModel):
-                raise TypeError(
-                    f"the handler of {envelope.type!r} returned {type(result).__name__}; "
-                    "return a pydantic model (the reply) or None"
-                )
         except BusinessError as exc:
             return Refused(reason=exc.message, details=exc.details)
-        except DecodeError:
-            raise
-        except Exception as exc:
-            if not envelope.reply_to:
-                raise  # nobody to tell: the broker redelivers it, then dead-letters it
-            logger.warning(
-                "%s: the handler of %s (message %s) failed: %s: %s",
-                self.service,
-                envelope.type,
-                envelope.id,
-                type(exc).__name__,
-                exc,
+        if result is not None and not isinstance(result, BaseModel):
+            raise TypeError(
+                f"the handler of {envelope.type!r} returned {type(result).__name__}; "
+                "return a pydantic model (the reply) or None"
             )
-            failed = Failed(error_type=type(exc).__name__, message=str(exc) or type(exc).__name__)
-            await self._reply(envelope, failed)
-            return None
         return Done() if result is None else result
+
+    async def _technical_failure(self, envelope: Envelope, exc: Exception) -> None:
+        """Answer a handler's technical failure with a ``Failed`` reply (nothing is recorded,
+        so a retry runs the handler again); with nobody to answer, raise it for the broker to
+        redeliver and, in the end, dead-letter the command."""
+        if not envelope.reply_to:
+            raise exc
+        logger.warning(
+            "%s: the handler of %s (message %s) failed: %s: %s",
+            self.service,
+            envelope.type,
+            envelope.id,
+            type(exc).__name__,
+            exc,
+        )
+        failed = Failed(error_type=type(exc).__name__, message=str(exc) or type(exc).__name__)
+        await self._reply(envelope, failed)
+
+    def _broker_or_fail(self) -> Broker:
+        assert self._broker is not None, "the participant is not running"
+        return self._broker
 
     async def _send_reply(self, envelope: Envelope, record: InboxRecord) -> None:
         assert envelope.reply_to is not None

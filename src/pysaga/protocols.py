@@ -7,15 +7,23 @@ The broker contract lives with the envelope, in :mod:`pysaga.messaging`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Sequence
+    from collections.abc import Awaitable, Callable, Collection, Sequence
+    from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
     from .models import LogEntry, SagaRecord, SagaStatus, SagaUpdate
 
-__all__ = ("Inbox", "InboxRecord", "SagaLog")
+__all__ = (
+    "Inbox",
+    "InboxRecord",
+    "InboxTransaction",
+    "OutboxMessage",
+    "SagaLog",
+    "TransactionalInbox",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +75,124 @@ class Inbox(Protocol):
 
     async def purge(self, before: float) -> int:
         """Forget messages handled before *before* (epoch seconds); returns how many."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message written in a handler's transaction, to be sent once the transaction commits.
+
+    Attributes:
+        destination: Where it goes: a destination, or a reply address when *reply* is true.
+        envelope: The encoded envelope (:meth:`~pysaga.Envelope.encode`), sent as it is.
+        reply: Whether it is a reply (sent with ``Broker.reply``) rather than a publish.
+    """
+
+    destination: str
+    envelope: bytes
+    reply: bool = False
+
+
+@runtime_checkable
+class InboxTransaction(Protocol):
+    """**Protocol**: one open database transaction of a :class:`TransactionalInbox`, in which a
+    participant handles one message.
+
+    Everything done through it (the inbox record, the handler's own writes through
+    :attr:`connection`, the outbox messages) commits together or not at all.
+    """
+
+    @property
+    def connection(self) -> Any:
+        """The store's connection inside the transaction (what handlers get as
+        ``ctx.transaction``)."""
+        ...
+
+    async def claim(self, message_id: str) -> InboxRecord | None:
+        """Take *message_id* for this transaction, before its handler runs.
+
+        If another transaction holds it, wait for that one to end. Returns ``None`` when the
+        message is now this transaction's to handle, or the record of the copy that handled it
+        first (this transaction must then not handle it).
+        """
+        ...
+
+    async def unsent(self, message_id: str) -> list[tuple[int, OutboxMessage]] | None:
+        """What handling *message_id* wrote to the outbox and is not sent yet, with its outbox
+        ids, oldest first, held by this transaction until it ends (for a copy of the message
+        that finds it handled but its messages unsent, after a crash). Messages another
+        transaction holds (a relay sending them) are left out.
+
+        Returns:
+            ``None`` when nothing of *message_id* is in the outbox (all of it was sent).
+        """
+        ...
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        """Delete the outbox messages *ids* in this transaction: they were sent."""
+        ...
+
+    async def add(self, message_id: str, record: InboxRecord) -> None:
+        """Record *record* under *message_id* unless the message has a record already (or is
+        being handled by another transaction: wait for it to end first)."""
+        ...
+
+    def savepoint(self) -> AbstractAsyncContextManager[None]:
+        """A scope whose writes are undone if it ends with an exception; the transaction
+        itself goes on (the handler runs in one, so a refusal undoes its writes only)."""
+        ...
+
+    async def finish(
+        self, message_id: str, record: InboxRecord, messages: Sequence[OutboxMessage]
+    ) -> list[int]:
+        """Record the reply of the claimed *message_id* and write *messages* to the outbox.
+
+        Returns:
+            The outbox ids of *messages*, for :meth:`TransactionalInbox.delete_outbox` once
+            they are sent.
+        """
+        ...
+
+
+@runtime_checkable
+class TransactionalInbox(Inbox, Protocol):
+    """**Protocol**: an inbox that handles each message in one database transaction, with a
+    transactional outbox.
+
+    A participant whose inbox is one claims the message, runs its handler (whose own writes
+    go through the same transaction), records the reply and writes the reply and the events
+    to send into the outbox, all in one transaction; it sends them after the commit and
+    deletes them from the outbox. What a crash leaves in the outbox a relay sends later
+    (:meth:`relay`). The effect of a message then happens once, and its reply and events are
+    sent if and only if it committed.
+    """
+
+    def transaction(self, consumer: str) -> AbstractAsyncContextManager[InboxTransaction]:
+        """Open a transaction for *consumer* (a participant's service name): it commits when
+        the block ends normally and rolls back when it raises."""
+        ...
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        """Forget the outbox messages *ids*: they were sent."""
+        ...
+
+    async def relay(
+        self,
+        send: Callable[[OutboxMessage], Awaitable[None]],
+        *,
+        older_than: float,
+        limit: int = 100,
+    ) -> int:
+        """Send outbox messages written at least *older_than* seconds ago, oldest first, and
+        delete them once *send* returned.
+
+        Messages another process is relaying at the same moment are skipped, so several
+        copies of a service can relay one outbox. If *send* raises, the messages sent before
+        are deleted, the rest stay for the next round, and the exception is raised.
+
+        Returns:
+            How many messages were sent (at most *limit*).
+        """
         ...
 
 

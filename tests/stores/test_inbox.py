@@ -10,11 +10,19 @@ import anyio
 import pytest
 from pydantic import BaseModel
 
-from pysaga import Envelope, HandlerContext, Inbox, InboxRecord, Participant
+from pysaga import (
+    Envelope,
+    HandlerContext,
+    Inbox,
+    InboxRecord,
+    Participant,
+    TransactionalInbox,
+)
 from pysaga.brokers.memory import MemoryBroker
 from pysaga.messaging import HEADER_IDEMPOTENCY_KEY
 from pysaga.stores import inbox_from_url
 from pysaga.stores.memory import InMemoryInbox
+from pysaga.stores.postgres_inbox import PostgresInbox
 from pysaga.stores.sqlite_inbox import SQLiteInbox
 
 pytestmark = pytest.mark.anyio
@@ -22,11 +30,14 @@ pytestmark = pytest.mark.anyio
 InboxFactory = Callable[[], Inbox]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def inbox_factory(request: pytest.FixtureRequest, tmp_path: Path) -> InboxFactory:
     if request.param == "memory":
         shared = InMemoryInbox()
         return lambda: shared
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        return lambda: inbox_from_url(url)
     return lambda: SQLiteInbox(tmp_path / "inbox.db")
 
 
@@ -66,6 +77,11 @@ async def test_purge_forgets_old_records(inbox: Inbox) -> None:
 def test_urls() -> None:
     assert isinstance(inbox_from_url("memory://"), InMemoryInbox)
     assert isinstance(inbox_from_url("sqlite:///x.db"), SQLiteInbox)
+    postgres = inbox_from_url("postgresql://app@db.example/shop?schema=stock&pool_size=3")
+    assert isinstance(postgres, PostgresInbox)
+    assert (postgres.schema, postgres._options.pool_size) == ("stock", 3)
+    assert isinstance(postgres, TransactionalInbox)
+    assert not isinstance(SQLiteInbox("x.db"), TransactionalInbox)
     with pytest.raises(ValueError, match="unknown scheme 'redis'"):
         inbox_from_url("redis://localhost")
 

@@ -98,6 +98,7 @@ class TestTheDocsAreCovered:
             "brokers_howto",
             "inspecting",
             "postgres_log",  # run by tests/stores/test_postgres.py (it needs PostgreSQL)
+            "outbox",  # run by tests/participants/test_outbox.py (it needs PostgreSQL)
         }
     )
 

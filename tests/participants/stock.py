@@ -61,9 +61,12 @@ def stock_service(
     @stock.handles(Reserve)
     async def reserve(cmd: Reserve, ctx: HandlerContext) -> Reserved:
         calls.append(ctx.message_id)
-        await ctx.transaction.execute(
-            "INSERT INTO effects VALUES ('reserve', $1, $2)", ctx.idempotency_key, ctx.message_id
-        )
+        async with ctx.transaction.transaction():  # a savepoint: handlers may nest
+            await ctx.transaction.execute(
+                "INSERT INTO effects VALUES ('reserve', $1, $2)",
+                ctx.idempotency_key,
+                ctx.message_id,
+            )
         for n in range(cmd.events):
             await ctx.publish(events, StockChanged(sku=cmd.sku, n=n))
         if cmd.hold:

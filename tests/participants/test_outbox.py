@@ -24,8 +24,10 @@ import pytest
 from pydantic import BaseModel
 
 from pysaga import (
+    BusinessError,
     EntryKind,
     Envelope,
+    HandlerContext,
     InboxRecord,
     Orchestrator,
     OutboxMessage,
@@ -38,6 +40,7 @@ from pysaga.brokers.rabbitmq import RabbitMQBroker
 from pysaga.messaging import HEADER_IDEMPOTENCY_KEY, Failed, Refused, command_id
 from pysaga.stores.postgres_inbox import PostgresInbox
 
+from ..docs.test_snippets import load, pasted_output
 from .stock import EFFECTS, Release, Reserve, Reserved, StockChanged, stock_service
 
 pytestmark = pytest.mark.anyio
@@ -420,3 +423,74 @@ async def test_a_reply_committed_before_a_crash_reaches_the_saga_once(
     assert {e.id for e in events.received} == {f"{key}#event-1"}
     assert await effects(db) == {key: 1}
     assert await outbox_size(db) == 0
+
+
+async def test_without_a_transactional_inbox_events_follow_a_successful_handler(
+    name: str,
+) -> None:
+    """On a plain inbox, ``ctx.transaction`` is None and events are published once the
+    handler returned, in order; a refusal or a failure publishes none."""
+    replies, events = Listener(), Listener()
+    seen: list[object] = []
+    service = Participant(name, inbox="memory://")
+
+    @service.handles(Reserve)
+    async def reserve(cmd: Reserve, ctx: HandlerContext) -> Reserved:
+        seen.append(ctx.transaction)
+        for n in range(cmd.events):
+            await ctx.publish("stock-events", StockChanged(sku=cmd.sku, n=n))
+        if cmd.refuse:
+            raise BusinessError("no")
+        if cmd.fail:
+            raise RuntimeError("down")
+        return Reserved(reservation="r")
+
+    async with MemoryBroker() as broker:
+        service.broker = broker
+        channel = await broker.open_reply_channel(replies)
+        await broker.subscribe("stock-events", events)
+        async with service:
+            for n, cmd in enumerate(
+                [
+                    Reserve(sku="a", refuse=True, events=2),
+                    Reserve(sku="b", fail=True, events=2),
+                    Reserve(sku="c", events=3),
+                ]
+            ):
+                await service.handle_message(command(cmd, f"s-{n}/reserve", channel.destination))
+            await replies.wait_for(3)
+            await events.wait_for(3)
+            with pytest.raises(TypeError, match="pydantic model"):
+                await HandlerContext(name, "m", None, "k", None, {}).publish("x", {"a": 1})  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="destination name"):
+                await HandlerContext(name, "m", None, "k", None, {}).publish(
+                    "", Reserved(reservation="r")
+                )
+    assert seen == [None, None, None]
+    assert [r.type for r in replies.received] == ["pysaga.refused", "pysaga.failed", "Reserved"]
+    assert [(e.parse(StockChanged).sku, e.parse(StockChanged).n) for e in events.received] == [
+        ("c", 0),
+        ("c", 1),
+        ("c", 2),
+    ]
+    assert [e.id for e in events.received] == [f"s-2/reserve#event-{n}" for n in (1, 2, 3)]
+
+
+class TestTheGuide:
+    """docs/guides/outbox.md: its program (docs/snippets/outbox.py) needs PostgreSQL, so it
+    runs here."""
+
+    async def test_output_is_the_one_on_the_page(
+        self,
+        postgres_url: str,
+        postgres_dsn: str,
+        monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Each order ends as the page shows; every reserve command came twice and was
+        applied once; the outbox is empty."""
+        schema = parse_qs(urlsplit(postgres_url).query)["schema"][0]
+        outbox = load("outbox", monkeypatch)
+        levels = await outbox.main(postgres_dsn, schema)
+        assert pasted_output("outbox") == capsys.readouterr().out
+        assert levels == [3, 2, 3]

@@ -252,8 +252,15 @@ class PostgresInbox:
     async def delete_outbox(self, ids: Sequence[int]) -> None:
         if not ids:
             return
+        # Without waiting for the flush to disk: a delete lost in a crash only means that the
+        # relay sends those messages once more, which at-least-once delivery allows. One round
+        # trip, and no disk wait on the path of every command.
+        listed = ", ".join(str(int(outbox_id)) for outbox_id in ids)
         with self._errors():
-            await self._db.execute(_DELETE, list(ids))
+            await self._db.execute(
+                "BEGIN; SET LOCAL synchronous_commit TO off;"
+                f" DELETE FROM pysaga_outbox WHERE id IN ({listed}); COMMIT"
+            )
 
     async def relay(
         self,
@@ -335,7 +342,7 @@ class PostgresInboxTransaction:
             await self._conn.execute("SAVEPOINT pysaga_handler")
         try:
             yield
-        except BaseException:
+        except Exception:  # (when cancelled, the whole transaction rolls back instead)
             try:
                 await self._conn.execute("ROLLBACK TO SAVEPOINT pysaga_handler")
             except _ERRORS:  # the connection is gone: the transaction cannot commit anyway

@@ -94,14 +94,23 @@ class Reserved(BaseModel):
     reservation: int
 
 
-async def test_a_restarted_participant_answers_a_repeat_from_its_sqlite_inbox(
-    tmp_path: Path,
+@pytest.fixture(params=["sqlite", "postgres"])
+def lasting_inbox_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an inbox that outlives its participant."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return f"sqlite:///{tmp_path / 'stock-inbox.db'}"
+
+
+async def test_a_restarted_participant_answers_a_repeat_from_its_inbox(
+    lasting_inbox_url: str,
 ) -> None:
     """The service handles a command, restarts, gets the same command again (an orchestrator
     re-sent it): the handler does not run again, and the reply is the first one."""
     handled: list[str] = []
     replies: list[Envelope] = []
-    url = f"sqlite:///{tmp_path / 'stock-inbox.db'}"
+    url = lasting_inbox_url
 
     def service(broker: MemoryBroker) -> Participant:
         stock = Participant("stock", broker=broker, inbox=url)

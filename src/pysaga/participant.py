@@ -101,7 +101,7 @@ class HandlerContext:
     _events: list[tuple[str, Envelope]] = field(default_factory=list, repr=False, compare=False)
 
     async def publish(self, destination: str, message: BaseModel) -> None:
-        """Publish the event *message* to *destination* if, and once, the command is handled.
+        """Publish the event *message* to *destination* as part of handling this command.
 
         The event's envelope belongs to the same saga (its correlation id) and names this
         command as its cause; its id is derived from the command's, so the same event
@@ -160,7 +160,8 @@ class _Guards:
 
 
 class _RollBack(Exception):
-    """Leaves a handler's transaction so that it rolls back (after a technical failure)."""
+    """Leaves a handler's savepoint (a refusal) or its transaction (a technical failure) so
+    that it rolls back."""
 
 
 _LATE_REFUSAL = Refused(reason="the step was compensated before its command arrived")

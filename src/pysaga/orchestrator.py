@@ -191,6 +191,7 @@ class Orchestrator:
         self._running: dict[str, _Run[Any]] = {}
         self._done: dict[str, _Completion] = {}  # only while a saga runs in the background
         self._quarantined: set[str] = set()
+        self._abandoned: set[str] = set()  # stopped driving them; their release failed
         self._unknown: set[tuple[str, int]] = set()
         self._idle = anyio.Event()
         self._idle.set()
@@ -356,9 +357,40 @@ class Orchestrator:
             self._idle.set()
 
     async def _give_up_lease(self, saga_id: str) -> None:
-        """After an unexpected error: let the saga be claimed again (by anyone, us too)."""
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await self._log.release(self.owner, [saga_id])
+        """After an unexpected error: let the saga be claimed again (by anyone, us too).
+
+        If the log cannot take even that (it is the reason the saga stopped, say), the
+        release is retried in the background until it lands: this orchestrator renews every
+        lease it holds, so a saga it holds but no longer drives would otherwise be kept from
+        every claimer for as long as it lives.
+        """
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._log.release(self.owner, [saga_id])
+            except Exception:
+                self._abandoned.add(saga_id)
+                if self._tg is not None and len(self._abandoned) == 1:
+                    self._tg.start_soon(self._release_abandoned)
+
+    async def _release_abandoned(self) -> None:
+        delay = 0.1
+        while self._abandoned:
+            await anyio.sleep(delay)
+            ids = sorted(self._abandoned)
+            try:
+                await self._log.release(self.owner, ids)
+            except Exception:
+                delay = min(delay * 2, self.lease / 3)
+                logger.warning(
+                    "orchestrator %s: could not give up %d saga(s) it stopped driving; "
+                    "retrying in %.1f s",
+                    self.owner,
+                    len(ids),
+                    delay,
+                    exc_info=True,
+                )
+                continue
+            self._abandoned.difference_update(ids)
 
     async def _drive(self, run: _Run[Any]) -> None:
         outcome: SagaOutcome[Any] | None = None
@@ -373,6 +405,9 @@ class Orchestrator:
                 run.saga_id,
                 run.saga.name,
             )
+            # no longer driven here before it is released, so that our own next claim may
+            # take it up again
+            self._untrack(run.saga_id)
             await self._give_up_lease(run.saga_id)
         finally:
             self._untrack(run.saga_id)
@@ -488,6 +523,7 @@ class Orchestrator:
             logger.warning("%s", exc)
             return await self.wait(run.saga_id)  # its new holder finishes it
         except Exception:
+            self._untrack(run.saga_id)
             await self._give_up_lease(run.saga_id)
             raise
         except BaseException:  # cancelled: the saga itself carries on in the background

@@ -268,7 +268,11 @@ class SagaLog(Protocol):
         ...
 
     async def renew(self, owner: str, *, until: float) -> int:
-        """Extend every lease *owner* holds on an unfinished saga; return how many."""
+        """Extend every lease *owner* holds on an unfinished saga; return how many.
+
+        A saga *owner* released (see :meth:`release`) is not renewed: it stays free for the
+        next claimer, even though its owner is still named on it.
+        """
         ...
 
     async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:

@@ -260,6 +260,19 @@ class TestLeases:
         claimed = await saga_log.claim("new", kinds={("s", 1)}, lease=5.0, now=50.0)
         assert {r.saga_id for r in claimed} == {"b"}
 
+    async def test_a_released_saga_is_not_renewed(self, saga_log: SagaLog) -> None:
+        """Once its owner released a saga (after an error, say), the owner's lease upkeep
+        does not take it back: it stays free until someone claims it, its owner included."""
+        await saga_log.create(record("a", lease=1.0), started())
+        await saga_log.create(record("b", lease=1.0), started())
+        await saga_log.release("me", ["a"])
+        assert await saga_log.renew("me", until=99.0) == 1
+        got = await saga_log.get("a")
+        assert got is not None
+        assert got.lease_expires_at == 0
+        claimed = await saga_log.claim("me", kinds={("s", 1)}, lease=5.0, now=50.0)
+        assert [r.saga_id for r in claimed] == ["a"]
+
     async def test_active_kinds(self, saga_log: SagaLog) -> None:
         """Active kinds lists the (name, version) of unfinished sagas only."""
         await saga_log.create(record("a", name="one"), started())

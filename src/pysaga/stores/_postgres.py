@@ -7,6 +7,7 @@ Needs the ``postgres`` extra (asyncpg).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = (
+    "discard",
+    "lost_connection",
     "CLIENT_ERRORS",
     "PostgresOptions",
     "apply_schema",
@@ -211,3 +214,24 @@ def is_connection_error(exc: BaseException) -> bool:
             asyncpg.CannotConnectNowError,
         ),
     )
+
+
+def lost_connection(exc: BaseException | None) -> bool:
+    """Whether *exc*, or an error it was raised from, says the connection was lost."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if is_connection_error(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+async def discard(pool: asyncpg.Pool[Any], conn: Any) -> None:
+    """Drop *conn* (before it goes back to *pool*) and every idle connection of the pool:
+    after the server ended one, the others are likely gone too, and the next user of the
+    pool should meet a fresh one rather than a dead one."""
+    with contextlib.suppress(*CLIENT_ERRORS):
+        conn.terminate()
+    with contextlib.suppress(*CLIENT_ERRORS):
+        await pool.expire_connections()

@@ -118,7 +118,8 @@ class InMemorySagaLog(_InProcess):
     async def renew(self, owner: str, *, until: float) -> int:
         count = 0
         for rec in self._records.values():
-            if rec.owner == owner and rec.status in ACTIVE_STATUSES:
+            # a released saga (lease 0) stays released: it waits for a claimer
+            if rec.owner == owner and rec.status in ACTIVE_STATUSES and rec.lease_expires_at:
                 rec.lease_expires_at = until
                 count += 1
         return count

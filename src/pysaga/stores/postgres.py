@@ -581,8 +581,14 @@ class PostgresSagaLog:
 
     async def renew(self, owner: str, *, until: float) -> int:
         async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> int:
+            # Rows a write of this orchestrator holds right now are skipped (renewed next
+            # round): waiting for them could deadlock with that write, which locks the same
+            # rows in another order.
             status = await conn.execute(
-                f"UPDATE pysaga_sagas SET lease_expires_at = $1 WHERE owner = $2 AND {_ACTIVE}",
+                "UPDATE pysaga_sagas s SET lease_expires_at = $1 FROM ("
+                f" SELECT saga_id FROM pysaga_sagas WHERE owner = $2 AND {_ACTIVE}"
+                " AND lease_expires_at > 0"  # a released saga stays released
+                " FOR UPDATE SKIP LOCKED) held WHERE s.saga_id = held.saga_id",
                 until,
                 owner,
             )
@@ -593,8 +599,10 @@ class PostgresSagaLog:
     async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
         async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
             if saga_ids is None:
-                await conn.execute(
-                    f"UPDATE pysaga_sagas SET lease_expires_at = 0 WHERE owner = $1 AND {_ACTIVE}",
+                await conn.execute(  # skipping rows in a write, as renew does
+                    "UPDATE pysaga_sagas s SET lease_expires_at = 0 FROM ("
+                    f" SELECT saga_id FROM pysaga_sagas WHERE owner = $1 AND {_ACTIVE}"
+                    " FOR UPDATE SKIP LOCKED) held WHERE s.saga_id = held.saga_id",
                     owner,
                 )
             else:

@@ -36,6 +36,8 @@ from ._postgres import (
     PostgresOptions,
     apply_schema,
     check_schema_name,
+    discard,
+    lost_connection,
     open_pool,
     parse_url,
     redact,
@@ -232,8 +234,9 @@ class PostgresInbox:
         Raises:
             StoreError: the database failed to start or commit it.
         """
+        pool = self._db
         with self._errors():
-            conn = await self._db.acquire()
+            conn = await pool.acquire()
         try:
             transaction = conn.transaction()
             with self._errors():
@@ -246,8 +249,21 @@ class PostgresInbox:
                 raise
             with self._errors():
                 await transaction.commit()
+        except BaseException as exc:
+            if lost_connection(exc):
+                await discard(pool, conn)
+            raise
         finally:
-            await self._db.release(conn)
+            await pool.release(conn)
+
+    @contextlib.asynccontextmanager
+    async def _discard_if_lost(self, conn: Any) -> AsyncIterator[None]:
+        try:
+            yield
+        except BaseException as exc:
+            if lost_connection(exc):
+                await discard(self._db, conn)
+            raise
 
     async def delete_outbox(self, ids: Sequence[int]) -> None:
         if not ids:
@@ -272,7 +288,7 @@ class PostgresInbox:
         failure: Exception | None = None
         sent: list[int] = []
         with self._errors():
-            async with self._db.acquire() as conn, conn.transaction():
+            async with self._db.acquire() as conn, self._discard_if_lost(conn), conn.transaction():
                 rows = await conn.fetch(_TAKE, float(older_than), limit)
                 for row in rows:
                     try:

@@ -508,8 +508,9 @@ class SQLiteSagaLog:
     async def renew(self, owner: str, *, until: float) -> int:
         def run() -> int:
             cur = self._db.execute(
+                # a released saga (lease 0) stays released: it waits for a claimer
                 "UPDATE pysaga_sagas SET lease_expires_at = ? "
-                f"WHERE owner = ? AND status IN {_ACTIVE}",
+                f"WHERE owner = ? AND status IN {_ACTIVE} AND lease_expires_at > 0",
                 (until, owner),
             )
             return cur.rowcount

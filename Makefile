@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck docs bench bench-brokers clean
+.PHONY: demo test lint typecheck docs bench bench-brokers bench-postgres bench-scale clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ bench: $(STAMP)
 
 bench-brokers: $(STAMP)
 	$(BIN)/python benchmarks/brokers.py
+
+bench-postgres: $(STAMP)
+	$(BIN)/python benchmarks/postgres.py
+
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/scale_out.py
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 from pydantic import BaseModel
 
+from . import _clock
 from .definition import Action, Retry, Saga, Step, StepContext, StepKind
 from .errors import DeadlineExceeded
 from .models import (
@@ -196,7 +197,7 @@ class Run(Generic[DataT]):
         failure: Failure | None = None,
     ) -> LogEntry:
         return LogEntry(
-            kind, at=time.time(), step=step, attempt=attempt, failure=failure, owner=self.owner
+            kind, at=_clock.now(), step=step, attempt=attempt, failure=failure, owner=self.owner
         )
 
     # -- driving -----------------------------------------------------------------------------
@@ -232,7 +233,7 @@ class Run(Generic[DataT]):
         if instruments is not None and self.status.is_terminal:
             labels = {ATTR_SAGA_NAME: saga.name, ATTR_SAGA_STATUS: self.status.value}
             instruments.sagas.add(1, labels)
-            instruments.saga_duration.record(max(0.0, time.time() - self.created_at), labels)
+            instruments.saga_duration.record(max(0.0, _clock.now() - self.created_at), labels)
         return SagaOutcome(self.saga_id, saga.name, self.status, self.data, self.failure)
 
     async def _advance(self) -> None:
@@ -253,7 +254,7 @@ class Run(Generic[DataT]):
     def _time_left(self) -> float | None:
         if self.deadline_at is None or not self._deadline_applies():
             return None
-        return self.deadline_at - time.time()
+        return self.deadline_at - _clock.now()
 
     async def _forward(self) -> None:
         for stage in self.saga.stages:
@@ -427,7 +428,7 @@ class Run(Generic[DataT]):
                 running = False
             else:
                 if retry_at is not None:  # a backoff that a restart interrupted
-                    wait = retry_at - time.time()
+                    wait = retry_at - _clock.now()
                     if wait > 0:
                         await anyio.sleep(wait if left is None else min(wait, max(0.0, left)))
                     retry_at = None
@@ -464,7 +465,7 @@ class Run(Generic[DataT]):
                     self._stage(entry, step.name, StepState(status, attempts, failures))
                     return None, failure
                 delay = policy.delay(failures)
-                retry_at = time.time() + delay
+                retry_at = _clock.now() + delay
                 await self._write(
                     [entry],
                     steps={step.name: StepState(status, attempts, failures, retry_at=retry_at)},
@@ -478,7 +479,7 @@ class Run(Generic[DataT]):
             return result, None
 
     def _timeout_at(self, step: Step[DataT], time_left: float | None) -> float | None:
-        return timeout_at(step, time.time(), time_left)
+        return timeout_at(step, _clock.now(), time_left)
 
     def _context(
         self, step: Step[DataT], attempt: int, *, compensating: bool = False
@@ -602,7 +603,7 @@ class Run(Generic[DataT]):
         limit = step.compensation_timeout
         while True:
             if retry_at is not None:
-                await anyio.sleep(max(0.0, retry_at - time.time()))
+                await anyio.sleep(max(0.0, retry_at - _clock.now()))
                 retry_at = None
             # A compensation, once begun, is never cut short by cancellation.
             with anyio.CancelScope(shield=True):
@@ -610,7 +611,7 @@ class Run(Generic[DataT]):
                     running = False
                 else:
                     attempts += 1
-                    timeout_at = None if limit is None else time.time() + limit
+                    timeout_at = None if limit is None else _clock.now() + limit
                     await self._write(
                         [self._entry(EntryKind.COMPENSATION_STARTED, step.name, attempts)],
                         steps={
@@ -635,7 +636,7 @@ class Run(Generic[DataT]):
                             StepState(StepStatus.COMPENSATION_FAILED, attempts, failures),
                         )
                         return failure
-                    retry_at = time.time() + policy.delay(failures)
+                    retry_at = _clock.now() + policy.delay(failures)
                     await self._write(
                         [entry],
                         steps={
@@ -664,7 +665,7 @@ async def _invoke(
     """Call *fn*, until *timeout_at* if there is one (no cancel scope otherwise)."""
     if timeout_at is None:
         return await (fn(data, ctx) if wants_context else fn(data))
-    left = timeout_at - time.time()
+    left = timeout_at - _clock.now()
     if left <= 0:  # it ran out while no orchestrator drove the saga
         what = "compensation of step" if ctx.compensating else "step"
         raise TimeoutError(

@@ -24,7 +24,6 @@ import contextlib
 import logging
 import os
 import socket
-import time
 import uuid
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 from urllib.parse import quote
@@ -33,7 +32,7 @@ import anyio
 import anyio.abc
 from pydantic import BaseModel, ValidationError
 
-from . import stores
+from . import _clock, stores
 from ._engine import Run as _Run
 from ._engine import timeout_at as _timeout_at
 from ._remote import Requester as _Requester
@@ -79,7 +78,7 @@ def new_saga_id() -> str:
     Time-ordered ids keep the saga log's B-trees appending at their right edge instead of
     touching a random page per write, which makes group commit several times cheaper.
     """
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = int(_clock.now() * 1000) << 80 | int.from_bytes(os.urandom(10), "big")
     value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
     value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
     h = f"{value:032x}"
@@ -276,7 +275,7 @@ class Orchestrator:
         while True:
             await anyio.sleep(min(renew_every, self.claim_interval))
             try:
-                await self._log.renew(self.owner, until=time.time() + self.lease)
+                await self._log.renew(self.owner, until=_clock.now() + self.lease)
                 if anyio.current_time() >= next_claim:
                     next_claim = anyio.current_time() + self.claim_interval
                     await self._claim()
@@ -307,7 +306,7 @@ class Orchestrator:
         kinds = {(s.name, s.version) for s in self._sagas.values()}
         while True:
             claimed = await self._log.claim(
-                self.owner, kinds=kinds, lease=self.lease, now=time.time(), limit=100
+                self.owner, kinds=kinds, lease=self.lease, now=_clock.now(), limit=100
             )
             for record in claimed:
                 if record.saga_id in self._running or record.saga_id in self._quarantined:
@@ -464,7 +463,7 @@ class Orchestrator:
             raise RuntimeError(
                 "the Orchestrator is not running; use 'async with Orchestrator(...) as orch:'"
             )
-        now = time.time()
+        now = _clock.now()
         # The first stage's intent is written with the saga itself: one commit fewer, and
         # still before the step runs.
         first = definition.stages[0]

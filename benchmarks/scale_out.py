@@ -43,6 +43,45 @@ DEFAULT_DSN = os.environ.get("PYSAGA_POSTGRES_DSN", "postgresql://postgres@127.0
 DEFAULT_AMQP = os.environ.get("PYSAGA_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_pids() -> dict[str, list[int]]:
+    """The processes of the broker and the database server on this machine, by role."""
+    found: dict[str, list[int]] = {"RabbitMQ": [], "PostgreSQL": []}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm == "beam.smp":
+            found["RabbitMQ"].append(int(entry.name))
+        elif comm in ("postgres", "postmaster"):
+            found["PostgreSQL"].append(int(entry.name))
+    return found
+
+
+def cpu_by_pid(roles: dict[str, list[int]]) -> dict[int, float]:
+    return {pid: cpu_seconds(pid) for pids in roles.values() for pid in pids}
+
+
+def cpu_used(roles: dict[str, list[int]], before: dict[int, float]) -> dict[str, float]:
+    """CPU seconds each role used since *before* (a process that started since counts whole:
+    PostgreSQL forks a backend per connection)."""
+    return {
+        role: sum(cpu_seconds(pid) - before.get(pid, 0.0) for pid in pids)
+        for role, pids in roles.items()
+    }
+
+
 async def start(args: list[str], logs: Path) -> anyio.abc.Process:
     process = await anyio.open_process(
         [sys.executable, "-m", "tests.scale.worker", *args],
@@ -69,8 +108,11 @@ async def stop(process: anyio.abc.Process) -> None:
             await process.wait()
 
 
-async def one_run(dsn: str, amqp: str, orders: int, orchestrators: int, scratch: Path) -> float:
-    """Run *orders* purchases over *orchestrators* processes; return sagas per second."""
+async def one_run(
+    dsn: str, amqp: str, orders: int, orchestrators: int, scratch: Path
+) -> tuple[float, dict[str, float]]:
+    """Run *orders* purchases over *orchestrators* processes; return sagas per second and the
+    CPU milliseconds per saga each part of the system used."""
     schema = f"pysaga_bench_{uuid.uuid4().hex[:10]}"
     database = f"{dsn}?schema={schema}"
     suffix = uuid.uuid4().hex[:8]
@@ -89,21 +131,26 @@ async def one_run(dsn: str, amqp: str, orders: int, orchestrators: int, scratch:
     plan_file = scratch / f"plan-{suffix}.json"
     plan_file.write_text(json.dumps([o.model_dump() for o in plan(orders, seed=1)]))
     processes: list[anyio.abc.Process] = []
+    roles: dict[str, list[int]] = {"orchestrators": [], "stock": [], "payment": []}
+    roles.update(server_pids())
     try:
         for kind in ("stock", "payment"):
-            processes.append(
-                await start(["participant", kind, suffix, amqp, database], scratch / f"{kind}.log")
+            process = await start(
+                ["participant", kind, suffix, amqp, database], scratch / f"{kind}.log"
             )
+            processes.append(process)
+            roles[kind].append(process.pid)
         share = -(-orders // orchestrators)
 
         async def orchestrator(n: int) -> None:
             args = [str(plan_file), str(n * share), str(share)]
-            processes.append(
-                await start(
-                    ["orchestrator", suffix, amqp, database, *args], scratch / f"orch-{n}.log"
-                )
+            process = await start(
+                ["orchestrator", suffix, amqp, database, *args], scratch / f"orch-{n}.log"
             )
+            processes.append(process)
+            roles["orchestrators"].append(process.pid)
 
+        before = cpu_by_pid(roles)  # the orchestrators are not started yet: 0 for them
         async with anyio.create_task_group() as tg:
             for n in range(orchestrators):
                 tg.start_soon(orchestrator, n)
@@ -121,6 +168,9 @@ async def one_run(dsn: str, amqp: str, orders: int, orchestrators: int, scratch:
             first, last = await conn.fetchrow(
                 "SELECT min(created_at), max(updated_at) FROM pysaga_sagas"
             )
+            for role, pids in server_pids().items():  # backends opened during the run
+                roles[role] = sorted(set(roles[role]) | set(pids))
+            used = cpu_used(roles, before)
         finally:
             await conn.close()
     finally:
@@ -131,7 +181,8 @@ async def one_run(dsn: str, amqp: str, orders: int, orchestrators: int, scratch:
             await conn.execute(f"DROP SCHEMA {schema} CASCADE")
         finally:
             await conn.close()
-    return float(orders / (last - first))
+    cpu = {role: seconds * 1000 / orders for role, seconds in used.items()}
+    return float(orders / (last - first)), cpu
 
 
 async def main() -> None:
@@ -142,11 +193,13 @@ async def main() -> None:
     parser.add_argument("--amqp", default=DEFAULT_AMQP)
     args = parser.parse_args()
     samples: dict[int, list[float]] = {1: [], 3: []}
+    cpu: dict[int, list[dict[str, float]]] = {1: [], 3: []}
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(args.runs):
             for n in (1, 3):
-                rate = await one_run(args.dsn, args.amqp, args.orders, n, Path(tmp))
+                rate, used = await one_run(args.dsn, args.amqp, args.orders, n, Path(tmp))
                 samples[n].append(rate)
+                cpu[n].append(used)
                 print(f"run {run + 1}: {n} orchestrator(s): {rate:,.0f} sagas/s", flush=True)
     one, three = (statistics.median(samples[n]) for n in (1, 3))
     print()
@@ -159,6 +212,17 @@ async def main() -> None:
     for n, med in ((1, one), (3, three)):
         s = samples[n]
         print(f"| {n} | {med:,.0f} | {min(s):,.0f} | {max(s):,.0f} | {med / one:.2f} |")
+    print()
+    print("CPU per saga, ms (median of runs; includes the whole run, start-up of the sagas too):")
+    roles = list(cpu[1][0])
+    print("| orchestrator processes | " + " | ".join(roles) + " | total | cores busy |")
+    print("|---|" + "--:|" * (len(roles) + 2))
+    for n in (1, 3):
+        medians = {r: statistics.median(c[r] for c in cpu[n]) for r in roles}
+        total = sum(medians.values())
+        rate = statistics.median(samples[n])
+        cells = " | ".join(f"{medians[r]:.1f}" for r in roles)
+        print(f"| {n} | {cells} | {total:.1f} | {total * rate / 1000:.2f} |")
 
 
 if __name__ == "__main__":

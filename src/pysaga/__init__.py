@@ -9,6 +9,9 @@ from __future__ import annotations
 import contextlib as _contextlib
 
 from ._version import __version__ as __version__
+from .choreography import Choreography as Choreography
+from .choreography import ChoreographyObserver as ChoreographyObserver
+from .choreography import StepEvents as StepEvents
 from .definition import RemoteCall as RemoteCall
 from .definition import Retry as Retry
 from .definition import Saga as Saga
@@ -24,6 +27,7 @@ from .errors import DeadlineExceeded as DeadlineExceeded
 from .errors import DecodeError as DecodeError
 from .errors import LeaseLost as LeaseLost
 from .errors import MessagingError as MessagingError
+from .errors import OperatorActionRefused as OperatorActionRefused
 from .errors import PysagaError as PysagaError
 from .errors import RemoteStepError as RemoteStepError
 from .errors import SagaDefinitionError as SagaDefinitionError
@@ -48,6 +52,7 @@ from .models import SagaStatus as SagaStatus
 from .models import SagaUpdate as SagaUpdate
 from .models import StepState as StepState
 from .models import StepStatus as StepStatus
+from .operations import Operator as Operator
 from .orchestrator import Orchestrator as Orchestrator
 from .orchestrator import new_saga_id as new_saga_id
 from .participant import HandlerContext as HandlerContext
@@ -65,6 +70,8 @@ __all__ = (
     "BrokerError",
     "BrokerUnavailable",
     "BusinessError",
+    "Choreography",
+    "ChoreographyObserver",
     "ConcurrencyError",
     "DeadLetter",
     "DeadlineExceeded",
@@ -80,6 +87,8 @@ __all__ = (
     "LeaseLost",
     "LogEntry",
     "MessagingError",
+    "Operator",
+    "OperatorActionRefused",
     "Orchestrator",
     "OutboxMessage",
     "Participant",
@@ -100,6 +109,7 @@ __all__ = (
     "Step",
     "StepContext",
     "StepError",
+    "StepEvents",
     "StepKind",
     "StepState",
     "StepStatus",

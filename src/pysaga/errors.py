@@ -15,6 +15,7 @@ naturally catch a builtin, the error also derives from it::
     │   ├── BusinessError                 "no" for a business reason: never retried, compensate now
     │   └── RemoteStepError               a participant replied with a technical failure
     ├── DeadlineExceeded                  recorded when a saga's deadline passed before its pivot
+    ├── OperatorActionRefused             an operator's retry/abort/resolve does not fit the saga
     └── MessagingError                    sending or receiving a message failed
         ├── DecodeError (ValueError)      a message cannot be read: dead-lettered at once
         │   └── UnknownMessageType        nobody here handles the message's type
@@ -41,6 +42,7 @@ __all__ = (
     "DecodeError",
     "LeaseLost",
     "MessagingError",
+    "OperatorActionRefused",
     "PysagaError",
     "RemoteStepError",
     "SagaDefinitionError",
@@ -177,6 +179,34 @@ class DeadlineExceeded(PysagaError):
     pysaga records it as the saga's failure (``failure.type == "DeadlineExceeded"``); it is
     not raised to callers.
     """
+
+
+class OperatorActionRefused(PysagaError):
+    """An operator's action (retry, abort, resolve) does not fit the saga's current state, so
+    nothing was written.
+
+    The message says what state the saga is in and which action fits it instead.
+
+    Args:
+        saga_id: The saga the action was for.
+        action: ``"retry"``, ``"abort"`` or ``"resolve"``.
+        reason: Why the saga's state does not allow it, and what to do.
+    """
+
+    def __init__(self, saga_id: str, action: str, reason: str) -> None:
+        super().__init__(f"cannot {action} saga {saga_id!r}: {reason}")
+        self._saga_id = saga_id
+        self._action = action
+
+    @property
+    def saga_id(self) -> str:
+        """The saga the action was for."""
+        return self._saga_id
+
+    @property
+    def action(self) -> str:
+        """The refused action: ``"retry"``, ``"abort"`` or ``"resolve"``."""
+        return self._action
 
 
 class RemoteStepError(StepError):

@@ -73,24 +73,9 @@ class Timeline:
         return self.events[-1].at - self.events[0].at
 
 
-class Inspector:
-    """Answers questions about the sagas in a saga log, without changing anything.
-
-    Give it the log an orchestrator uses. A URL (or a file path, for SQLite) is opened by the
-    inspector: use it as ``async with Inspector(url) as inspector:``, which opens the log and
-    closes it at the end. A log object is used as it is: the inspector neither enters nor
-    closes it, so an orchestrator's open log (``orchestrator.log``) can be shared.
-
-    Args:
-        log: A saga log URL (``"sqlite:///sagas.db"``, ``"memory://"``), a file path for a
-            SQLite log, or an object implementing :class:`~pysaga.SagaLog`.
-        clock: Returns the current time in seconds since the epoch; ages such as
-            ``older_than`` and ``no_progress_for`` are measured against it.
-
-    Raises:
-        TypeError: *log* is none of the above.
-        ValueError: *log* is a URL with a scheme pysaga does not know.
-    """
+class _LogUser:
+    """What the inspector and the operator share: a saga log given as a URL (opened and closed
+    by ``async with``) or as an open log object (used as it is), and a clock."""
 
     def __init__(
         self,
@@ -115,11 +100,11 @@ class Inspector:
         self._open = not self._owned
 
     def __repr__(self) -> str:
-        return f"<Inspector log={self._log!r}>"
+        return f"<{type(self).__name__} log={self._log!r}>"
 
     @property
     def log(self) -> SagaLog:
-        """The saga log this inspector reads."""
+        """The saga log this object uses."""
         return self._log
 
     async def __aenter__(self) -> Self:
@@ -140,16 +125,43 @@ class Inspector:
 
     def _ready(self) -> SagaLog:
         if not self._open:
+            name = type(self).__name__
             raise RuntimeError(
-                "this Inspector opens its saga log itself; use "
-                "'async with Inspector(url) as inspector:'"
+                f"this {name} opens its saga log itself; use "
+                f"'async with {name}(url) as {name.lower()}:'"
             )
         return self._log
 
+
+class Inspector(_LogUser):
+    """Answers questions about the sagas in a saga log, without changing anything.
+
+    Give it the log an orchestrator uses. A URL (or a file path, for SQLite) is opened by the
+    inspector: use it as ``async with Inspector(url) as inspector:``, which opens the log and
+    closes it at the end. A log object is used as it is: the inspector neither enters nor
+    closes it, so an orchestrator's open log (``orchestrator.log``) can be shared.
+
+    Args:
+        log: A saga log URL (``"sqlite:///sagas.db"``, ``"memory://"``), a file path for a
+            SQLite log, or an object implementing :class:`~pysaga.SagaLog`.
+        clock: Returns the current time in seconds since the epoch; ages such as
+            ``older_than`` and ``no_progress_for`` are measured against it.
+
+    Raises:
+        TypeError: *log* is none of the above.
+        ValueError: *log* is a URL with a scheme pysaga does not know.
+    """
+
     async def stuck(
-        self, *, no_progress_for: float, name: str | None = None, limit: int = 100
+        self,
+        *,
+        no_progress_for: float,
+        timer_grace: float = 60.0,
+        name: str | None = None,
+        limit: int = 100,
     ) -> list[SagaRecord]:
-        """Unfinished sagas that look stuck: not written for too long, or past their deadline.
+        """Unfinished sagas that look stuck: not written for too long, a step timer long
+        overdue, or past their deadline.
 
         A saga is written at every step's start and outcome, so a running saga that has not
         been written for *no_progress_for* seconds is waiting on something: its orchestrator
@@ -157,12 +169,22 @@ class Inspector:
         Choose *no_progress_for* above your longest step timeout plus retry backoff, or a
         healthy saga waiting on a slow step is reported too.
 
+        A step keeps its timers in the log (``timeout_at`` while an attempt runs,
+        ``retry_at`` while a retry waits). A saga with a timer that passed more than
+        *timer_grace* seconds ago is also reported: an orchestrator driving it would have
+        timed the attempt out, or started the retry, by then. This tells a step whose
+        participant never replies, and that nobody times out, from a healthy slow step still
+        within its timeout, however long that timeout is. Choose *timer_grace* above your
+        orchestrators' lease plus claim interval (a saga whose orchestrator died waits that
+        long to be resumed).
+
         A saga with a deadline that is still unfinished after it is also reported: its
         orchestrator should have turned it back. (A saga past its pivot is no longer bound by
         its deadline and may rightly run on; its timeline shows which case it is.)
 
         Args:
             no_progress_for: Seconds without a write after which an unfinished saga is stuck.
+            timer_grace: Seconds a step's timer may be overdue before its saga is stuck.
             name: Only sagas of this definition.
             limit: At most this many sagas.
 
@@ -172,11 +194,13 @@ class Inspector:
             pysaga ships).
 
         Raises:
-            ValueError: *no_progress_for* is negative.
+            ValueError: *no_progress_for* or *timer_grace* is negative.
             RuntimeError: the inspector opens its log itself and was not entered.
         """
         if no_progress_for < 0:
             raise ValueError(f"no_progress_for must be >= 0 seconds, got {no_progress_for!r}")
+        if timer_grace < 0:
+            raise ValueError(f"timer_grace must be >= 0 seconds, got {timer_grace!r}")
         log = self._ready()
         now = self._clock()
         silent = await log.list(
@@ -185,8 +209,11 @@ class Inspector:
             updated_before=now - no_progress_for,
             limit=limit,
         )
+        overdue = await log.list(
+            name=name, statuses=ACTIVE_STATUSES, timer_before=now - timer_grace, limit=limit
+        )
         late = await log.list(name=name, statuses=ACTIVE_STATUSES, deadline_before=now, limit=limit)
-        found = {record.saga_id: record for record in (*silent, *late)}
+        found = {record.saga_id: record for record in (*silent, *overdue, *late)}
         return sorted(found.values(), key=lambda r: (r.updated_at, r.saga_id))[:limit]
 
     async def timeline(self, saga_id: str) -> Timeline:

@@ -30,7 +30,7 @@ D = TypeVar("D")
 
 
 class SagaStatus(enum.StrEnum):
-    """Where a saga is in its life. The last three are terminal."""
+    """Where a saga is in its life. The last four are terminal."""
 
     RUNNING = "running"
     """Running its steps forward."""
@@ -42,14 +42,19 @@ class SagaStatus(enum.StrEnum):
     """A step failed and every finished step was undone: the net effect is nothing."""
     FAILED = "failed"
     """A compensation (or a step after the pivot) could not succeed: an operator must look."""
+    RESOLVED = "resolved"
+    """It failed, then an operator settled it by hand and marked it resolved
+    (:meth:`Operator.resolve() <pysaga.Operator.resolve>`): nothing more happens to it."""
 
     @property
     def is_terminal(self) -> bool:
-        """``True`` for COMPLETED, COMPENSATED and FAILED."""
+        """``True`` for COMPLETED, COMPENSATED, FAILED and RESOLVED."""
         return self in _TERMINAL
 
 
-_TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+_TERMINAL = frozenset(
+    {SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED, SagaStatus.RESOLVED}
+)
 ACTIVE_STATUSES: tuple[SagaStatus, ...] = (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
 
 
@@ -97,6 +102,24 @@ class EntryKind(enum.StrEnum):
     """Terminal: every finished step was undone."""
     SAGA_FAILED = "saga_failed"
     """Terminal: needs an operator."""
+    OPERATOR_RETRIED = "operator_retried"
+    """An operator sent a FAILED saga back to work: its failed compensations (or its failed
+    step after the pivot) start again with a fresh retry budget."""
+    OPERATOR_ABORTED = "operator_aborted"
+    """An operator turned a RUNNING saga back: it compensates."""
+    OPERATOR_RESOLVED = "operator_resolved"
+    """An operator settled a FAILED saga by hand: it is RESOLVED."""
+
+    @property
+    def is_operator_action(self) -> bool:
+        """``True`` for the entries an operator's action wrote (``operator_*``); such an
+        entry's ``owner`` is the person and its ``failure`` carries their reason."""
+        return self in _OPERATOR_KINDS
+
+
+_OPERATOR_KINDS = frozenset(
+    {EntryKind.OPERATOR_RETRIED, EntryKind.OPERATOR_ABORTED, EntryKind.OPERATOR_RESOLVED}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +175,11 @@ class LogEntry:
         at: When, as seconds since the epoch.
         step: The step concerned, if any.
         attempt: The attempt number (1-based) for step and compensation entries, else 0.
-        failure: Why, for failure entries.
-        owner: The orchestrator that wrote the entry.
+        failure: Why, for failure entries. For an operator's entry (``operator_*``): the
+            action and the reason the operator gave (``details`` holds ``by`` and
+            ``reason``).
+        owner: The orchestrator that wrote the entry; for an operator's entry, the person
+            (``by``).
     """
 
     kind: EntryKind
@@ -247,7 +273,7 @@ class SagaOutcome(Generic[D]):
     Attributes:
         saga_id: The saga's id.
         name: The saga definition's name.
-        status: COMPLETED, COMPENSATED or FAILED.
+        status: COMPLETED, COMPENSATED or FAILED (or RESOLVED, read back from the log).
         data: The saga's data at the end, as the saga's pydantic model.
         failure: Why it turned back or failed; ``None`` when it completed.
     """

@@ -38,6 +38,7 @@ from ._engine import timeout_at as _timeout_at
 from ._remote import Requester as _Requester
 from .definition import Saga
 from .errors import (
+    ConcurrencyError,
     LeaseLost,
     SagaNotFoundError,
     SagaNotRegisteredError,
@@ -93,6 +94,16 @@ class _Completion:
     def __init__(self) -> None:
         self.event = anyio.Event()
         self.outcome: SagaOutcome[Any] | None = None
+
+
+class _Driving:
+    """How a saga this orchestrator drives is stopped when the log gives it to a new run."""
+
+    __slots__ = ("ended", "scope")
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.ended = anyio.Event()
 
 
 class Orchestrator:
@@ -188,6 +199,7 @@ class Orchestrator:
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._running: dict[str, _Run[Any]] = {}
+        self._driving: dict[str, _Driving] = {}
         self._done: dict[str, _Completion] = {}  # only while a saga runs in the background
         self._quarantined: set[str] = set()
         self._abandoned: set[str] = set()  # stopped driving them; their release failed
@@ -309,26 +321,57 @@ class Orchestrator:
                 self.owner, kinds=kinds, lease=self.lease, now=_clock.now(), limit=100
             )
             for record in claimed:
-                if record.saga_id in self._running or record.saga_id in self._quarantined:
+                stale = self._driving.get(record.saga_id)
+                if stale is not None:
+                    # Claimed again while a run here drives it: an operator intervened (or
+                    # our lease lapsed). That run can no longer write; stop it, and go on
+                    # from the claimed record once it has stopped.
+                    stale.scope.cancel()
+                    if self._tg is not None:
+                        self._tg.start_soon(self._resume_after, stale, record)
                     continue
-                saga = self._sagas[record.name]
-                try:
-                    data = saga.data_type.model_validate_json(record.data)
-                except ValidationError as exc:
-                    self._quarantined.add(record.saga_id)
-                    logger.error(
-                        "saga %s (%s): its data in the log no longer fits %s, so it is left "
-                        "as it is for an operator: %s",
-                        record.saga_id,
-                        saga.name,
-                        saga.data_type.__name__,
-                        exc,
-                    )
+                if record.saga_id in self._running:
                     continue
-                logger.info("resuming saga %s (%s) from the log", record.saga_id, saga.name)
-                self._launch(self._new_run(saga, record, data))
+                self._resume(record)
             if len(claimed) < 100:
                 return
+
+    def _resume(self, record: SagaRecord) -> None:
+        """Drive a claimed saga from its record, unless its data no longer fits its model."""
+        if record.saga_id in self._quarantined:
+            return
+        saga = self._sagas[record.name]
+        try:
+            data = saga.data_type.model_validate_json(record.data)
+        except ValidationError as exc:
+            self._quarantined.add(record.saga_id)
+            logger.error(
+                "saga %s (%s): its data in the log no longer fits %s, so it is left "
+                "as it is for an operator: %s",
+                record.saga_id,
+                saga.name,
+                saga.data_type.__name__,
+                exc,
+            )
+            return
+        logger.info("resuming saga %s (%s) from the log", record.saga_id, saga.name)
+        self._launch(self._new_run(saga, record, data))
+
+    async def _resume_after(self, stale: _Driving, record: SagaRecord) -> None:
+        await stale.ended.wait()
+        self._resume(record)
+
+    def _claim_soon(self) -> None:
+        """Look for sagas to claim now rather than at the next round (after a saga was
+        taken over from the log: an operator's action is resumed at once)."""
+        if self._tg is not None:
+            self._tg.start_soon(self._claim_quietly)
+
+    async def _claim_quietly(self) -> None:
+        try:
+            await self._claim()
+        except Exception:
+            logger.warning("orchestrator %s: claim failed; will retry", self.owner, exc_info=True)
 
     def _new_run(self, saga: Saga[DataT], record: SagaRecord, data: DataT) -> _Run[DataT]:
         run = _Run(self._log, self.owner, saga, record, data, self._telemetry)
@@ -347,6 +390,7 @@ class Orchestrator:
     def _track(self, run: _Run[Any]) -> None:
         """Count *run* as in flight here (the drain on exit waits for it)."""
         self._running[run.saga_id] = run
+        self._driving.setdefault(run.saga_id, _Driving())
         if self._idle.is_set():
             self._idle = anyio.Event()
 
@@ -354,6 +398,25 @@ class Orchestrator:
         self._running.pop(saga_id, None)
         if not self._running:
             self._idle.set()
+
+    def _stop_driving(self, saga_id: str) -> None:
+        """The last thing a run's driver does: a new run of the saga may start now."""
+        driving = self._driving.pop(saga_id, None)
+        if driving is not None:
+            driving.ended.set()
+
+    def _taken_over(self, run: _Run[Any], exc: BaseException | None = None) -> None:
+        """One line when a saga is taken from under a run here (an operator's action, or a
+        claim): the run stops, the saga goes on from the log."""
+        logger.warning(
+            "saga %s (%s) was changed in the log while orchestrator %s drove it (an operator "
+            "acted on it, or it was claimed again): this run stops and the saga goes on "
+            "from the log%s",
+            run.saga_id,
+            run.saga.name,
+            self.owner,
+            "" if exc is None else f" ({exc})",
+        )
 
     async def _give_up_lease(self, saga_id: str) -> None:
         """After an unexpected error: let the saga be claimed again (by anyone, us too).
@@ -393,10 +456,19 @@ class Orchestrator:
 
     async def _drive(self, run: _Run[Any]) -> None:
         outcome: SagaOutcome[Any] | None = None
+        driving = self._driving.setdefault(run.saga_id, _Driving())
         try:
-            outcome = await run.drive()
+            with driving.scope:
+                outcome = await run.drive()
+            if driving.scope.cancelled_caught:
+                self._taken_over(run)
         except LeaseLost as exc:
             logger.warning("%s", exc)
+        except ConcurrencyError as exc:
+            self._taken_over(run, exc)
+            self._untrack(run.saga_id)
+            await self._give_up_lease(run.saga_id)
+            self._claim_soon()
         except Exception:
             logger.exception(
                 "saga %s (%s): the orchestrator hit an error while driving it; it stays in "
@@ -414,6 +486,7 @@ class Orchestrator:
             if completion is not None:  # waiters read the outcome from it, or from the log
                 completion.outcome = outcome
                 completion.event.set()
+            self._stop_driving(run.saga_id)
 
     # -- the public API ----------------------------------------------------------------------
 
@@ -515,24 +588,34 @@ class Orchestrator:
         """
         run = await self._create(saga, data, saga_id)
         self._track(run)
+        driving = self._driving[run.saga_id]
         handed_off = False
         try:
-            return await run.drive()
+            with driving.scope:
+                return await run.drive()
+            self._taken_over(run)  # the scope was cancelled: a new run here goes on
         except LeaseLost as exc:
             logger.warning("%s", exc)
-            return await self.wait(run.saga_id)  # its new holder finishes it
+        except ConcurrencyError as exc:
+            self._taken_over(run, exc)
+            self._untrack(run.saga_id)
+            await self._give_up_lease(run.saga_id)
+            self._claim_soon()
         except Exception:
             self._untrack(run.saga_id)
             await self._give_up_lease(run.saga_id)
             raise
         except BaseException:  # cancelled: the saga itself carries on in the background
-            if self._tg is not None:
+            if self._tg is not None and not driving.scope.cancel_called:
                 handed_off = True
+                self._driving[run.saga_id] = _Driving()  # a scope is entered only once
                 self._launch(run)
             raise
         finally:
             if not handed_off:
                 self._untrack(run.saga_id)
+                self._stop_driving(run.saga_id)
+        return await self.wait(run.saga_id)  # whoever drives it now finishes it
 
     async def wait(self, saga_id: str, *, poll_interval: float = 0.1) -> SagaOutcome[Any]:
         """Wait until the saga *saga_id* ends and return its outcome.

@@ -239,6 +239,26 @@ class SagaLog(Protocol):
         """
         ...
 
+    async def intervene(self, saga_id: str, update: SagaUpdate, *, revision: int) -> int:
+        """Apply an operator's *update* if the saga is still at *revision*, whoever holds it,
+        and set its lease free.
+
+        Unlike :meth:`update`, the lease is not checked: an operator writes over the
+        orchestrator driving the saga. The revision goes up by one (so that orchestrator's
+        next write fails with :class:`~pysaga.ConcurrencyError` and it stops driving the
+        saga) and ``lease_expires_at`` becomes 0 (so an orchestrator claims the saga at once
+        and resumes it from the log). The owner stays named on the saga.
+
+        Returns:
+            The saga's new revision (``revision + 1``).
+
+        Raises:
+            ConcurrencyError: the saga changed since *revision* was read (re-read it and
+                decide again).
+            SagaNotFoundError: there is no such saga.
+        """
+        ...
+
     async def get(self, saga_id: str) -> SagaRecord | None:
         """The saga's current state, or ``None``."""
         ...
@@ -293,6 +313,7 @@ class SagaLog(Protocol):
         created_before: float | None = None,
         updated_before: float | None = None,
         deadline_before: float | None = None,
+        timer_before: float | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
         """Sagas, newest first, that match every filter given.
@@ -304,6 +325,8 @@ class SagaLog(Protocol):
             created_before: Only sagas created before this time (epoch seconds).
             updated_before: Only sagas last written before this time (epoch seconds).
             deadline_before: Only sagas with a deadline before this time (epoch seconds).
+            timer_before: Only sagas with a step whose timer (``timeout_at`` or
+                ``retry_at``) is set to a time before this one (epoch seconds).
             limit: At most this many sagas.
 
         Returns:

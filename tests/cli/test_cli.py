@@ -229,6 +229,7 @@ class TestStats:
             "completed": 1,
             "compensated": 1,
             "failed": 1,
+            "resolved": 0,
         }
         status, out, err = run(capsys, "stats", "--log", log.url)
         assert (status, err) == (0, "")

@@ -142,9 +142,7 @@ class TestUpdate:
     async def test_update_without_status_keeps_it(self, saga_log: SagaLog) -> None:
         """An update that names no status leaves the saga's status as it was."""
         await saga_log.create(record("a"), started())
-        await saga_log.update(
-            "a", SagaUpdate([], SagaStatus.COMPENSATING), revision=0, owner="me"
-        )
+        await saga_log.update("a", SagaUpdate([], SagaStatus.COMPENSATING), revision=0, owner="me")
         await saga_log.update(
             "a",
             SagaUpdate([], steps={"x": StepState(StepStatus.COMPENSATED, 1, 0)}),
@@ -355,3 +353,116 @@ class TestOwnLeases:
         assert [r.saga_id for r in claimed] == ["released"]
         taken = await saga_log.claim("other", kinds={("s", 1)}, lease=30.0, now=10.0)
         assert [r.saga_id for r in taken] == ["lapsed"]
+
+
+def operator_entry(kind: EntryKind, at: float = 5.0) -> LogEntry:
+    failure = Failure(None, "OperatorAborted", "aborted by alice: why", details={"by": "alice"})
+    return LogEntry(kind, at=at, failure=failure, owner="alice")
+
+
+class TestIntervene:
+    async def test_writes_over_the_holder_and_frees_the_lease(self, saga_log: SagaLog) -> None:
+        """An operator's write lands whoever holds the saga: entries, status, steps and
+        failure as for update, the revision goes up, the lease is free (lease 0) and the
+        owner stays named; the holder's next write at its old revision is refused."""
+        await saga_log.create(record("a", owner="orch", lease=500.0), started())
+        entry = operator_entry(EntryKind.OPERATOR_ABORTED)
+        assert entry.failure is not None
+        rev = await saga_log.intervene(
+            "a",
+            SagaUpdate(
+                [entry],
+                SagaStatus.COMPENSATING,
+                {"x": StepState(StepStatus.STARTED, 1, 0)},
+                failure=entry.failure,
+            ),
+            revision=0,
+        )
+        assert rev == 1
+        got = await saga_log.get("a")
+        assert got is not None
+        assert (got.status, got.revision, got.owner, got.lease_expires_at) == (
+            SagaStatus.COMPENSATING,
+            1,
+            "orch",
+            0.0,
+        )
+        assert got.updated_at == 5.0
+        assert got.failure == entry.failure
+        assert got.steps == {"x": StepState(StepStatus.STARTED, 1, 0)}
+        assert await saga_log.history("a") == [*started(), entry]
+        with pytest.raises(ConcurrencyError) as refused:
+            await saga_log.update("a", SagaUpdate([], SagaStatus.RUNNING), revision=0, owner="orch")
+        assert not isinstance(refused.value, LeaseLost)
+        # set free: its owner's upkeep does not renew it, and a claimer (its owner too) takes it
+        assert await saga_log.renew("orch", until=999.0) == 0
+        claimed = await saga_log.claim("orch", kinds={("s", 1)}, lease=30.0, now=10.0)
+        assert [r.saga_id for r in claimed] == ["a"]
+        assert claimed[0].status is SagaStatus.COMPENSATING
+
+    async def test_a_finished_saga_can_be_written(self, saga_log: SagaLog) -> None:
+        """A FAILED saga (no live lease) is written too, and claimable again once active."""
+        await saga_log.create(record("f", status=SagaStatus.FAILED, lease=1.0), started())
+        await saga_log.intervene(
+            "f",
+            SagaUpdate(
+                [operator_entry(EntryKind.OPERATOR_RETRIED)],
+                SagaStatus.COMPENSATING,
+                {"x": StepState(StepStatus.COMPENSATING, 3, 0)},
+            ),
+            revision=0,
+        )
+        claimed = await saga_log.claim("other", kinds={("s", 1)}, lease=30.0, now=10.0)
+        assert [r.saga_id for r in claimed] == ["f"]
+        assert claimed[0].steps["x"] == StepState(StepStatus.COMPENSATING, 3, 0)
+        await saga_log.create(record("r", status=SagaStatus.FAILED), started())
+        await saga_log.intervene(
+            "r",
+            SagaUpdate([operator_entry(EntryKind.OPERATOR_RESOLVED)], SagaStatus.RESOLVED),
+            revision=0,
+        )
+        got = await saga_log.get("r")
+        assert got is not None
+        assert got.status is SagaStatus.RESOLVED
+        assert await saga_log.counts() == {SagaStatus.COMPENSATING: 1, SagaStatus.RESOLVED: 1}
+        assert [r.saga_id for r in await saga_log.list(status=SagaStatus.RESOLVED)] == ["r"]
+        assert await saga_log.active_kinds() == {("s", 1)}
+
+    async def test_stale_revision_and_unknown_saga(self, saga_log: SagaLog) -> None:
+        """An intervention at an old revision is refused and changes nothing; an unknown
+        saga says so."""
+        await saga_log.create(record("a", lease=500.0), started())
+        await saga_log.update("a", SagaUpdate([]), revision=0, owner="me")
+        update = SagaUpdate([operator_entry(EntryKind.OPERATOR_ABORTED)], SagaStatus.COMPENSATING)
+        with pytest.raises(ConcurrencyError):
+            await saga_log.intervene("a", update, revision=0)
+        got = await saga_log.get("a")
+        assert got is not None
+        assert (got.status, got.revision, got.lease_expires_at) == (SagaStatus.RUNNING, 1, 500.0)
+        assert len(await saga_log.history("a")) == 1
+        with pytest.raises(SagaNotFoundError):
+            await saga_log.intervene("zzz", update, revision=0)
+
+
+class TestTimers:
+    async def test_list_by_overdue_step_timer(self, saga_log: SagaLog) -> None:
+        """timer_before finds sagas with a step whose timeout or retry time is before it."""
+        timed = record("timed", created_at=1.0)
+        timed.steps = {
+            "done": StepState(StepStatus.SUCCEEDED, 1, 0),
+            "x": StepState(StepStatus.STARTED, 1, 0, timeout_at=20.0),
+        }
+        waiting = record("waiting", created_at=2.0)
+        waiting.steps = {"y": StepState(StepStatus.FAILED, 1, 1, retry_at=30.0)}
+        untimed = record("untimed", created_at=3.0)
+        untimed.steps = {"z": StepState(StepStatus.STARTED, 1, 0)}
+        for rec in (timed, waiting, untimed):
+            await saga_log.create(rec, started())
+
+        async def ids(at: float) -> list[str]:
+            return [r.saga_id for r in await saga_log.list(timer_before=at)]
+
+        assert await ids(20.0) == []
+        assert await ids(25.0) == ["timed"]
+        assert await ids(31.0) == ["waiting", "timed"]
+        assert [r.saga_id for r in await saga_log.list(timer_before=31.0, limit=1)] == ["waiting"]

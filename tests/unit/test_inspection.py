@@ -14,6 +14,7 @@ from pysaga import (
     EntryKind,
     Failure,
     LogEntry,
+    Operator,
     Orchestrator,
     Retry,
     Saga,
@@ -104,6 +105,7 @@ class TestCountsAndList:
             done = await orch.run(saga, Order())
             undone = await orch.run(saga, Order(amount=500))
             failed = await orch.run(saga, Order(amount=500, fail_undo=True))
+            settled = await orch.run(saga, Order(amount=500, fail_undo=True))
         assert (done.status, undone.status, failed.status) == (
             SagaStatus.COMPLETED,
             SagaStatus.COMPENSATED,
@@ -112,6 +114,7 @@ class TestCountsAndList:
         async with log_factory() as log:
             await write(log, record("running"))
             await write(log, record("undoing", status=SagaStatus.COMPENSATING))
+            await Operator(log).resolve(settled.saga_id, reason="refunded by hand", by="alice")
             inspector = Inspector(log)
             assert await inspector.counts() == {status: 1 for status in SagaStatus}
             assert list(await inspector.counts()) == list(SagaStatus)
@@ -121,7 +124,7 @@ class TestCountsAndList:
                 "running",
                 "undoing",
             }
-            assert len(await inspector.list()) == 5
+            assert len(await inspector.list()) == 6
             assert len(await inspector.list(limit=2)) == 2
             assert await inspector.list(name="nobody") == []
 

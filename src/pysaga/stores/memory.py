@@ -66,6 +66,18 @@ class InMemorySagaLog(_InProcess):
             raise LeaseLost(saga_id, owner)
         if rec.revision != revision:
             raise ConcurrencyError(saga_id)
+        return self._apply(rec, update)
+
+    async def intervene(self, saga_id: str, update: SagaUpdate, *, revision: int) -> int:
+        rec = self._records.get(saga_id)
+        if rec is None:
+            raise SagaNotFoundError(saga_id)
+        if rec.revision != revision:
+            raise ConcurrencyError(saga_id)
+        rec.lease_expires_at = 0.0
+        return self._apply(rec, update)
+
+    def _apply(self, rec: SagaRecord, update: SagaUpdate) -> int:
         if update.status is not None:
             rec.status = update.status
         if update.steps:
@@ -76,7 +88,7 @@ class InMemorySagaLog(_InProcess):
             rec.failure = update.failure
         rec.revision += 1
         rec.updated_at = update.entries[-1].at if update.entries else time.time()
-        self._history[saga_id].extend(update.entries)
+        self._history[rec.saga_id].extend(update.entries)
         return rec.revision
 
     async def get(self, saga_id: str) -> SagaRecord | None:
@@ -149,6 +161,7 @@ class InMemorySagaLog(_InProcess):
         created_before: float | None = None,
         updated_before: float | None = None,
         deadline_before: float | None = None,
+        timer_before: float | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
         wanted = None if statuses is None else frozenset(statuses)
@@ -164,6 +177,7 @@ class InMemorySagaLog(_InProcess):
                 deadline_before is None
                 or (rec.deadline_at is not None and rec.deadline_at < deadline_before)
             )
+            and (timer_before is None or _timer_before(rec, timer_before))
         ]
         return found[:limit]
 
@@ -172,6 +186,15 @@ class InMemorySagaLog(_InProcess):
             rec.status for rec in self._records.values() if name is None or rec.name == name
         )
         return dict(found)
+
+
+def _timer_before(rec: SagaRecord, at: float) -> bool:
+    """Whether one of *rec*'s steps has a timer set to a time before *at*."""
+    return any(
+        (s.timeout_at is not None and s.timeout_at < at)
+        or (s.retry_at is not None and s.retry_at < at)
+        for s in rec.steps.values()
+    )
 
 
 def _copy(r: SagaRecord) -> SagaRecord:

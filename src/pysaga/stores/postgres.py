@@ -153,6 +153,31 @@ WITH created AS (
 SELECT saga_id FROM created UNION ALL SELECT saga_id FROM updated
 """
 
+# An operator's write ($1 saga, $2 revision): whoever holds the saga, it is written if still at
+# that revision, its lease is set free, and the entries ($8-$14) are appended in the same
+# statement. Returns the new revision, or no row.
+_INTERVENE = """
+WITH updated AS (
+    UPDATE pysaga_sagas
+    SET status = coalesce($3, status),
+        steps = steps || $4::jsonb,
+        data = coalesce($5, data),
+        failure = coalesce($6, failure),
+        revision = revision + 1,
+        updated_at = $7,
+        lease_expires_at = 0
+    WHERE saga_id = $1 AND revision = $2
+    RETURNING saga_id, revision
+), entries AS (
+    INSERT INTO pysaga_history (saga_id, revision, idx, kind, step, attempt, at, owner, failure)
+    SELECT u.saga_id, u.revision, e.idx, e.kind, e.step, e.attempt, e.at, e.owner, e.failure
+    FROM updated u,
+         unnest($8::int4[], $9::text[], $10::text[], $11::int4[], $12::float8[], $13::text[],
+                $14::text[]) AS e(idx, kind, step, attempt, at, owner, failure)
+)
+SELECT revision FROM updated
+"""
+
 # Claim in one statement: lock the oldest expired leases that no other claimer holds locked
 # (SKIP LOCKED: concurrent claimers split the sagas and never wait on each other), take them,
 # and record the claims. $1 now, $2 owner, $3/$4 the wanted kinds, $5 limit, $6 the new lease.
@@ -397,6 +422,40 @@ class PostgresSagaLog:
         result: int = await self._commits.submit(_Update(saga_id, update, revision, owner))
         return result
 
+    async def intervene(self, saga_id: str, update: SagaUpdate, *, revision: int) -> int:
+        entries = list(update.entries)
+        at = entries[-1].at if entries else time.time()
+        try:
+            async with self._connection() as conn:
+                row = await conn.fetchrow(
+                    _INTERVENE,
+                    saga_id,
+                    revision,
+                    None if update.status is None else update.status.value,
+                    dump_steps(update.steps),
+                    update.data,
+                    dump_failure(update.failure),
+                    at,
+                    list(range(len(entries))),
+                    [e.kind.value for e in entries],
+                    [e.step for e in entries],
+                    [e.attempt for e in entries],
+                    [e.at for e in entries],
+                    [e.owner for e in entries],
+                    [dump_failure(e.failure) for e in entries],
+                )
+                if row is not None:
+                    new_revision: int = row[0]
+                    return new_revision
+                found = await conn.fetchval(
+                    "SELECT 1 FROM pysaga_sagas WHERE saga_id = $1", saga_id
+                )
+        except CLIENT_ERRORS as exc:
+            raise self._error(f"write to saga {saga_id!r}", exc, write=True) from exc
+        if found is None:
+            raise SagaNotFoundError(saga_id)
+        raise ConcurrencyError(saga_id)
+
     async def _flush(self, batch: list[PendingWrite[_Write]]) -> None:
         ids = [_saga_id(write.op) for write in batch]
         # two writes to one saga in one batch: apply them in turn, each on its own
@@ -633,6 +692,7 @@ class PostgresSagaLog:
         created_before: float | None = None,
         updated_before: float | None = None,
         deadline_before: float | None = None,
+        timer_before: float | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
         clauses: list[str] = []
@@ -660,6 +720,13 @@ class PostgresSagaLog:
             clauses.append(f"updated_at < {param(updated_before)}")
         if deadline_before is not None:
             clauses.append(f"deadline_at < {param(deadline_before)}")  # NULL never matches
+        if timer_before is not None:
+            # a step's state is [status, attempts, failures, timeout_at, retry_at]
+            at = param(timer_before)
+            clauses.append(
+                "EXISTS (SELECT 1 FROM jsonb_each(steps) AS t(step, state) WHERE"
+                f" (t.state ->> 3)::float8 < {at} OR (t.state ->> 4)::float8 < {at})"
+            )
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (
             f"SELECT {_RECORD_COLUMNS} FROM pysaga_sagas {where} "

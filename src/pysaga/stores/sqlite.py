@@ -112,6 +112,13 @@ _UPDATE_STATUS = (
     " WHERE saga_id = ? AND revision = ? AND owner = ?"
 )
 
+# An operator's write: any owner, and the lease is set free so a claimer resumes the saga.
+_INTERVENE = (
+    "UPDATE pysaga_sagas SET status = coalesce(?, status), steps = json_patch(steps, ?),"
+    " data = coalesce(?, data), failure = coalesce(?, failure), revision = revision + 1,"
+    " updated_at = ?, lease_expires_at = 0 WHERE saga_id = ? AND revision = ?"
+)
+
 
 def parse_url(url: str) -> tuple[str, Synchronous, float]:
     """Read ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (query options
@@ -197,7 +204,7 @@ class _Update:
     saga_id: str
     update: SagaUpdate
     revision: int
-    owner: str
+    owner: str | None  # None: an operator's intervention (no lease check, lease set free)
 
 
 class SQLiteSagaLog:
@@ -337,6 +344,10 @@ class SQLiteSagaLog:
         result: int = await self._commits.submit(_Update(saga_id, update, revision, owner))
         return result
 
+    async def intervene(self, saga_id: str, update: SagaUpdate, *, revision: int) -> int:
+        result: int = await self._commits.submit(_Update(saga_id, update, revision, None))
+        return result
+
     async def _flush(self, batch: list[PendingWrite[_Create | _Update]]) -> None:
         await self._call(lambda: self._flush_sync(batch))
 
@@ -392,6 +403,28 @@ class SQLiteSagaLog:
     def _apply_update(conn: sqlite3.Connection, op: _Update) -> int:
         u = op.update
         at = u.entries[-1].at if u.entries else time.time()
+        if op.owner is None:
+            cur = conn.execute(
+                _INTERVENE,
+                (
+                    None if u.status is None else u.status.value,
+                    dump_steps(u.steps),
+                    u.data,
+                    dump_failure(u.failure),
+                    at,
+                    op.saga_id,
+                    op.revision,
+                ),
+            )
+            if cur.rowcount != 1:
+                row = conn.execute(
+                    "SELECT 1 FROM pysaga_sagas WHERE saga_id = ?", (op.saga_id,)
+                ).fetchone()
+                if row is None:
+                    raise SagaNotFoundError(op.saga_id)
+                raise ConcurrencyError(op.saga_id)
+            _insert_entries(conn, op.saga_id, op.revision + 1, u.entries)
+            return op.revision + 1
         params = (
             dump_steps(u.steps),
             u.data,
@@ -552,6 +585,7 @@ class SQLiteSagaLog:
         created_before: float | None = None,
         updated_before: float | None = None,
         deadline_before: float | None = None,
+        timer_before: float | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
         clauses: list[str] = []
@@ -581,6 +615,13 @@ class SQLiteSagaLog:
         if deadline_before is not None:
             clauses.append("deadline_at < ?")  # NULL (no deadline) never matches
             params.append(deadline_before)
+        if timer_before is not None:
+            # a step's state is [status, attempts, failures, timeout_at, retry_at]
+            clauses.append(
+                "EXISTS (SELECT 1 FROM json_each(pysaga_sagas.steps)"
+                " WHERE json_extract(value, '$[3]') < ? OR json_extract(value, '$[4]') < ?)"
+            )
+            params.extend((timer_before, timer_before))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
 
         def read() -> list[SagaRecord]:

@@ -1,0 +1,276 @@
+"""What an operator does to a saga by hand: retry what gave up, abort a running saga, or mark
+a failed one resolved.
+
+An :class:`Operator` writes to the saga log an orchestrator uses, over whichever orchestrator
+holds the saga (see :meth:`SagaLog.intervene() <pysaga.SagaLog.intervene>`): the write bumps
+the saga's revision, so the orchestrator driving it stops at its next write (or at once, if it
+is this process's), and it sets the saga's lease free, so an orchestrator that runs its
+definition claims it and goes on from the log within its claim interval::
+
+    async with Operator("sqlite:///sagas.db") as operator:
+        await operator.retry(saga_id, reason="warehouse is back up", by="alice")
+
+Every action is one entry of its own kind in the saga's history (``operator_retried``,
+``operator_aborted``, ``operator_resolved``) whose ``owner`` is the person and whose
+``failure`` carries their reason. An action the saga's state does not allow is refused with
+:class:`~pysaga.OperatorActionRefused` and writes nothing.
+"""
+
+from __future__ import annotations
+
+import getpass
+from typing import TYPE_CHECKING
+
+from .errors import ConcurrencyError, OperatorActionRefused, SagaNotFoundError
+from .inspection import _LogUser
+from .models import (
+    EntryKind,
+    Failure,
+    LogEntry,
+    SagaRecord,
+    SagaStatus,
+    SagaUpdate,
+    StepState,
+    StepStatus,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ("Operator", "default_operator")
+
+_ATTEMPTS = 50
+"""How often an action re-reads a saga that an orchestrator keeps writing meanwhile."""
+
+
+def default_operator() -> str:
+    """The name an action records when no ``by`` is given: the OS user running it.
+
+    Returns:
+        The login name, or ``"unknown"`` when the system cannot tell.
+    """
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError, ImportError):
+        return "unknown"
+
+
+class Operator(_LogUser):
+    """Retries, aborts and resolves sagas in a saga log, for a person who decided to.
+
+    Give it the log the orchestrators use, as for :class:`~pysaga.Inspector`: a URL (or a
+    file path, for SQLite) that ``async with Operator(url) as operator:`` opens and closes,
+    or an open log object used as it is (``orchestrator.log``).
+
+    Args:
+        log: A saga log URL (``"sqlite:///sagas.db"``, ``"postgresql://..."``), a file path
+            for a SQLite log, or an object implementing :class:`~pysaga.SagaLog`.
+        clock: Returns the current time in seconds since the epoch, for the entries' times.
+
+    Raises:
+        TypeError: *log* is none of the above.
+        ValueError: *log* is a URL with a scheme pysaga does not know.
+    """
+
+    async def retry(self, saga_id: str, *, reason: str, by: str | None = None) -> SagaRecord:
+        """Send a FAILED saga back to work, with a fresh retry budget.
+
+        * If compensations gave up (status ``compensation_failed``), they go back to pending
+          with their failures counted from zero and the saga is COMPENSATING again: its
+          compensations run again, the failed ones first (in reverse step order, as ever).
+        * If a step gave up going forward (a retriable step after the pivot, or a pivot
+          whose outcome was in doubt), that step goes back to pending with its failures
+          counted from zero and the saga is RUNNING again: the step runs again with the same
+          idempotency key.
+
+        Fix what made it fail first (the service that was down, the bad data): the retry
+        runs the same code. An orchestrator that runs the saga's definition picks it up
+        within its claim interval.
+
+        Args:
+            saga_id: The saga.
+            reason: Why, in words; kept in the saga's history.
+            by: Who; default the OS user running this (:func:`default_operator`).
+
+        Returns:
+            The saga's record after the retry was written.
+
+        Raises:
+            OperatorActionRefused: the saga is not FAILED, or has nothing that gave up.
+            SagaNotFoundError: there is no saga with this id.
+            ConcurrencyError: the saga kept changing while the action was tried.
+            RuntimeError: the operator opens its log itself and was not entered.
+        """
+        return await self._act(saga_id, "retry", reason, by, _retry_update)
+
+    async def abort(self, saga_id: str, *, reason: str, by: str | None = None) -> SagaRecord:
+        """Turn a RUNNING saga back: it compensates every step that finished (or may have).
+
+        The saga becomes COMPENSATING with a failure that says who aborted it and why. The
+        orchestrator driving it stops (a step it is awaiting in this process is cancelled;
+        in another process, its next write is refused), and an orchestrator then claims the
+        saga and compensates it. A step in doubt (started, no outcome) is compensated too,
+        so compensations must tolerate "nothing to undo", as always.
+
+        Abort only before the pivot: the pivot's effect cannot be undone, so compensating the
+        steps before it would leave half a transaction.
+
+        Args:
+            saga_id: The saga.
+            reason: Why, in words; kept in the saga's history and failure.
+            by: Who; default the OS user running this (:func:`default_operator`).
+
+        Returns:
+            The saga's record after the abort was written.
+
+        Raises:
+            OperatorActionRefused: the saga is not RUNNING.
+            SagaNotFoundError: there is no saga with this id.
+            ConcurrencyError: the saga kept changing while the action was tried.
+            RuntimeError: the operator opens its log itself and was not entered.
+        """
+        return await self._act(saga_id, "abort", reason, by, _abort_update)
+
+    async def resolve(self, saga_id: str, *, reason: str, by: str | None = None) -> SagaRecord:
+        """Mark a FAILED saga RESOLVED: a person settled it by hand, nothing more is to run.
+
+        The saga keeps the failure it had, and its history records who resolved it and why.
+        RESOLVED is terminal: no orchestrator touches the saga again.
+
+        Args:
+            saga_id: The saga.
+            reason: Why, in words (what was done by hand); kept in the saga's history.
+            by: Who; default the OS user running this (:func:`default_operator`).
+
+        Returns:
+            The saga's record after it was marked resolved.
+
+        Raises:
+            OperatorActionRefused: the saga is not FAILED.
+            SagaNotFoundError: there is no saga with this id.
+            ConcurrencyError: the saga kept changing while the action was tried.
+            RuntimeError: the operator opens its log itself and was not entered.
+        """
+        return await self._act(saga_id, "resolve", reason, by, _resolve_update)
+
+    async def _act(
+        self,
+        saga_id: str,
+        action: str,
+        reason: str,
+        by: str | None,
+        plan: Callable[[SagaRecord, LogEntry, Failure], SagaUpdate],
+    ) -> SagaRecord:
+        reason = " ".join(reason.split())
+        if not reason:
+            raise ValueError(f"{action}: give a reason (it is kept in the saga's history)")
+        who = by if by else default_operator()
+        log = self._ready()
+        for _ in range(_ATTEMPTS):
+            record = await log.get(saga_id)
+            if record is None:
+                raise SagaNotFoundError(saga_id)
+            kind, verb = _ACTIONS[action]
+            failure = Failure(
+                step=None,
+                type=f"Operator{verb.capitalize()}",
+                message=f"{verb} by {who}: {reason}",
+                details={"by": who, "reason": reason},
+            )
+            entry = LogEntry(kind, at=self._clock(), failure=failure, owner=who)
+            update = plan(record, entry, failure)
+            try:
+                await log.intervene(saga_id, update, revision=record.revision)
+            except ConcurrencyError:
+                continue  # an orchestrator wrote it meanwhile: look again, decide again
+            written = await log.get(saga_id)
+            if written is None:  # pragma: no cover - a saga is never deleted
+                raise SagaNotFoundError(saga_id)
+            return written
+        raise ConcurrencyError(
+            saga_id,
+            f"saga {saga_id!r} changed {_ATTEMPTS} times while trying to {action} it; "
+            "nothing was written: try again",
+        )
+
+
+_ACTIONS = {
+    "retry": (EntryKind.OPERATOR_RETRIED, "retried"),
+    "abort": (EntryKind.OPERATOR_ABORTED, "aborted"),
+    "resolve": (EntryKind.OPERATOR_RESOLVED, "resolved"),
+}
+
+
+def _refuse(record: SagaRecord, action: str, why: str) -> OperatorActionRefused:
+    return OperatorActionRefused(record.saga_id, action, why)
+
+
+def _ended(record: SagaRecord) -> str:
+    if record.status is SagaStatus.RESOLVED:
+        return "an operator resolved it already; it is finished"
+    return f"it ended {record.status.value.upper()}; it is finished"
+
+
+def _retry_update(record: SagaRecord, entry: LogEntry, failure: Failure) -> SagaUpdate:
+    if record.status is not SagaStatus.FAILED:
+        if record.status.is_terminal:
+            why = _ended(record)
+        else:
+            why = (
+                f"it is {record.status.value.upper()}, not FAILED: an orchestrator is still "
+                "driving it (abort it to turn it back)"
+            )
+        raise _refuse(record, "retry", why)
+    gave_up = {
+        name: StepState(StepStatus.COMPENSATING, state.attempts, 0)
+        for name, state in record.steps.items()
+        if state.status is StepStatus.COMPENSATION_FAILED
+    }
+    if gave_up:
+        return SagaUpdate(entries=[entry], status=SagaStatus.COMPENSATING, steps=gave_up)
+    gave_up = {
+        name: StepState(state.status, state.attempts, 0)
+        for name, state in record.steps.items()
+        if state.status in (StepStatus.FAILED, StepStatus.STARTED)
+    }
+    if not gave_up:
+        raise _refuse(
+            record,
+            "retry",
+            "none of its steps or compensations gave up, so there is nothing to retry "
+            "(its history says why it failed; resolve it once it is settled)",
+        )
+    return SagaUpdate(entries=[entry], status=SagaStatus.RUNNING, steps=gave_up)
+
+
+def _abort_update(record: SagaRecord, entry: LogEntry, failure: Failure) -> SagaUpdate:
+    if record.status is not SagaStatus.RUNNING:
+        if record.status is SagaStatus.COMPENSATING:
+            why = "it is COMPENSATING already"
+        elif record.status is SagaStatus.FAILED:
+            why = "it is FAILED, not RUNNING (retry it, or resolve it once it is settled)"
+        else:
+            why = _ended(record)
+        raise _refuse(record, "abort", why)
+    # Timers of attempts the abort cuts short are dropped: nobody waits on them any more.
+    untimed = {
+        name: StepState(state.status, state.attempts, state.failures)
+        for name, state in record.steps.items()
+        if state.timeout_at is not None or state.retry_at is not None
+    }
+    return SagaUpdate(
+        entries=[entry], status=SagaStatus.COMPENSATING, steps=untimed, failure=failure
+    )
+
+
+def _resolve_update(record: SagaRecord, entry: LogEntry, failure: Failure) -> SagaUpdate:
+    if record.status is not SagaStatus.FAILED:
+        if record.status.is_terminal:
+            why = _ended(record)
+        else:
+            why = (
+                f"it is {record.status.value.upper()}, not FAILED: an orchestrator is still "
+                "driving it (abort it first, or wait for it to end)"
+            )
+        raise _refuse(record, "resolve", why)
+    return SagaUpdate(entries=[entry], status=SagaStatus.RESOLVED)

@@ -3,9 +3,11 @@ needs no server: counts, listings, stuck sagas and one saga's timeline."""
 
 from __future__ import annotations
 
+import time
 from itertools import pairwise
 from pathlib import Path
 
+import anyio
 import pytest
 from pydantic import BaseModel
 
@@ -165,6 +167,61 @@ class TestStuck:
         # with a short enough threshold the busy saga counts as silent too
         assert "busy" in ids(await inspector.stuck(no_progress_for=2.0))
 
+    async def test_an_overdue_step_timer_not_a_slow_healthy_step(
+        self, log_factory: LogFactory
+    ) -> None:
+        """A remote step whose participant never replies, on a saga whose orchestrator is
+        gone (no other runs its kind), keeps its timer in the log: once that timer is overdue
+        by more than the grace the saga is stuck. A healthy slow step, still within its
+        timeout on a live orchestrator, is not, though neither saga has been written for a
+        while (which no_progress_for alone cannot tell apart)."""
+
+        class Parcel(BaseModel):
+            parcel_id: str = "p-1"
+
+        class BookCourier(BaseModel):
+            parcel_id: str
+
+        dispatch: Saga[Parcel] = Saga("dispatch", Parcel)
+        dispatch.remote(
+            "book_courier", service="courier", command=BookCourier, timeout=0.5, retry=ONCE
+        )
+        slow: Saga[Parcel] = Saga("slow", Parcel)
+        finish = anyio.Event()
+
+        @slow.step(timeout=30.0, retry=ONCE)
+        async def pack(parcel: Parcel) -> None:
+            await finish.wait()
+
+        async with Orchestrator(sagas=[slow], log=log_factory(), lease=1.0) as live:
+            slow_id = await live.start(slow, Parcel())
+            async with Orchestrator(
+                sagas=[dispatch],
+                log=log_factory(),
+                broker="memory://nobody-replies",
+                lease=1.0,
+                drain_timeout=0,
+            ) as gone:
+                lost_id = await gone.start(dispatch, Parcel())
+                await anyio.sleep(0.1)
+            # the courier never replied, and the orchestrator that would time it out is gone
+            inspector = Inspector(live.log)
+            lost = await live.log.get(lost_id)
+            assert lost is not None
+            timeout_at = lost.steps["book_courier"].timeout_at
+            assert lost.status is SagaStatus.RUNNING
+            assert timeout_at is not None
+            assert await inspector.stuck(no_progress_for=3600.0, timer_grace=0.5) == []
+            await anyio.sleep(timeout_at + 0.6 - time.time())
+            stuck = await inspector.stuck(no_progress_for=3600.0, timer_grace=0.5)
+            assert ids(stuck) == [lost_id]
+            # by silence alone, both look the same
+            assert set(ids(await inspector.stuck(no_progress_for=0.2))) == {lost_id, slow_id}
+            # the slow saga is healthy: it finishes
+            finish.set()
+            assert (await live.wait(slow_id)).status is SagaStatus.COMPLETED
+            assert ids(await inspector.stuck(no_progress_for=3600.0, timer_grace=0.5)) == [lost_id]
+
     async def test_healthy_log_has_none(self, log_factory: LogFactory) -> None:
         """Sagas an orchestrator just ran are not stuck."""
         saga = order_saga()
@@ -176,6 +233,8 @@ class TestStuck:
         """A negative no_progress_for is refused."""
         with pytest.raises(ValueError, match="no_progress_for"):
             await Inspector(saga_log).stuck(no_progress_for=-1.0)
+        with pytest.raises(ValueError, match="timer_grace"):
+            await Inspector(saga_log).stuck(no_progress_for=1.0, timer_grace=-1.0)
 
 
 class TestTimeline:

@@ -10,12 +10,25 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..models import Failure, StepState, StepStatus
+from ..models import Failure, SagaRecord, SagaStatus, StepState, StepStatus
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
-__all__ = ("dump_failure", "dump_steps", "load_failure", "load_steps")
+__all__ = (
+    "RECORD_COLUMNS",
+    "dump_failure",
+    "dump_steps",
+    "load_failure",
+    "load_steps",
+    "record_from_row",
+)
+
+RECORD_COLUMNS = (
+    "saga_id, name, version, status, data, steps, failure, revision, owner, "
+    "lease_expires_at, deadline_at, created_at, updated_at"
+)
+"""The current-state columns, in the order :func:`record_from_row` reads them."""
 
 
 def _state(s: StepState) -> list[Any]:
@@ -48,3 +61,37 @@ def dump_failure(failure: Failure | None) -> str | None:
 def load_failure(text: str | None) -> Failure | None:
     """Read :func:`dump_failure`'s output."""
     return None if text is None else Failure.from_json(json.loads(text))
+
+
+def record_from_row(row: Sequence[Any]) -> SagaRecord:
+    """A saga's current state from a row of :data:`RECORD_COLUMNS`."""
+    (
+        saga_id,
+        name,
+        version,
+        status,
+        data,
+        steps,
+        failure,
+        revision,
+        owner,
+        lease_expires_at,
+        deadline_at,
+        created_at,
+        updated_at,
+    ) = row
+    return SagaRecord(
+        saga_id=saga_id,
+        name=name,
+        version=version,
+        status=SagaStatus(status),
+        data=data,
+        steps=load_steps(steps),
+        revision=revision,
+        owner=owner,
+        lease_expires_at=lease_expires_at,
+        deadline_at=deadline_at,
+        created_at=created_at,
+        updated_at=updated_at,
+        failure=load_failure(failure),
+    )

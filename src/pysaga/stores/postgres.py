@@ -38,7 +38,13 @@ import anyio
 
 from ..errors import ConcurrencyError, LeaseLost, SagaNotFoundError, StoreError
 from ..models import EntryKind, LogEntry, SagaRecord, SagaStatus, SagaUpdate
-from ._codec import dump_failure, dump_steps, load_failure, load_steps
+from ._codec import (
+    RECORD_COLUMNS,
+    dump_failure,
+    dump_steps,
+    load_failure,
+    record_from_row,
+)
 from ._group_commit import GroupCommit, PendingWrite
 from ._postgres import (
     CLIENT_ERRORS,
@@ -105,21 +111,17 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 """The schema this version writes. A database with a newer schema is refused."""
 
-_RECORD_COLUMNS = (
-    "saga_id, name, version, status, data, steps, failure, revision, owner, "
-    "lease_expires_at, deadline_at, created_at, updated_at"
-)
 # written as in the partial index's clause, so PostgreSQL can use that index
 _ACTIVE = "status IN ('running', 'compensating')"
 
-_GET = f"SELECT {_RECORD_COLUMNS} FROM pysaga_sagas WHERE saga_id = $1"
+_GET = f"SELECT {RECORD_COLUMNS} FROM pysaga_sagas WHERE saga_id = $1"
 
 # One batch of writes in one statement (so one round trip and one implicit transaction):
 # creates ($1-$13), updates ($14-$21) and the history entries of both ($22-$30). Entries are
 # kept only for the writes that landed; the statement returns the ids of those writes.
 _WRITE_BATCH = f"""
 WITH created AS (
-    INSERT INTO pysaga_sagas ({_RECORD_COLUMNS})
+    INSERT INTO pysaga_sagas ({RECORD_COLUMNS})
     SELECT c.saga_id, c.name, c.version, c.status, c.data, c.steps::jsonb, c.failure,
            c.revision, c.owner, c.lease_expires_at, c.deadline_at, c.created_at, c.updated_at
     FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[],
@@ -203,13 +205,13 @@ WITH picked AS (
     SELECT saga_id, revision, 0, '{EntryKind.SAGA_CLAIMED.value}', NULL, 0, $1, $2, NULL
     FROM claimed
 )
-SELECT {_RECORD_COLUMNS} FROM claimed ORDER BY old_lease, saga_id
+SELECT {RECORD_COLUMNS} FROM claimed ORDER BY old_lease, saga_id
 """
 
 # After a claim whose connection broke: the sagas that claim may have taken all the same
 # (the last entry at their current revision is this owner's claim at this time).
 _CLAIMED_BEFORE = f"""
-SELECT {", ".join(f"s.{c.strip()}" for c in _RECORD_COLUMNS.split(","))}
+SELECT {", ".join(f"s.{c.strip()}" for c in RECORD_COLUMNS.split(","))}
 FROM pysaga_sagas s
 JOIN pysaga_history h ON h.saga_id = s.saga_id AND h.revision = s.revision AND h.idx = 0
 WHERE s.{_ACTIVE} AND s.owner = $2 AND h.kind = '{EntryKind.SAGA_CLAIMED.value}'
@@ -563,7 +565,7 @@ class PostgresSagaLog:
     async def get(self, saga_id: str) -> SagaRecord | None:
         async def read(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> SagaRecord | None:
             row = await conn.fetchrow(_GET, saga_id)
-            return None if row is None else _record(row)
+            return None if row is None else record_from_row(row)
 
         return await self._run(f"read saga {saga_id!r}", read)
 
@@ -630,13 +632,13 @@ class PostgresSagaLog:
         before: list[SagaRecord] = []
         if again:
             rows = await conn.fetch(_CLAIMED_BEFORE, now, owner, names, versions, limit)
-            before = [_record(row) for row in rows]
+            before = [record_from_row(row) for row in rows]
             if len(before) >= limit:
                 return before
         rows = await conn.fetch(
             _CLAIM, now, owner, names, versions, limit - len(before), now + lease
         )
-        return before + [_record(row) for row in rows]
+        return before + [record_from_row(row) for row in rows]
 
     async def renew(self, owner: str, *, until: float) -> int:
         async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> int:
@@ -729,12 +731,12 @@ class PostgresSagaLog:
             )
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         sql = (
-            f"SELECT {_RECORD_COLUMNS} FROM pysaga_sagas {where} "
+            f"SELECT {RECORD_COLUMNS} FROM pysaga_sagas {where} "
             f"ORDER BY created_at DESC, saga_id LIMIT {param(max(limit, 0))}"
         )
 
         async def read(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> list[SagaRecord]:
-            return [_record(row) for row in await conn.fetch(sql, *params)]
+            return [record_from_row(row) for row in await conn.fetch(sql, *params)]
 
         return await self._run("list sagas", read)
 
@@ -762,36 +764,3 @@ def _saga_id(op: _Write) -> str:
 def _row_count(status: str) -> int:
     """The row count of a command status such as ``UPDATE 3``."""
     return int(status.rsplit(" ", 1)[-1])
-
-
-def _record(row: Sequence[Any]) -> SagaRecord:
-    (
-        saga_id,
-        name,
-        version,
-        status,
-        data,
-        steps,
-        failure,
-        revision,
-        owner,
-        lease_expires_at,
-        deadline_at,
-        created_at,
-        updated_at,
-    ) = row
-    return SagaRecord(
-        saga_id=saga_id,
-        name=name,
-        version=version,
-        status=SagaStatus(status),
-        data=data,
-        steps=load_steps(steps),
-        revision=revision,
-        owner=owner,
-        lease_expires_at=lease_expires_at,
-        deadline_at=deadline_at,
-        created_at=created_at,
-        updated_at=updated_at,
-        failure=load_failure(failure),
-    )

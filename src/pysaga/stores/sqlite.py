@@ -36,7 +36,13 @@ from ..models import (
     SagaStatus,
     SagaUpdate,
 )
-from ._codec import dump_failure, dump_steps, load_failure, load_steps
+from ._codec import (
+    RECORD_COLUMNS,
+    dump_failure,
+    dump_steps,
+    load_failure,
+    record_from_row,
+)
 from ._group_commit import GroupCommit, PendingWrite
 
 if TYPE_CHECKING:
@@ -90,10 +96,6 @@ CREATE TABLE IF NOT EXISTS pysaga_history (
 ) WITHOUT ROWID;
 """
 
-_RECORD_COLUMNS = (
-    "saga_id, name, version, status, data, steps, failure, revision, owner, "
-    "lease_expires_at, deadline_at, created_at, updated_at"
-)
 _ACTIVE = "('running', 'compensating')"
 _INSERT_ENTRY = (
     "INSERT INTO pysaga_history (saga_id, revision, idx, kind, step, attempt, at, owner, failure)"
@@ -377,7 +379,7 @@ class SQLiteSagaLog:
         r = op.record
         try:
             conn.execute(
-                f"INSERT INTO pysaga_sagas ({_RECORD_COLUMNS}) "
+                f"INSERT INTO pysaga_sagas ({RECORD_COLUMNS}) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     r.saga_id,
@@ -455,9 +457,9 @@ class SQLiteSagaLog:
     async def get(self, saga_id: str) -> SagaRecord | None:
         def read() -> SagaRecord | None:
             row = self._db.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM pysaga_sagas WHERE saga_id = ?", (saga_id,)
+                f"SELECT {RECORD_COLUMNS} FROM pysaga_sagas WHERE saga_id = ?", (saga_id,)
             ).fetchone()
-            return None if row is None else _record(row)
+            return None if row is None else record_from_row(row)
 
         return await self._call(read)
 
@@ -503,7 +505,7 @@ class SQLiteSagaLog:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 rows = conn.execute(
-                    f"SELECT {_RECORD_COLUMNS} FROM pysaga_sagas WHERE status IN {_ACTIVE} "
+                    f"SELECT {RECORD_COLUMNS} FROM pysaga_sagas WHERE status IN {_ACTIVE} "
                     "AND lease_expires_at < ? "
                     "AND (owner IS NOT ? OR lease_expires_at = 0) "
                     f"AND (name, version) IN (VALUES {wanted}) "
@@ -512,7 +514,7 @@ class SQLiteSagaLog:
                 ).fetchall()
                 claimed: list[SagaRecord] = []
                 for row in rows:
-                    rec = _record(row)
+                    rec = record_from_row(row)
                     conn.execute(
                         "UPDATE pysaga_sagas SET owner = ?, lease_expires_at = ?, "
                         "revision = revision + 1, updated_at = ? "
@@ -626,11 +628,11 @@ class SQLiteSagaLog:
 
         def read() -> list[SagaRecord]:
             rows = self._db.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM pysaga_sagas {where} "
+                f"SELECT {RECORD_COLUMNS} FROM pysaga_sagas {where} "
                 "ORDER BY created_at DESC, saga_id LIMIT ?",
                 (*params, limit),
             ).fetchall()
-            return [_record(row) for row in rows]
+            return [record_from_row(row) for row in rows]
 
         return await self._call(read)
 
@@ -725,37 +727,4 @@ def _insert_entries(
             )
             for idx, e in enumerate(entries)
         ],
-    )
-
-
-def _record(row: tuple[Any, ...]) -> SagaRecord:
-    (
-        saga_id,
-        name,
-        version,
-        status,
-        data,
-        steps,
-        failure,
-        revision,
-        owner,
-        lease_expires_at,
-        deadline_at,
-        created_at,
-        updated_at,
-    ) = row
-    return SagaRecord(
-        saga_id=saga_id,
-        name=name,
-        version=version,
-        status=SagaStatus(status),
-        data=data,
-        steps=load_steps(steps),
-        revision=revision,
-        owner=owner,
-        lease_expires_at=lease_expires_at,
-        deadline_at=deadline_at,
-        created_at=created_at,
-        updated_at=updated_at,
-        failure=load_failure(failure),
     )

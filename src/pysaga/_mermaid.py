@@ -1,4 +1,5 @@
-"""Drawing a saga definition as a mermaid flowchart (no I/O; used by ``Saga.to_mermaid``)."""
+"""Drawing a saga definition as a mermaid flowchart (no I/O; used by ``Saga.to_mermaid``),
+and marking one saga's progress on it (used by ``pysaga draw --saga``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .definition import Saga, Step
+    from .models import SagaRecord
 
 
 def _node_id(prefix: str, index: int) -> str:
@@ -75,4 +77,68 @@ def saga_to_mermaid(saga: Saga[Any]) -> str:
         earlier = [c for c in earlier if c is not step]
         target = f"c{earlier[-1].index}" if earlier else "compensated"
         lines.append(f"    s{step.index} -. fails .-> {target}")
+    return "\n".join(lines) + "\n"
+
+
+# How one saga's progress is shown on its definition's chart: one class per state.
+_CLASS_DEFS = (
+    "    classDef done fill:#d3f9d8,stroke:#2b8a3e,color:#000",
+    "    classDef running fill:#fff3bf,stroke:#e67700,stroke-width:3px,color:#000",
+    "    classDef failed fill:#ffe3e3,stroke:#c92a2a,stroke-width:3px,color:#000",
+    "    classDef compensated fill:#e9ecef,stroke:#495057,color:#000",
+    "    classDef pending fill:#fff,stroke:#adb5bd,stroke-dasharray:4 3,color:#868e96",
+)
+
+PROGRESS_CLASSES = ("done", "running", "failed", "compensated", "pending")
+"""The classes a saga's progress marks its chart's nodes with, in the order they are listed."""
+
+
+def progress_of(saga: Saga[Any], record: SagaRecord) -> dict[str, str]:
+    """Each node of *saga*'s chart that *record* (a saga of that definition) has a state
+    for, and its class: ``done``, ``running``, ``failed``, ``compensated`` or ``pending``
+    (still to come). Steps are ``s<i>``, compensations ``c<i>``."""
+    from .models import SagaStatus, StepStatus
+
+    active = not record.status.is_terminal
+    marks: dict[str, str] = {}
+    for step in saga.steps:
+        state = record.steps.get(step.name)
+        node, comp = f"s{step.index}", f"c{step.index}"
+        if state is None:
+            marks[node] = "pending"
+            continue
+        status = state.status
+        if status is StepStatus.SUCCEEDED:
+            marks[node] = "done"
+        elif status is StepStatus.STARTED:
+            # running now, or (in a saga that ended) an attempt whose outcome stayed in doubt
+            marks[node] = "running" if active and record.status is SagaStatus.RUNNING else "failed"
+        elif status is StepStatus.FAILED:
+            marks[node] = "failed"
+        else:  # the step was undone, is being undone, or its undo gave up
+            marks[node] = "compensated" if status is StepStatus.COMPENSATED else "done"
+            if step.compensation is not None:
+                marks[comp] = {
+                    StepStatus.COMPENSATED: "compensated",
+                    StepStatus.COMPENSATING: "running" if active else "failed",
+                    StepStatus.COMPENSATION_FAILED: "failed",
+                }[status]
+    if record.status is SagaStatus.COMPLETED:
+        marks["completed"] = "done"
+    elif record.status is SagaStatus.COMPENSATED and any(
+        s.compensation is not None for s in saga.steps
+    ):
+        marks["compensated"] = "compensated"
+    return marks
+
+
+def mark_progress(chart: str, saga: Saga[Any], record: SagaRecord) -> str:
+    """Add ``classDef`` and ``class`` lines to *chart* (:func:`saga_to_mermaid`'s output for
+    *saga*) that show how far the saga *record* got."""
+    marks = progress_of(saga, record)
+    lines = [chart.rstrip("\n"), *_CLASS_DEFS]
+    for name in PROGRESS_CLASSES:
+        nodes = [node for node, mark in marks.items() if mark == name]
+        if nodes:
+            lines.append(f"    class {','.join(nodes)} {name}")
     return "\n".join(lines) + "\n"

@@ -1,19 +1,23 @@
-"""The ``pysaga`` command: read-only questions about a saga log, from a shell.
+"""The ``pysaga`` command: questions about a saga log, and an operator's actions, from a shell.
 
-Every command that reads a log takes it as ``--log URL`` (or the ``PYSAGA_LOG`` environment
-variable) and only reads it, through an :class:`~pysaga.Inspector`::
+Every command that uses a log takes it as ``--log URL`` (or the ``PYSAGA_LOG`` environment
+variable). ``list``, ``show``, ``stats`` and ``draw --saga`` only read it, through an
+:class:`~pysaga.Inspector`; ``retry``, ``abort`` and ``resolve`` act on one saga through an
+:class:`~pysaga.Operator`::
 
     pysaga list --log sqlite:///sagas.db --status failed
     pysaga show --log sqlite:///sagas.db 5f0c...
-    pysaga stats --log sqlite:///sagas.db
-    pysaga draw shop.sagas:place_order
+    pysaga stats --log postgresql://app@db/shop?schema=sagas
+    pysaga retry --log sqlite:///sagas.db 5f0c... --reason "warehouse is back"
+    pysaga draw shop.sagas:place_order [--saga 5f0c... --log sqlite:///sagas.db]
 
 ``--json`` (before or after the command) prints machine-readable JSON instead of text.
 
 Bad input ends the command with one line on stderr and a non-zero exit status: 2 for a
 usage error (a missing or malformed argument, an unknown log URL scheme), 1 when what was
-asked for cannot be found or opened (an unknown saga id, a missing SQLite file, a ``draw``
-target that cannot be imported or is not a saga).
+asked for cannot be found, opened or done (an unknown saga id, a missing SQLite file, a log
+that cannot be reached, an action the saga's state does not allow, a ``draw`` target that
+cannot be imported or is not a saga).
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from ._mermaid import mark_progress, progress_of
 from .definition import Saga
-from .errors import PysagaError, SagaNotFoundError
+from .errors import OperatorActionRefused, PysagaError, SagaNotFoundError
 from .inspection import Inspector, Timeline
 from .models import SagaRecord, SagaStatus
+from .operations import Operator
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -97,7 +103,7 @@ def _positive(text: str) -> int:
 def _parser() -> _Parser:
     parser = _Parser(
         prog="pysaga",
-        description="Read-only questions about a saga log.",
+        description="Questions about a saga log, and an operator's actions on its sagas.",
         epilog=f"The saga log URL comes from --log, else from the {LOG_ENV} environment variable.",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -108,7 +114,8 @@ def _parser() -> _Parser:
     reads_log.add_argument(
         "--log",
         metavar="URL",
-        help=f"the saga log: sqlite:///path.db or memory:// (default: ${LOG_ENV})",
+        help=f"the saga log: sqlite:///path.db or postgresql://user@host/db?schema=name "
+        f"(default: ${LOG_ENV})",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -131,7 +138,15 @@ def _parser() -> _Parser:
         "--stuck",
         type=_seconds,
         metavar="SECONDS",
-        help="only unfinished sagas not written for SECONDS, or past their deadline",
+        help="only unfinished sagas not written for SECONDS, with a step timer overdue by "
+        "--timer-grace, or past their deadline",
+    )
+    listing.add_argument(
+        "--timer-grace",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --stuck: how long a step timer may be overdue (default 60)",
     )
     listing.add_argument(
         "--limit", type=_positive, default=100, metavar="N", help="at most N (default 100)"
@@ -145,11 +160,30 @@ def _parser() -> _Parser:
     stats = commands.add_parser("stats", parents=[common, reads_log], help="sagas per status")
     stats.add_argument("--name", help="only sagas of this definition")
 
+    actions = {
+        "retry": "send a FAILED saga back to work: what gave up runs again, with a fresh budget",
+        "abort": "turn a RUNNING saga back: it compensates",
+        "resolve": "mark a FAILED saga RESOLVED: settled by hand, nothing more runs",
+    }
+    for action, text in actions.items():
+        acting = commands.add_parser(action, parents=[common, reads_log], help=text)
+        acting.add_argument("saga_id", metavar="SAGA_ID")
+        acting.add_argument("--reason", required=True, help="why (kept in the saga's history)")
+        acting.add_argument("--by", help="who (default: the user running this command)")
+
     draw = commands.add_parser(
-        "draw", parents=[common], help="draw a saga definition as a mermaid flowchart"
+        "draw",
+        parents=[common, reads_log],
+        help="draw a saga definition as a mermaid flowchart, with one saga's progress",
     )
     draw.add_argument(
         "target", metavar="MODULE:SAGA", help="a module path and the name of a pysaga.Saga in it"
+    )
+    draw.add_argument(
+        "--saga",
+        metavar="SAGA_ID",
+        help="mark this saga's progress (done, running, failed, compensated, still to come); "
+        "needs the log",
     )
     return parser
 
@@ -197,7 +231,13 @@ def record_json(record: SagaRecord) -> dict[str, Any]:
         "status": record.status.value,
         "data": _data(record.data),
         "steps": {
-            name: {"status": s.status.value, "attempts": s.attempts, "failures": s.failures}
+            name: {
+                "status": s.status.value,
+                "attempts": s.attempts,
+                "failures": s.failures,
+                "timeout_at": s.timeout_at,
+                "retry_at": s.retry_at,
+            }
             for name, s in record.steps.items()
         },
         "revision": record.revision,
@@ -292,7 +332,9 @@ def _log_url(args: argparse.Namespace) -> str:
     url: str | None = args.log or os.environ.get(LOG_ENV)
     if not url:
         raise CommandError(
-            f"no saga log given: pass --log URL (sqlite:///path.db) or set {LOG_ENV}", USAGE
+            f"no saga log given: pass --log URL (sqlite:///path.db, postgresql://...) or set "
+            f"{LOG_ENV}",
+            USAGE,
         )
     scheme = urlsplit(url).scheme.lower()
     if scheme == "sqlite":
@@ -308,6 +350,13 @@ def _log_url(args: argparse.Namespace) -> str:
                 f"no saga log at {url}: the file {path!r} does not exist "
                 f"(relative to {os.getcwd()!r}; 'sqlite:////abs/path.db' names an absolute path)"
             )
+    elif scheme in ("postgresql", "postgres"):
+        from .stores._postgres import parse_url as parse_postgres_url
+
+        try:
+            parse_postgres_url(url)
+        except ValueError as exc:
+            raise CommandError(str(exc), USAGE) from None
     return url
 
 
@@ -318,10 +367,50 @@ def _inspector(url: str) -> Inspector:
         raise CommandError(str(exc), USAGE) from None
 
 
+def _shown(url: str) -> str:
+    """*url* without a password, for messages."""
+    from .stores._postgres import redact
+
+    return redact(url) if urlsplit(url).scheme.lower().startswith("postgres") else url
+
+
+_DONE = {"retry": "retried", "abort": "aborted", "resolve": "resolved"}
+
+
+async def _act(args: argparse.Namespace, url: str, out: list[str]) -> None:
+    try:
+        operator = Operator(url)
+    except ValueError as exc:
+        raise CommandError(str(exc), USAGE) from None
+    async with operator:
+        act = {"retry": operator.retry, "abort": operator.abort, "resolve": operator.resolve}
+        try:
+            record = await act[args.command](args.saga_id, reason=args.reason, by=args.by)
+        except SagaNotFoundError:
+            raise CommandError(f"no saga with id {args.saga_id!r} in {_shown(url)}") from None
+        except OperatorActionRefused as exc:
+            raise CommandError(str(exc)) from None
+        except ValueError as exc:
+            raise CommandError(f"{args.command}: {exc}", USAGE) from None
+    if args.json:
+        out.append(_dumps(record_json(record)))
+    else:
+        out.append(
+            f"saga {record.saga_id} ({record.name}) {_DONE[args.command]}: now "
+            f"{record.status.value}"
+            + ("" if record.status.is_terminal else "; an orchestrator running it resumes it")
+        )
+
+
 async def _run_log_command(args: argparse.Namespace, out: list[str]) -> None:
     url = _log_url(args)
+    if args.command in _DONE:
+        await _act(args, url, out)
+        return
     async with _inspector(url) as inspector:
-        if args.command == "list":
+        if args.command == "draw":
+            await _draw_saga(args, inspector, url, out)
+        elif args.command == "list":
             if args.stuck is not None:
                 if args.status or args.older_than is not None:
                     raise CommandError(
@@ -329,7 +418,10 @@ async def _run_log_command(args: argparse.Namespace, out: list[str]) -> None:
                         USAGE,
                     )
                 records = await inspector.stuck(
-                    no_progress_for=args.stuck, name=args.name, limit=args.limit
+                    no_progress_for=args.stuck,
+                    timer_grace=args.timer_grace,
+                    name=args.name,
+                    limit=args.limit,
                 )
             else:
                 statuses = None if not args.status else [SagaStatus(s) for s in args.status]
@@ -343,7 +435,7 @@ async def _run_log_command(args: argparse.Namespace, out: list[str]) -> None:
             try:
                 timeline = await inspector.timeline(args.saga_id)
             except SagaNotFoundError:
-                raise CommandError(f"no saga with id {args.saga_id!r} in {url}") from None
+                raise CommandError(f"no saga with id {args.saga_id!r} in {_shown(url)}") from None
             out.append(_dumps(timeline_json(timeline)) if args.json else _timeline_text(timeline))
         else:  # stats
             counts = await inspector.counts(name=args.name)
@@ -402,16 +494,50 @@ def load_saga(target: str) -> Saga[Any]:
     return obj
 
 
-def _draw(args: argparse.Namespace, out: list[str]) -> None:
+def _chart(args: argparse.Namespace) -> tuple[Saga[Any], str]:
     saga = load_saga(args.target)
     try:
-        chart = saga.to_mermaid()
+        return saga, saga.to_mermaid()
     except PysagaError as exc:
         raise CommandError(f"cannot draw {args.target!r}: {_one_line(exc)}") from None
+
+
+def _draw(args: argparse.Namespace, out: list[str]) -> None:
+    saga, chart = _chart(args)
     if args.json:
         out.append(_dumps({"name": saga.name, "version": saga.version, "mermaid": chart}))
     else:
         out.append(chart.rstrip("\n"))
+
+
+async def _draw_saga(
+    args: argparse.Namespace, inspector: Inspector, url: str, out: list[str]
+) -> None:
+    saga, chart = _chart(args)
+    record = await inspector.log.get(args.saga)
+    if record is None:
+        raise CommandError(f"no saga with id {args.saga!r} in {_shown(url)}")
+    if record.name != saga.name:
+        raise CommandError(
+            f"draw: saga {args.saga!r} is a {record.name!r} saga, not {saga.name!r}; name "
+            "its definition"
+        )
+    marked = mark_progress(chart, saga, record)
+    if args.json:
+        out.append(
+            _dumps(
+                {
+                    "name": saga.name,
+                    "version": saga.version,
+                    "saga_id": record.saga_id,
+                    "status": record.status.value,
+                    "progress": progress_of(saga, record),
+                    "mermaid": marked,
+                }
+            )
+        )
+    else:
+        out.append(marked.rstrip("\n"))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -442,17 +568,19 @@ def main(argv: list[str] | None = None) -> int:
             args = _parser().parse_args(argv)
         except SystemExit as exc:  # --help
             return exc.code if isinstance(exc.code, int) else 0
-        if args.command == "draw":
+        if args.command == "draw" and args.saga is None:
+            if args.log is not None:
+                raise CommandError("draw: --log is used with --saga SAGA_ID only", USAGE)
             _draw(args, out)
         else:
             try:
                 anyio.run(_run_log_command, args, out)
             except CommandError:
                 raise
-            except PysagaError as exc:  # the log could not be opened or read
-                raise CommandError(f"cannot read the saga log: {_one_line(exc)}") from None
+            except PysagaError as exc:  # the log could not be opened, read or written
+                raise CommandError(f"cannot use the saga log: {_one_line(exc)}") from None
             except OSError as exc:
-                raise CommandError(f"cannot read the saga log: {_one_line(exc)}") from None
+                raise CommandError(f"cannot use the saga log: {_one_line(exc)}") from None
     except CommandError as exc:
         print(f"pysaga: {exc}", file=sys.stderr)
         return exc.status

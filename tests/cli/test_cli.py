@@ -1,5 +1,6 @@
-"""The ``pysaga`` command answers an operator's questions about a SQLite saga log, as text
-and as JSON, and turns bad input into one line on stderr and a non-zero exit status.
+"""The ``pysaga`` command answers an operator's questions about a saga log and carries out
+their actions, on SQLite and PostgreSQL logs, as text and as JSON, and turns bad input into
+one line on stderr and a non-zero exit status.
 
 ``main()`` runs its own event loop, so these tests are plain functions: the saga log is
 written beforehand, by a real orchestrator, in a fixture that runs its own loop too.
@@ -12,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from pysaga import (
     BusinessError,
     EntryKind,
     LogEntry,
+    Operator,
     Orchestrator,
     Retry,
     Saga,
@@ -32,7 +36,8 @@ from pysaga import (
     StepContext,
 )
 from pysaga.cli import main
-from pysaga.stores.sqlite import SQLiteSagaLog
+from pysaga.operations import default_operator
+from pysaga.stores import from_url
 
 ONCE = Retry(attempts=1, backoff=0, jitter=0)
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,51 +69,85 @@ def order_saga() -> Saga[Order]:
     return saga
 
 
+ORDER = order_saga()
+"""The definition the logs' sagas run (``draw tests.cli.test_cli:ORDER`` finds it)."""
+
+
 @dataclass(frozen=True)
 class Log:
-    """A SQLite saga log holding one saga in each of four statuses."""
+    """A saga log holding one saga in each status."""
 
     url: str
     ids: dict[SagaStatus, str]
 
 
 STUCK_FOR = 3600.0
-"""How long ago the running saga was last written."""
+"""How long ago the running and the compensating sagas were last written."""
 
 
-async def _build(path: Path) -> dict[SagaStatus, str]:
-    saga = order_saga()
-    async with Orchestrator(sagas=[saga], log=SQLiteSagaLog(path)) as orch:
+async def _build(url: str) -> dict[SagaStatus, str]:
+    saga = ORDER
+    async with Orchestrator(sagas=[saga], log=from_url(url)) as orch:
         done = await orch.run(saga, Order())
         undone = await orch.run(saga, Order(amount=500))
         failed = await orch.run(saga, Order(amount=500, fail_undo=True))
+        settled = await orch.run(saga, Order(amount=500, fail_undo=True))
     then = time.time() - STUCK_FOR
-    running = SagaRecord(
-        saga_id="stuck-1",
-        name="order",
-        version=1,
-        status=SagaStatus.RUNNING,
-        data='{"amount": 7, "fail_undo": false}',
-        owner="gone",
-        lease_expires_at=then + 15.0,
-        created_at=then,
-        updated_at=then,
-    )
-    async with SQLiteSagaLog(path) as log:
-        await log.create(running, [LogEntry(EntryKind.SAGA_STARTED, at=then, owner="gone")])
+    async with from_url(url) as log:
+        for saga_id, status, at in (
+            ("stuck-1", SagaStatus.RUNNING, then),
+            ("undoing-1", SagaStatus.COMPENSATING, then + 1),
+        ):
+            record = SagaRecord(
+                saga_id=saga_id,
+                name="order",
+                version=1,
+                status=status,
+                data='{"amount": 7, "fail_undo": false}',
+                owner="gone",
+                lease_expires_at=at + 15.0,
+                created_at=at,
+                updated_at=at,
+            )
+            await log.create(record, [LogEntry(EntryKind.SAGA_STARTED, at=at, owner="gone")])
+        await Operator(log).resolve(settled.saga_id, reason="released by hand", by="carol")
     return {
         SagaStatus.COMPLETED: done.saga_id,
         SagaStatus.COMPENSATED: undone.saga_id,
         SagaStatus.FAILED: failed.saga_id,
+        SagaStatus.RESOLVED: settled.saga_id,
         SagaStatus.RUNNING: "stuck-1",
+        SagaStatus.COMPENSATING: "undoing-1",
     }
 
 
-@pytest.fixture
-def log(tmp_path: Path) -> Log:
-    path = tmp_path / "sagas.db"
-    ids = anyio.run(_build, path)
-    return Log(url=f"sqlite:///{path}", ids=ids)
+def _drop_schema(dsn: str, schema: str) -> None:
+    async def drop() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        finally:
+            await conn.close()
+
+    anyio.run(drop)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Log]:
+    """A SQLite log in a file, or a PostgreSQL log in a schema of its own (dropped after)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'sagas.db'}"
+        yield Log(url=url, ids=anyio.run(_build, url))
+        return
+    dsn: str = request.getfixturevalue("postgres_dsn")
+    schema = f"pysaga_test_{uuid.uuid4().hex[:12]}"
+    url = f"{dsn}?schema={schema}"
+    try:
+        yield Log(url=url, ids=anyio.run(_build, url))
+    finally:
+        _drop_schema(dsn, schema)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -134,7 +173,7 @@ class TestList:
         assert header.split() == [
             "ID", "NAME", "VERSION", "STATUS", "CREATED", "UPDATED", "OWNER", "FAILURE",
         ]  # fmt: skip
-        assert len(rows) == 4
+        assert len(rows) == 6
         by_id = {row.split()[0]: row for row in rows}
         assert set(by_id) == set(log.ids.values())
         for state, saga_id in log.ids.items():
@@ -154,18 +193,20 @@ class TestList:
         }
         assert run_json(capsys, "list", "--log", log.url, "--name", "nobody") == []
         old = run_json(capsys, "list", "--log", log.url, "--older-than", str(STUCK_FOR / 2))
-        assert [r["saga_id"] for r in old] == ["stuck-1"]
+        assert [r["saga_id"] for r in old] == ["undoing-1", "stuck-1"]
         assert len(run_json(capsys, "list", "--log", log.url, "--limit", "2")) == 2
         status, out, err = run(capsys, "list", "--log", log.url, "--name", "nobody")
         assert (status, out, err) == (0, "no sagas\n", "")
 
     def test_stuck(self, log: Log, capsys: pytest.CaptureFixture[str]) -> None:
-        """--stuck lists only unfinished sagas silent for that long."""
+        """--stuck lists only unfinished sagas silent for that long, longest silent first."""
         found = run_json(capsys, "list", "--log", log.url, "--stuck", "60")
-        assert [r["saga_id"] for r in found] == ["stuck-1"]
-        status, out, _ = run(capsys, "list", "--log", log.url, "--stuck", "60")
+        assert [r["saga_id"] for r in found] == ["stuck-1", "undoing-1"]
+        status, out, _ = run(
+            capsys, "list", "--log", log.url, "--stuck", "60", "--timer-grace", "30"
+        )
         assert status == 0
-        assert len(out.splitlines()) == 2
+        assert len(out.splitlines()) == 3
         assert run_json(capsys, "list", "--log", log.url, "--stuck", str(STUCK_FOR * 2)) == []
 
     def test_json_records(self, log: Log, capsys: pytest.CaptureFixture[str]) -> None:
@@ -184,7 +225,7 @@ class TestList:
         monkeypatch.setenv("PYSAGA_LOG", log.url)
         status, out, err = run(capsys, "list", "--json")
         assert (status, err) == (0, "")
-        assert len(json.loads(out)) == 4
+        assert len(json.loads(out)) == 6
 
 
 class TestShow:
@@ -223,20 +264,14 @@ class TestStats:
     def test_text_and_json(self, log: Log, capsys: pytest.CaptureFixture[str]) -> None:
         """A count for every status, zero where there is none, and the total."""
         counts = run_json(capsys, "stats", "--log", log.url)
-        assert counts == {
-            "running": 1,
-            "compensating": 0,
-            "completed": 1,
-            "compensated": 1,
-            "failed": 1,
-            "resolved": 0,
-        }
+        assert counts == {status.value: 1 for status in SagaStatus}
+        assert list(counts) == [status.value for status in SagaStatus]
         status, out, err = run(capsys, "stats", "--log", log.url)
         assert (status, err) == (0, "")
         rows = [line.split() for line in out.splitlines()]
         assert rows[0] == ["STATUS", "COUNT"]
-        assert ["compensating", "0"] in rows
-        assert rows[-1] == ["total", "4"]
+        assert ["resolved", "1"] in rows
+        assert rows[-1] == ["total", "6"]
         assert set(run_json(capsys, "stats", "--log", log.url, "--name", "x").values()) == {0}
 
     def test_python_dash_m(self, log: Log) -> None:
@@ -250,6 +285,81 @@ class TestStats:
         )
         assert (done.returncode, done.stderr) == (0, "")
         assert json.loads(done.stdout)["completed"] == 1
+
+
+class TestActions:
+    def test_retry(self, log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+        """retry sends the FAILED saga back to compensating and says so; its timeline shows
+        who retried it and why; an action that no longer fits is refused."""
+        saga_id = log.ids[SagaStatus.FAILED]
+        status, out, err = run(
+            capsys, "retry", saga_id, "--log", log.url, "--reason", "warehouse is back",
+            "--by", "alice",
+        )  # fmt: skip
+        assert (status, err) == (0, "")
+        assert out == (
+            f"saga {saga_id} (order) retried: now compensating; an orchestrator running it "
+            "resumes it\n"
+        )
+        shown = run_json(capsys, "show", "--log", log.url, saga_id)
+        assert shown["record"]["status"] == "compensating"
+        assert shown["record"]["steps"]["reserve"] == {
+            "status": "compensating",
+            "attempts": 1,
+            "failures": 0,
+            "timeout_at": None,
+            "retry_at": None,
+        }
+        last = shown["events"][-1]
+        assert (last["kind"], last["owner"]) == ("operator_retried", "alice")
+        assert last["failure"] == "OperatorRetried: retried by alice: warehouse is back"
+        status, out, _ = run(capsys, "show", "--log", log.url, saga_id)
+        assert "operator_retried  (OperatorRetried: retried by alice" in out
+        err = one_line_error(capsys, 1, "retry", saga_id, "--log", log.url, "--reason", "again")
+        assert f"cannot retry saga {saga_id!r}: it is COMPENSATING, not FAILED" in err
+
+    def test_abort(self, log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+        """abort turns the RUNNING saga back; --json prints its new record, with a failure
+        that names the OS user when --by is not given."""
+        record = run_json(
+            capsys, "abort", "stuck-1", "--log", log.url, "--reason", "customer cancelled"
+        )
+        assert record["status"] == "compensating"
+        assert record["lease_expires_at"] == 0
+        who = default_operator()
+        assert record["failure"] == {
+            "step": None,
+            "type": "OperatorAborted",
+            "message": f"aborted by {who}: customer cancelled",
+            "business": False,
+            "details": {"by": who, "reason": "customer cancelled"},
+        }
+        err = one_line_error(capsys, 1, "abort", "stuck-1", "--log", log.url, "--reason", "x")
+        assert "it is COMPENSATING already" in err
+
+    def test_resolve(self, log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+        """resolve settles the FAILED saga for good; a RUNNING one is refused."""
+        err = one_line_error(capsys, 1, "resolve", "stuck-1", "--log", log.url, "--reason", "x")
+        assert "cannot resolve saga 'stuck-1': it is RUNNING, not FAILED" in err
+        saga_id = log.ids[SagaStatus.FAILED]
+        status, out, err = run(
+            capsys, "resolve", saga_id, "--log", log.url, "--reason", "refunded", "--by", "bo"
+        )
+        assert (status, err) == (0, "")
+        assert out == f"saga {saga_id} (order) resolved: now resolved\n"
+        assert run_json(capsys, "stats", "--log", log.url)["resolved"] == 2
+        err = one_line_error(capsys, 1, "resolve", saga_id, "--log", log.url, "--reason", "x")
+        assert "an operator resolved it already" in err
+
+    def test_bad_action_input(self, log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+        """An unknown id, a missing or empty reason: one line, nothing written."""
+        err = one_line_error(capsys, 1, "retry", "nope", "--log", log.url, "--reason", "x")
+        assert "no saga with id 'nope'" in err
+        err = one_line_error(capsys, 2, "abort", "stuck-1", "--log", log.url)
+        assert "--reason" in err
+        err = one_line_error(capsys, 2, "abort", "stuck-1", "--log", log.url, "--reason", " ")
+        assert "give a reason" in err
+        assert run_json(capsys, "stats", "--log", log.url)["running"] == 1
 
 
 DEFINITIONS = """
@@ -297,6 +407,53 @@ class TestDraw:
         assert drawn == {"name": "ship", "version": 1, "mermaid": ship.to_mermaid()}
 
 
+class TestDrawProgress:
+    TARGET = "tests.cli.test_cli:ORDER"
+
+    def test_compensated_saga(self, log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+        """--saga marks one saga's progress on its definition's chart with mermaid classes:
+        here the failed step, and the step and compensation undone."""
+        saga_id = log.ids[SagaStatus.COMPENSATED]
+        status, out, err = run(capsys, "draw", self.TARGET, "--saga", saga_id, "--log", log.url)
+        assert (status, err) == (0, "")
+        chart = ORDER.to_mermaid().rstrip("\n")
+        assert out.startswith(chart + "\n")
+        added = out[len(chart) + 1 :].splitlines()
+        assert [line.split()[1] for line in added if line.lstrip().startswith("classDef")] == [
+            "done", "running", "failed", "compensated", "pending",
+        ]  # fmt: skip
+        assert [line for line in added if line.lstrip().startswith("class ")] == [
+            "    class s1 failed",
+            "    class s0,c0,compensated compensated",
+        ]
+
+    def test_json_and_other_states(self, log: Log, capsys: pytest.CaptureFixture[str]) -> None:
+        """--json gives each node's state; a completed saga is done throughout, one that
+        has not run a step yet is all still to come, a failed undo is marked failed."""
+        for state, progress in (
+            (SagaStatus.COMPLETED, {"s0": "done", "s1": "done", "completed": "done"}),
+            (SagaStatus.RUNNING, {"s0": "pending", "s1": "pending"}),
+            (SagaStatus.FAILED, {"s0": "done", "c0": "failed", "s1": "failed"}),
+        ):
+            saga_id = log.ids[state]
+            drawn = run_json(capsys, "draw", self.TARGET, "--saga", saga_id, "--log", log.url)
+            assert (drawn["saga_id"], drawn["status"]) == (saga_id, state.value)
+            assert drawn["progress"] == progress
+            assert drawn["mermaid"].startswith(ORDER.to_mermaid())
+
+    def test_bad_input(
+        self, log: Log, definitions: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        err = one_line_error(capsys, 1, "draw", self.TARGET, "--saga", "nope", "--log", log.url)
+        assert "no saga with id 'nope'" in err
+        err = one_line_error(
+            capsys, 1, "draw", f"{definitions}:ship", "--saga", "stuck-1", "--log", log.url
+        )
+        assert "is a 'order' saga, not 'ship'" in err
+        err = one_line_error(capsys, 2, "draw", self.TARGET, "--log", log.url)
+        assert "--saga" in err
+
+
 def one_line_error(capsys: pytest.CaptureFixture[str], status: int, *argv: str) -> str:
     """Run bad input: assert the exit status, no stdout and exactly one stderr line."""
     got, out, err = run(capsys, *argv)
@@ -321,6 +478,22 @@ class TestBadInput:
             assert "does not exist" in err
             assert str(missing) in err
         assert not missing.exists()
+
+    def test_unreachable_postgres(self, capsys: pytest.CaptureFixture[str]) -> None:
+        for argv in (["stats"], ["abort", "x", "--reason", "y"]):
+            err = one_line_error(
+                capsys, 1, *argv, "--log", "postgresql://nobody@127.0.0.1:1/none?schema=s"
+            )
+            assert "cannot use the saga log" in err
+            assert "check that the server runs" in err
+
+    def test_bad_postgres_url(self, capsys: pytest.CaptureFixture[str]) -> None:
+        err = one_line_error(
+            capsys, 2, "list", "--log", "postgresql://127.0.0.1/db?schema=not-an-identifier"
+        )
+        assert "not a plain identifier" in err
+        err = one_line_error(capsys, 2, "list", "--log", "postgresql://127.0.0.1/db?pool_size=0")
+        assert "pool_size" in err
 
     def test_bad_scheme(self, capsys: pytest.CaptureFixture[str]) -> None:
         err = one_line_error(capsys, 2, "stats", "--log", "mongodb://127.0.0.1/sagas")

@@ -111,7 +111,10 @@ async def test_crash_after_a_step_then_a_new_orchestrator_finishes_the_saga(
     saga_world.crash_after(EntryKind.STEP_SUCCEEDED, step="book_flight")
     first = await saga_world.start_orchestrator(book_trip)
     saga_id = await first.start(book_trip, Trip(traveller="Ada"))
-    await saga_world.wait_for(saga_id, until=lambda r: "book_hotel" in r.steps)
+    crash = await saga_world.wait_for_crash()
+    assert (crash.owner, crash.saga_id) == (first.owner, saga_id)
+    assert crash.entry is not None
+    assert (crash.entry.kind, crash.entry.step) == (EntryKind.STEP_STARTED, "book_hotel")
     assert [c.owner for c in saga_world.crashes] == [first.owner]
     assert services.calls["book_hotel"] == 0  # it died before acting on its write
 
@@ -147,7 +150,7 @@ async def test_crash_while_compensating_then_resumed(saga_world: SagaWorld) -> N
     saga_world.crash_after(EntryKind.COMPENSATION_STARTED, step="book_flight")
     orch = await saga_world.start_orchestrator(book_trip)
     saga_id = await orch.start(book_trip, Trip(traveller="Ada", declined=True))
-    await saga_world.wait_for(saga_id, until=lambda r: bool(saga_world.crashes))
+    await saga_world.wait_for_crash()
     assert (await orch.get(saga_id)).status is SagaStatus.COMPENSATING
 
     await saga_world.restart_orchestrator()
@@ -163,6 +166,16 @@ async def test_run_in_the_test_task_sees_the_crash(saga_world: SagaWorld) -> Non
         await orch.run(book_trip, Trip(traveller="Ada"), saga_id="trip-1")
     await saga_world.restart_orchestrator()
     await saga_world.wait_for("trip-1", status=SagaStatus.COMPLETED)
+
+
+async def test_waiting_for_a_crash_that_does_not_come_names_the_rule(
+    saga_world: SagaWorld,
+) -> None:
+    saga_world.crash_after(EntryKind.STEP_SUCCEEDED, step="take_payment")
+    orch = await saga_world.start_orchestrator(book_trip)
+    await orch.start(book_trip, Trip(traveller="Ada", declined=True))  # never gets there
+    with pytest.raises(AssertionError, match="step_succeeded of step 'take_payment'"):
+        await saga_world.wait_for_crash(timeout=600.0)
 
 
 async def test_a_crashed_orchestrator_writes_nothing_more(saga_world: SagaWorld) -> None:

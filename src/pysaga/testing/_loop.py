@@ -45,7 +45,8 @@ class VirtualClock:
         if not autojump_threshold >= 0:
             raise ValueError(f"autojump_threshold must be >= 0 seconds, got {autojump_threshold!r}")
         self.autojump_threshold = autojump_threshold
-        self._start = self._time = time.monotonic()
+        # Loop time starts at 0, so that the seconds a test jumps add up exactly.
+        self._start = self._time = 0.0
         self._epoch = time.time()
         self.jumps = 0
 
@@ -53,7 +54,8 @@ class VirtualClock:
         return f"<VirtualClock elapsed={self.elapsed:.3f}s jumps={self.jumps}>"
 
     def time(self) -> float:
-        """The loop's time (what ``loop.time()`` and ``anyio.current_time()`` return)."""
+        """The loop's time (what ``loop.time()`` and ``anyio.current_time()`` return): 0.0
+        when the clock was made, then the virtual seconds elapsed."""
         return self._time
 
     def now(self) -> float:

@@ -190,6 +190,7 @@ class SagaWorld:
         self._crashed: set[str] = set()
         self._crash_rules: list[_CrashRule] = []
         self._undo: list[Callable[[], None]] = []
+        self._crash_seen: anyio.Event | None = None
         self.crashes: list[Crash] = []
         """Every crash the kit caused, oldest first."""
 
@@ -390,7 +391,7 @@ class SagaWorld:
         up); the new one runs the same sagas with the same options under a new owner name. It
         claims the old one's unfinished sagas once their leases run out (up to ``lease``
         seconds, plus ``claim_interval``: a jump on virtual time) and resumes each from its
-        last write in the log.
+        last write in the log. After :meth:`crash_after`, :meth:`wait_for_crash` first.
 
         Returns:
             The new orchestrator (also :attr:`orchestrator` from now on).
@@ -402,6 +403,44 @@ class SagaWorld:
             raise RuntimeError("no orchestrator to restart: await world.start_orchestrator(...)")
         await self.crash_orchestrator()
         return await self._start_orchestrator(self._spec)
+
+    async def wait_for_crash(
+        self,
+        *,
+        timeout: float = 60.0,  # noqa: ASYNC109 (a bound with a diagnostic, not a cancel)
+    ) -> Crash:
+        """Wait until the current orchestrator has crashed (a :meth:`crash_after` rule
+        fired) and stopped, then return the crash.
+
+        Call it before :meth:`restart_orchestrator` when the crash is one a rule causes:
+        ``orch.start()`` returns before the saga has run, so restarting at once would stop
+        the orchestrator before it got to the write the rule waits for.
+
+        Args:
+            timeout: Seconds (virtual ones on virtual time) to wait at most.
+
+        Raises:
+            AssertionError: it did not crash within *timeout* (the message lists the rules
+                still waiting for their write).
+            RuntimeError: no orchestrator was started yet.
+        """
+        hosted = self._current
+        if hosted is None:
+            raise RuntimeError("no orchestrator yet: await world.start_orchestrator(my_saga)")
+        orch = hosted.component
+        assert isinstance(orch, Orchestrator)
+        with anyio.move_on_after(timeout):
+            while orch.owner not in self._crashed:
+                if self._crash_seen is None:
+                    self._crash_seen = anyio.Event()
+                await self._crash_seen.wait()
+            await hosted.stopped.wait()
+            return next(c for c in reversed(self.crashes) if c.owner == orch.owner)
+        waiting = ", ".join(rule.description for rule in self._crash_rules) or "none"
+        raise AssertionError(
+            f"orchestrator {orch.owner!r} did not crash within {timeout:g} s; crash rules still "
+            f"waiting for their write: {waiting}"
+        )
 
     def crash_after(
         self,
@@ -470,6 +509,9 @@ class SagaWorld:
     def _crash(self, owner: str, saga_id: str | None, entry: LogEntry | None) -> None:
         self._crashed.add(owner)
         self.crashes.append(Crash(owner, saga_id, entry))
+        seen, self._crash_seen = self._crash_seen, None
+        if seen is not None:
+            seen.set()
         logger.info("the test kit crashed orchestrator %s", owner)
         hosted = self._by_owner.get(owner)
         if hosted is not None:

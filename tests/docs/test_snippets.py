@@ -99,6 +99,7 @@ class TestTheDocsAreCovered:
             "inspecting",
             "postgres_log",  # run by tests/stores/test_postgres.py (it needs PostgreSQL)
             "outbox",  # run by tests/participants/test_outbox.py (it needs PostgreSQL)
+            "testing_kit",  # run under pytest by tests/testing_kit/test_docs_snippet.py
         }
     )
 

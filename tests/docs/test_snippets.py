@@ -97,6 +97,7 @@ class TestTheDocsAreCovered:
             "remote_steps",
             "brokers_howto",
             "inspecting",
+            "operating",
             "postgres_log",  # run by tests/stores/test_postgres.py (it needs PostgreSQL)
             "outbox",  # run by tests/participants/test_outbox.py (it needs PostgreSQL)
             "testing_kit",  # run under pytest by tests/testing_kit/test_docs_snippet.py
@@ -538,3 +539,13 @@ class TestInspecting:
         inspecting = load("inspecting", monkeypatch)
         await inspecting.main(sqlite_url(tmp_path / "trips.db"))
         assert pasted_output("inspecting") == capsys.readouterr().out
+
+    async def test_operator_actions_do_what_the_page_says(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A retried compensation refunds, an abort cuts a hanging step short and
+        compensates, a resolve is recorded with who did it; the output is the page's."""
+        operating = load("operating", monkeypatch)
+        await operating.main(sqlite_url(tmp_path / "shop.db"))
+        assert pasted_output("operating") == capsys.readouterr().out
+        assert operating.Bank.refunds == ["o-1", "o-2"]

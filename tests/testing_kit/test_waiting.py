@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import re
 
+import anyio
 import pytest
 
-from pysaga import EntryKind, SagaStatus, StepStatus
+from pysaga import EntryKind, Failure, LogEntry, SagaStatus, SagaUpdate, StepStatus
 from pysaga.testing import SagaWorld
 
 from .sagas import Trip, book_trip
@@ -97,3 +98,21 @@ async def test_timeline_and_inspector_read_the_worlds_log_on_its_clock(
     assert [r.saga_id for r in stuck] == [saga_id]
     text = await saga_world.timeline(saga_id)
     assert text.startswith(f"saga {saga_id}: kit-book-trip v1, running")
+
+
+async def test_an_operators_write_wakes_the_wait(saga_world: SagaWorld) -> None:
+    """A write that bypasses the lease (an operator's) wakes wait_for at once too."""
+    orch = await saga_world.start_orchestrator(book_trip)
+    saga_id = await orch.start(book_trip, Trip(traveller="Ada", hotel_stuck_for=600.0))
+    record = await saga_world.wait_for(saga_id, until=lambda r: "book_hotel" in r.steps)
+    note = Failure(step=None, type="OperatorNote", message="looked at it")
+
+    async def intervene() -> None:
+        await anyio.sleep(0.5)
+        update = SagaUpdate(entries=[LogEntry(EntryKind.SAGA_COMPENSATING, at=0.0)], failure=note)
+        await saga_world.log.intervene(saga_id, update, revision=record.revision)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(intervene)
+        found = await saga_world.wait_for(saga_id, until=lambda r: r.failure == note, timeout=1)
+    assert found.failure == note

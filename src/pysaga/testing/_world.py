@@ -109,6 +109,11 @@ class _WorldLog(InMemorySagaLog):
         self._world._after_write(owner, saga_id, update.entries)
         return revision
 
+    async def intervene(self, saga_id: str, update: SagaUpdate, *, revision: int) -> int:
+        revision = await super().intervene(saga_id, update, revision=revision)
+        self._notify()
+        return revision
+
     async def claim(
         self,
         owner: str,
@@ -694,8 +699,8 @@ class SagaWorld:
                         await self._fail(
                             saga_id, f"it ended {record.status.value} instead of {what}"
                         )
-                # A write wakes us; a periodic look covers writes the log does not announce
-                # (an operator's, say), rarely on virtual time, where each look is a jump.
+                # A write wakes us; a periodic look covers any write the log does not
+                # announce, rarely on virtual time, where each look is a jump.
                 with anyio.move_on_after(look_every):
                     await changed.wait()
         record = await self._log.get(saga_id)  # it may have got there as time ran out

@@ -7,7 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import BaseModel
 
+from pysaga import Envelope
 from pysaga.testing import SagaWorld, VirtualTimeLoop, virtual_time_backend
 from pysaga.testing._loop import asks_for_virtual_time
 
@@ -61,12 +63,9 @@ def test_the_plugin_is_registered_and_loads_no_adapter() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def _ping() -> object:
-    from pydantic import BaseModel
+class Ping(BaseModel):
+    n: int = 1
 
-    from pysaga import Envelope
 
-    class Ping(BaseModel):
-        n: int = 1
-
+def _ping() -> Envelope:
     return Envelope.of(Ping())

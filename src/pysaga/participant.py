@@ -23,6 +23,10 @@ participant then handles each command in one database transaction, the handler's
 (through ``ctx.transaction``), the inbox record and the reply (in an outbox, sent after the
 commit) together, so the effect happens once per message and the reply is sent if and only if
 it committed. A relay task sends what a crash left in the outbox.
+
+A participant also takes part in choreographed sagas (:class:`~pysaga.Choreography`): it
+reacts to a flow's events with handlers registered by :meth:`Participant.on`, through the same
+inbox and outbox, and publishes the next events with ``ctx.publish(event)``.
 """
 
 from __future__ import annotations
@@ -35,10 +39,12 @@ import time
 import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 import anyio
 import anyio.abc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 from pydantic import BaseModel
 
 from . import stores
@@ -60,16 +66,21 @@ from .protocols import Inbox, InboxRecord, InboxTransaction, OutboxMessage, Tran
 from .tracing import Telemetry, telemetry
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
     from types import TracebackType
 
     from opentelemetry.trace import TracerProvider
+
+    from .choreography import Choreography
 
 __all__ = ("HandlerContext", "Participant")
 
 logger = logging.getLogger("pysaga.participant")
 
 C = TypeVar("C", bound=BaseModel)
+
+HEADER_SERVICE = "x-pysaga-service"
+"""The header naming the service that published an event (set by ``ctx.publish``)."""
 _HandlerT = TypeVar("_HandlerT", bound=Callable[..., Awaitable[Any]])
 
 
@@ -89,6 +100,10 @@ class HandlerContext:
             inside the transaction the command is handled in (an asyncpg connection for the
             PostgreSQL inbox): write the handler's own rows through it and they commit with
             the inbox record and the reply, or not at all. ``None`` with other inboxes.
+
+    For an event handler (:meth:`Participant.on`) the message is the event: ``saga_id`` is
+    the choreographed saga's id, ``idempotency_key`` the event's id (the same on every
+    redelivery of it), and ``step`` is ``None``.
     """
 
     service: str
@@ -99,9 +114,23 @@ class HandlerContext:
     headers: Mapping[str, str]
     transaction: Any = None
     _events: list[tuple[str, Envelope]] = field(default_factory=list, repr=False, compare=False)
+    _flow: Choreography | None = field(default=None, repr=False, compare=False)
 
-    async def publish(self, destination: str, message: BaseModel) -> None:
-        """Publish the event *message* to *destination* as part of handling this command.
+    @overload
+    async def publish(self, event: BaseModel, /) -> None: ...
+
+    @overload
+    async def publish(self, destination: str, message: BaseModel, /) -> None: ...
+
+    async def publish(
+        self, destination: str | BaseModel, message: BaseModel | None = None, /
+    ) -> None:
+        """Publish the event *message* to *destination* as part of handling this message.
+
+        In an event handler of a choreographed flow (:meth:`Participant.on`), give the event
+        alone, ``await ctx.publish(StockReserved(...))``: it goes to the flow's destination
+        for its type (:meth:`Choreography.destination() <pysaga.Choreography.destination>`),
+        where every service that reacts to it, and the flow's observer, receive it.
 
         The event's envelope belongs to the same saga (its correlation id) and names this
         command as its cause; its id is derived from the command's, so the same event
@@ -115,7 +144,18 @@ class HandlerContext:
 
         Raises:
             TypeError: *message* is not a pydantic model, or *destination* not a name.
+            SagaDefinitionError: an event given alone is not declared by the flow whose
+                event is being handled (or no flow's event is being handled).
         """
+        if message is None and isinstance(destination, BaseModel):
+            message = destination
+            if self._flow is None:
+                raise TypeError(
+                    f"publish({type(message).__name__}(...)) without a destination works in "
+                    "the event handler of a choreographed flow; here pass one: "
+                    "ctx.publish('destination', message)"
+                )
+            destination = self._flow.destination(type(message))
         if not isinstance(destination, str) or not destination:
             raise TypeError(f"publish() needs a destination name, got {destination!r}")
         if not isinstance(message, BaseModel):
@@ -127,6 +167,7 @@ class HandlerContext:
             id=f"{self.message_id}#event-{len(self._events) + 1}",
             correlation_id=self.saga_id,
             causation_id=self.message_id,
+            headers={HEADER_SERVICE: self.service},
         )
         self._events.append((destination, envelope))
 
@@ -137,6 +178,8 @@ class _Route:
     handler: Callable[..., Awaitable[Any]]
     wants_context: bool
     compensation: bool
+    flow: Choreography | None = None
+    """The choreographed flow of an event handler; ``None`` for a command handler."""
 
 
 class _Guards:
@@ -191,6 +234,8 @@ class Participant:
             copy that wrote it (which sends it right after its commit) before the relay
             sends it (default: 5).
         tracer_provider: Where spans go (default: the global OpenTelemetry provider).
+        flows: The choreographed flows (:class:`~pysaga.Choreography`) whose events this
+            service reacts to with :meth:`on`.
 
     Example::
 
@@ -216,6 +261,7 @@ class Participant:
         relay_interval: float = 1.0,
         relay_grace: float = 5.0,
         tracer_provider: TracerProvider | None = None,
+        flows: Iterable[Choreography] = (),
     ) -> None:
         if not isinstance(service, str) or not service:
             raise ValueError("a participant needs a service name, like Participant('stock')")
@@ -236,6 +282,10 @@ class Participant:
             raise TypeError(f"inbox={inbox!r}: pass an inbox URL or a pysaga.Inbox")
         self._transactional = self._inbox if isinstance(self._inbox, TransactionalInbox) else None
         self._routes: dict[str, _Route] = {}
+        self._flows: tuple[Choreography, ...] = tuple(flows)
+        self._own_event_groups = False
+        """Consume event destinations in their own groups (the choreography observer does)."""
+        self._subscriptions: list[Subscription] = []
         self._guards = _Guards()
         self._telemetry = Telemetry(tracer_provider) if tracer_provider else telemetry
         self._stack: contextlib.AsyncExitStack | None = None
@@ -269,8 +319,56 @@ class Participant:
         """
         return self._register(command, compensation=True)
 
+    def on(
+        self, event: type[C], *, flow: Choreography | None = None
+    ) -> Callable[[_HandlerT], _HandlerT]:
+        """Register the decorated function as this service's reaction to the *event* of a
+        choreographed flow.
+
+        The handler is ``async def handler(event, ctx) -> None`` (``ctx`` may be left out). It
+        does its work and publishes the flow's next events with ``await ctx.publish(Event(...))``
+        (a refusal too is an event, such as ``StockNotAvailable``). The service consumes the
+        event's destination in its own consumer group: every service that reacts to an event
+        gets a copy of it, and copies of one service share them. Each event is handled once per
+        service (the inbox), and with a transactional inbox the handler's writes and the events
+        it publishes commit together. A handler that raises gets the event again, and in the end
+        it is dead-lettered.
+
+        Args:
+            event: The event model, declared by *flow*.
+            flow: The flow the event belongs to; may be left out when exactly one of the
+                participant's ``flows=[...]`` declares it.
+
+        Raises:
+            SagaDefinitionError: *event* is no event of *flow* (or of exactly one of the
+                participant's flows), or the function does not fit.
+        """
+        if not (isinstance(event, type) and issubclass(event, BaseModel)):
+            raise SagaDefinitionError(
+                f"participant {self.service!r}: on() takes a pydantic model class (the event), "
+                f"got {event!r}"
+            )
+        if flow is None:
+            found = [f for f in self._flows if f.declares(event)]
+            if len(found) != 1:
+                known = ", ".join(repr(f.name) for f in self._flows) or "none"
+                problem = "none declares it" if not found else "several declare it"
+                raise SagaDefinitionError(
+                    f"participant {self.service!r}, on({event.__name__}): give the flow, as "
+                    f"on({event.__name__}, flow=...), or list it in Participant(flows=[...]); "
+                    f"of its flows ({known}) {problem}"
+                )
+            flow = found[0]
+        elif not flow.declares(event):
+            raise SagaDefinitionError(
+                f"participant {self.service!r}, on({event.__name__}): flow {flow.name!r} does "
+                f"not declare {event.__name__}; its events are "
+                f"{', '.join(sorted(flow.events))}"
+            )
+        return self._register(event, compensation=False, flow=flow)
+
     def _register(
-        self, command: type[C], *, compensation: bool
+        self, command: type[C], *, compensation: bool, flow: Choreography | None = None
     ) -> Callable[[_HandlerT], _HandlerT]:
         if not (isinstance(command, type) and issubclass(command, BaseModel)):
             raise SagaDefinitionError(
@@ -278,6 +376,7 @@ class Participant:
                 f"command), got {command!r}"
             )
         kind = message_type(command)
+        what = "event" if flow is not None else "cmd"
 
         def register(fn: _HandlerT) -> _HandlerT:
             where = f"participant {self.service!r}, handler of {kind!r}"
@@ -291,13 +390,13 @@ class Participant:
             ]
             if not 1 <= len(params) <= 2:
                 raise SagaDefinitionError(
-                    f"{where}: write it as 'async def {fn.__name__}(cmd: {command.__name__}, "
-                    "ctx: HandlerContext)' (ctx may be left out)"
+                    f"{where}: write it as 'async def {fn.__name__}({what}: "
+                    f"{command.__name__}, ctx: HandlerContext)' (ctx may be left out)"
                 )
             if kind in self._routes:
                 raise SagaDefinitionError(
                     f"{where}: {self._routes[kind].handler.__qualname__} already handles it; "
-                    "one handler per command type"
+                    "one handler per message type"
                 )
             try:
                 returns = typing.get_type_hints(handler).get("return")
@@ -308,7 +407,12 @@ class Participant:
                     f"{where}: it is annotated to return {returns.__name__}; a handler returns "
                     "its reply (a pydantic model) or None"
                 )
-            self._routes[kind] = _Route(command, handler, len(params) == 2, compensation)
+            if flow is not None and isinstance(returns, type) and returns is not type(None):
+                raise SagaDefinitionError(
+                    f"{where}: an event handler returns None (it is annotated to return "
+                    f"{returns.__name__}); publish the next events with ctx.publish(event)"
+                )
+            self._routes[kind] = _Route(command, handler, len(params) == 2, compensation, flow)
             return fn
 
         return register
@@ -316,7 +420,12 @@ class Participant:
     @property
     def commands(self) -> Mapping[str, type[BaseModel]]:
         """The command types this participant handles, by message type name."""
-        return {kind: route.model for kind, route in self._routes.items()}
+        return {kind: r.model for kind, r in self._routes.items() if r.flow is None}
+
+    @property
+    def events(self) -> Mapping[str, type[BaseModel]]:
+        """The event types this participant reacts to (:meth:`on`), by message type name."""
+        return {kind: r.model for kind, r in self._routes.items() if r.flow is not None}
 
     # -- running -----------------------------------------------------------------------------
 
@@ -325,8 +434,9 @@ class Participant:
             raise RuntimeError(f"{self!r} is already running; enter it once")
         if not self._routes:
             raise SagaDefinitionError(
-                f"participant {self.service!r} handles no command; register handlers with "
-                "@participant.handles(Command) before starting it"
+                f"participant {self.service!r} handles no command and no event; register "
+                "handlers with @participant.handles(Command) or @participant.on(Event) before "
+                "starting it"
             )
         async with contextlib.AsyncExitStack() as stack:
             broker = self.broker
@@ -347,10 +457,25 @@ class Participant:
             tg.start_soon(self._purge_periodically)
             if self._transactional is not None:
                 tg.start_soon(self._relay_periodically, self._transactional)
-            self._subscription = await broker.subscribe(
-                self.service, self.handle_message, group=self.group, concurrency=self.concurrency
-            )
-            stack.push_async_callback(self._subscription.close)
+            if self.commands:
+                self._subscription = await broker.subscribe(
+                    self.service,
+                    self.handle_message,
+                    group=self.group,
+                    concurrency=self.concurrency,
+                )
+                stack.push_async_callback(self._subscription.close)
+            for route in self._routes.values():
+                if route.flow is None:
+                    continue
+                subscription = await broker.subscribe(
+                    route.flow.destination(route.model),
+                    self.handle_message,
+                    group=None if self._own_event_groups else self.group,
+                    concurrency=self.concurrency,
+                )
+                self._subscriptions.append(subscription)
+                stack.push_async_callback(subscription.close)
             self._stack = stack.pop_all()
         return self
 
@@ -362,6 +487,7 @@ class Participant:
     ) -> None:
         stack, self._stack = self._stack, None
         self._subscription = None
+        self._subscriptions = []
         if stack is not None:
             await stack.aclose()
 
@@ -417,10 +543,21 @@ class Participant:
                 message.envelope[:200],
             )
             return
-        if message.reply:
-            await self._broker.reply(message.destination, envelope)
-        else:
-            await self._broker.publish(message.destination, envelope)
+        # Sent later than it was written (by the relay, or by a copy of its message after a
+        # crash): send it in the trace of the handler that wrote it, which its headers carry.
+        token = (
+            otel_context.attach(propagate.extract(envelope.headers))
+            if self._telemetry.tracer is not None and "traceparent" in envelope.headers
+            else None
+        )
+        try:
+            if message.reply:
+                await self._broker.reply(message.destination, envelope)
+            else:
+                await self._broker.publish(message.destination, envelope)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
 
     # -- handling ----------------------------------------------------------------------------
 
@@ -470,7 +607,7 @@ class Participant:
                 envelope.type,
             )
             return record
-        ctx = self._context(envelope)
+        ctx = self._context(envelope, flow=route.flow)
         try:
             reply = await self._call_handler(route, command, envelope, ctx)
         except DecodeError:
@@ -513,7 +650,7 @@ class Participant:
                 key = envelope.headers.get(HEADER_IDEMPOTENCY_KEY)
                 if route.compensation and key:
                     await tx.add(command_id(key), _record(_LATE_REFUSAL))
-                ctx = self._context(envelope, tx.connection)
+                ctx = self._context(envelope, tx.connection, route.flow)
                 try:
                     async with tx.savepoint():
                         reply = await self._call_handler(route, command, envelope, ctx)
@@ -526,7 +663,10 @@ class Participant:
                 except Exception as exc:
                     failure = exc
                     raise _RollBack from None
-                outbox = [(OutboxMessage(d, e.encode()), d, e) for d, e in ctx._events]
+                events = ctx._events
+                if events and self._telemetry.tracer is not None:
+                    events = [(d, _traced(e)) for d, e in events]
+                outbox = [(OutboxMessage(d, e.encode()), d, e) for d, e in events]
                 if envelope.reply_to:
                     answer = envelope.reply(reply, id=envelope.id + "#reply")
                     outbox.append(
@@ -624,7 +764,9 @@ class Participant:
         key = compensation.headers[HEADER_IDEMPOTENCY_KEY]
         await self._inbox.put(self.service, command_id(key), _record(_LATE_REFUSAL))
 
-    def _context(self, envelope: Envelope, transaction: Any = None) -> HandlerContext:
+    def _context(
+        self, envelope: Envelope, transaction: Any = None, flow: Choreography | None = None
+    ) -> HandlerContext:
         return HandlerContext(
             service=self.service,
             message_id=envelope.id,
@@ -633,6 +775,7 @@ class Participant:
             step=envelope.headers.get(HEADER_STEP),
             headers=envelope.headers,
             transaction=transaction,
+            _flow=flow,
         )
 
     async def _call_handler(
@@ -645,6 +788,16 @@ class Participant:
                     route.handler(command, ctx) if route.wants_context else route.handler(command)
                 )
         except BusinessError as exc:
+            if route.flow is not None:
+                logger.warning(
+                    "%s: the handler of event %s (message %s) raised BusinessError (%s); in a "
+                    "choreography a refusal is an event: publish it with ctx.publish(...). The "
+                    "event is taken as handled and nothing was published",
+                    self.service,
+                    envelope.type,
+                    envelope.id,
+                    exc.message,
+                )
             return Refused(reason=exc.message, details=exc.details)
         if result is not None and not isinstance(result, BaseModel):
             raise TypeError(
@@ -699,6 +852,14 @@ class Participant:
         attributes = {"saga.id": envelope.correlation_id or "", "messaging.message.id": envelope.id}
         with self._telemetry.span(f"handle {envelope.type}", attributes):
             yield
+
+
+def _traced(envelope: Envelope) -> Envelope:
+    """*envelope* carrying the current trace context, so that it is sent in this trace even
+    when the outbox relay sends it later, outside the handler."""
+    headers = dict(envelope.headers)
+    propagate.inject(headers)
+    return envelope.model_copy(update={"headers": headers})
 
 
 def _record(reply: BaseModel) -> InboxRecord:

@@ -682,11 +682,11 @@ class ChoreographyObserver:
                 EntryKind.STEP_FAILED, at=now, step=step, attempt=1, failure=failure, owner=source
             )
         ]
-        keeps_failure = record.failure is not None or status in (
-            SagaStatus.COMPLETED,
-            SagaStatus.FAILED,
-            SagaStatus.RESOLVED,
-        )
+        # A step's failure says best why the saga turned back: it replaces one taken from
+        # the ending event (heard first), but not another step's, nor a deadline mark's.
+        keeps_failure = (
+            record.failure is not None and record.failure.step is not None
+        ) or status in (SagaStatus.COMPLETED, SagaStatus.FAILED, SagaStatus.RESOLVED)
         if status is SagaStatus.RUNNING:
             entries.append(LogEntry(EntryKind.SAGA_COMPENSATING, at=now, owner=source))
             return SagaUpdate(

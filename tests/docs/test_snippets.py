@@ -100,6 +100,7 @@ class TestTheDocsAreCovered:
             "operating",
             "postgres_log",  # run by tests/stores/test_postgres.py (it needs PostgreSQL)
             "outbox",  # run by tests/participants/test_outbox.py (it needs PostgreSQL)
+            "choreography",  # run by tests/choreography/test_snippet.py
             "testing_kit",  # run under pytest by tests/testing_kit/test_docs_snippet.py
         }
     )

@@ -71,8 +71,10 @@ async def test_purchase_completes(kit: BrokerKit, suffix: str) -> None:
     log = InMemorySagaLog()
     async with kit.make() as broker, running(purchase, broker, log):
         saga_id = await purchase.flow.start(broker, order(1), source="orders")
-        record = await wait_until_ended(log, saga_id)
-        history = await wait_history(log, saga_id, 4)
+        await wait_until_ended(log, saga_id)
+        history = await wait_history(log, saga_id, 4)  # every event heard
+        record = await log.get(saga_id)
+    assert record is not None
     assert record.status is SagaStatus.COMPLETED
     assert record.name == purchase.flow.name
     assert record.failure is None
@@ -102,8 +104,10 @@ async def test_declined_payment_releases_the_stock_and_ends_compensated(
     log = InMemorySagaLog()
     async with kit.make() as broker, running(purchase, broker, log):
         saga_id = await purchase.flow.start(broker, order(2, amount=10_000))
-        record = await wait_until_ended(log, saga_id)
-        history = await wait_history(log, saga_id, 6)
+        await wait_until_ended(log, saga_id)
+        history = await wait_history(log, saga_id, 6)  # every event heard
+        record = await log.get(saga_id)
+    assert record is not None
     assert record.status is SagaStatus.COMPENSATED
     assert record.steps["reserve_stock"].status is StepStatus.COMPENSATED
     assert record.steps["charge_payment"].status is StepStatus.FAILED
@@ -132,8 +136,10 @@ async def test_no_stock_ends_compensated_without_reserving(suffix: str) -> None:
     log = InMemorySagaLog()
     async with MemoryBroker() as broker, running(purchase, broker, log):
         saga_id = await purchase.flow.start(broker, order(3, qty=5_000))
-        record = await wait_until_ended(log, saga_id)
-        history = await wait_history(log, saga_id, 3)
+        await wait_until_ended(log, saga_id)
+        history = await wait_history(log, saga_id, 4)  # every event heard
+        record = await log.get(saga_id)
+    assert record is not None
     assert record.status is SagaStatus.COMPENSATED
     assert record.steps["reserve_stock"].status is StepStatus.FAILED
     assert "charge_payment" not in record.steps

@@ -43,6 +43,7 @@ from .errors import ConcurrencyError, DecodeError, LeaseLost, SagaDefinitionErro
 from .messaging import Envelope, message_type
 from .models import (
     ACTIVE_STATUSES,
+    OBSERVER_PREFIX,
     EntryKind,
     Failure,
     LogEntry,
@@ -382,10 +383,6 @@ def _said(meaning: _Meaning) -> str:
             meaning.kind
         ]
     return f"step {meaning.step!r} {meaning.kind}="
-
-
-OBSERVER_PREFIX = "pysaga.choreography:"
-"""Before the flow's name, the owner every observer of a flow writes the log as."""
 
 
 class ChoreographyObserver:

@@ -56,6 +56,9 @@ _TERMINAL = frozenset(
     {SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED, SagaStatus.RESOLVED}
 )
 ACTIVE_STATUSES: tuple[SagaStatus, ...] = (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
+OBSERVER_PREFIX = "pysaga.choreography:"
+"""How a choreographed saga's owner starts in the log: ``"pysaga.choreography:<flow>"``, the
+observer that records it. No orchestrator drives such a saga."""
 
 
 class StepStatus(enum.StrEnum):

@@ -44,6 +44,8 @@ from .errors import (
     SagaNotRegisteredError,
 )
 from .models import (
+    ACTIVE_STATUSES,
+    OBSERVER_PREFIX,
     EntryKind,
     LogEntry,
     SagaOutcome,
@@ -294,11 +296,19 @@ class Orchestrator:
             except Exception:
                 logger.exception("orchestrator %s: lease upkeep failed; will retry", self.owner)
 
+    async def _observed(self, name: str) -> bool:
+        """Whether the unfinished sagas named *name* are choreographed ones, which a
+        :class:`~pysaga.ChoreographyObserver` records and no orchestrator drives."""
+        found = await self._log.list(name=name, statuses=ACTIVE_STATUSES, limit=1)
+        return bool(found) and (found[0].owner or "").startswith(OBSERVER_PREFIX)
+
     async def _report_unknown(self) -> None:
         known = {(s.name, s.version) for s in self._sagas.values()}
         unknown = await self._log.active_kinds() - known
         for name, version in sorted(unknown):
             if (name, version) not in self._unknown:
+                if await self._observed(name):
+                    continue  # a choreography's observer keeps these: nothing to run here
                 registered = self._sagas.get(name)
                 hint = (
                     f"this orchestrator runs version {registered.version}"

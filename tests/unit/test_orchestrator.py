@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,16 +16,19 @@ from pydantic import BaseModel, ValidationError
 from pysaga import (
     BusinessError,
     EntryKind,
+    LogEntry,
     Orchestrator,
     Retry,
     Saga,
     SagaNotFoundError,
     SagaNotRegisteredError,
+    SagaRecord,
     SagaStatus,
     StepContext,
     StepError,
     StepStatus,
 )
+from pysaga.models import OBSERVER_PREFIX
 from tests.conftest import LogFactory
 
 pytestmark = pytest.mark.anyio
@@ -544,6 +548,31 @@ class TestBadInput:
             assert record.revision == before.revision
         assert "stranger" in caplog.text
         assert "left untouched" in caplog.text
+
+    async def test_choreographed_sagas_in_the_log_are_not_reported(
+        self, log_factory: LogFactory, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """An unfinished saga a choreography's observer records is nobody's to run: sharing
+        the log with it is not worth a warning."""
+        now = time.time()
+        async with log_factory() as log:
+            await log.create(
+                SagaRecord(
+                    saga_id="c-1",
+                    name="purchase",
+                    version=1,
+                    status=SagaStatus.RUNNING,
+                    data="{}",
+                    owner=OBSERVER_PREFIX + "purchase",
+                    lease_expires_at=math.inf,
+                    created_at=now,
+                    updated_at=now,
+                ),
+                [LogEntry(EntryKind.SAGA_STARTED, at=now, owner=OBSERVER_PREFIX + "purchase")],
+            )
+        async with Orchestrator(sagas=[trip_saga(Ledger())], log=log_factory()) as orch:
+            assert orch.unknown_sagas == {("purchase", 1)}
+        assert "holds unfinished sagas" not in caplog.text
 
 
 async def _noop(trip: Trip) -> None:

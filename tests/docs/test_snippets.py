@@ -87,6 +87,7 @@ class TestTheDocsAreCovered:
         {
             "first_saga",
             "testing_saga",
+            "going_distributed",  # run as processes by tests/docs/test_going_distributed.py
             "place_order",
             "step_kinds",
             "recovery",

@@ -1,0 +1,86 @@
+"""The "From one process to many" tutorial's program runs as the page says: a stock and a
+payments service and an orchestrator, each a process of its own, on RabbitMQ and PostgreSQL,
+and a fourth process that places three orders prints what the page shows. (Killing
+orchestrators mid-run is what tests/scale proves.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from tests.docs.test_snippets import pasted_output
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+SNIPPETS = ROOT / "docs" / "snippets"
+
+
+@pytest.fixture
+async def database(postgres_dsn: str) -> AsyncIterator[str]:
+    """A database of this test's own, dropped afterwards."""
+    name = f"pysaga_tutorial_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        yield urlunsplit(urlsplit(postgres_dsn)._replace(path=f"/{name}"))
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+def run(role: str, broker: str, database: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "going_distributed.py", role, broker, database],
+        cwd=SNIPPETS,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
+@contextmanager
+def serving(role: str, broker: str, database: str) -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen(
+        [sys.executable, "going_distributed.py", role, broker, database],
+        cwd=SNIPPETS,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == f"{role} ready"
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+async def test_the_orders_end_as_the_page_says(amqp_url: str, database: str) -> None:
+    run("setup", amqp_url, database)
+    with (
+        serving("stock", amqp_url, database),
+        serving("payments", amqp_url, database),
+        serving("orchestrator", amqp_url, database),
+    ):
+        placed = run("place", amqp_url, database)
+    assert placed.stdout == pasted_output("going_distributed")
+    conn = await asyncpg.connect(database)
+    try:
+        levels = await conn.fetchval("SELECT qty FROM levels WHERE sku = 'book'")
+        charges = await conn.fetchval("SELECT count(*) FROM charges")
+    finally:
+        await conn.close()
+    assert (levels, charges) == (1, 1)  # order 1 took two books and was charged; 2 was undone

@@ -1,42 +1,48 @@
-"""The shop demo: place a batch of orders as sagas, then check the books.
+"""The shop demo: place a batch of orders, watch them settle, then check the books.
 
 Run it from the repository's root::
 
-    python -m examples.ecommerce [--orders 20] [--seed 7] [--data-dir DIR]
+    python -m examples.ecommerce [--style choreographed|orchestrated] [--orders 20] [--seed 7]
 
-Every order runs as a ``place-order`` saga on the embedded default (a SQLite saga log), all at
-the same time, so some of them race for the last lamps. Some run out of stock, some are
-declined, a few payments hit a gateway hiccup and are retried. Then the demo prints what
-became of each order, the stock and the accounts, and checks that the books balance. It exits
-with status 1 if they do not.
+Every service runs in this one process, on an in-memory broker, each with its own SQLite
+file. The orders are placed all at once through the application layer, so some of them race
+for the last lamps; some run out of stock, some are declined. The demo then prints what
+became of each order (from the saga log), what the read model answers, a consistency check
+across the services' books, and the trace of one rejected order. It exits with status 1 if
+the books do not balance.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import tempfile
-import time
+from collections import Counter
 from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
-
-from pysaga import SagaStatus
 
 from .shop import (
     CATALOG,
     CUSTOMERS,
     DATA_FILES,
     Audit,
-    Receipt,
     Shop,
     audit,
-    make_orders,
-    outcome_counts,
-    place_orders,
+    make_baskets,
+    open_shop,
+    outcome,
 )
+from .traces import InMemoryTracing, trace_tree
+
+if TYPE_CHECKING:
+    from pysaga import SagaRecord
+
+    from .app import Style
 
 __all__ = ("main",)
 
@@ -47,50 +53,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m examples.ecommerce",
         description="Place a batch of shop orders as sagas, then check that the books balance.",
     )
+    parser.add_argument(
+        "--style",
+        choices=("choreographed", "orchestrated"),
+        default="choreographed",
+        help="run the place-order saga as events between the services (default) or with an "
+        "orchestrator sending them commands",
+    )
     parser.add_argument("--orders", type=int, default=20, metavar="N", help="orders to place")
     parser.add_argument("--seed", type=int, default=7, help="makes the batch reproducible")
     parser.add_argument(
         "--data-dir",
         type=Path,
         metavar="DIR",
-        help="where the services and the saga log keep their files (emptied of them first; "
-        "default: a temporary directory, removed at the end)",
+        help="where the services, the saga log and the read model keep their files (emptied "
+        "of them first; default: a temporary directory, removed at the end)",
     )
     args = parser.parse_args(argv)
     if args.orders < 1:
         parser.error("--orders must be at least 1")
-
     with contextlib.ExitStack() as stack:
         if args.data_dir is None:
             data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pysaga-shop-")))
         else:
             data_dir = args.data_dir
             _remove_data_files(data_dir)
-        return anyio.run(_demo, data_dir, args.orders, args.seed)
+        return anyio.run(_demo, data_dir, args.style, args.orders, args.seed)
 
 
-async def _demo(data_dir: Path, count: int, seed: int) -> int:
-    orders = make_orders(count, seed=seed)
-    with Shop(data_dir, seed=seed) as shop:
-        await shop.open_for_business()
-        print(f"Placing {count} orders (seed {seed}) on the saga log {shop.saga_log}\n")
-        started = time.perf_counter()
-        receipts, unfinished = await place_orders(shop, orders)
-        elapsed = time.perf_counter() - started
-
-        _print_receipts(receipts)
-        counts = outcome_counts(receipts)
-        retried = sum(1 for r in receipts if r.payment_retries)
-        summary = ", ".join(f"{n} {kind}" for kind, n in counts.most_common())
-        print(f"\n{count} orders in {elapsed:.2f} s: {summary}")
-        print(f"{retried} payments were retried after a gateway hiccup\n")
-        _print_books(shop)
-        books = audit(shop, receipts, unfinished)
+async def _demo(data_dir: Path, style: Style, count: int, seed: int) -> int:
+    try:
+        tracing: InMemoryTracing | None = InMemoryTracing()
+    except ImportError:
+        tracing = None
+    baskets = make_baskets(count, seed=seed)
+    async with open_shop(
+        data_dir, style=style, tracing=tracing.provider if tracing else None
+    ) as shop:
+        print(f"Placing {count} orders ({style}, seed {seed})")
+        for basket in baskets:  # each returns at once: the sagas run side by side
+            await shop.app.place_order(basket.customer_id, basket.lines, order_id=basket.order_id)
+        sagas = await shop.wait_until_settled([b.order_id for b in baskets], progress=_progress)
+        print()
+        _print_orders(shop, sagas)
+        _print_queries(shop)
+        books = audit(shop, sagas)
         _print_consistency(shop, books)
+        # A declined order shows the compensation (the stock released) in its trace.
+        undone = sorted(sagas, key=lambda o: (outcome(sagas[o]) != "declined", o))
+        if tracing is not None and outcome(sagas[undone[0]]) != "completed":
+            print(f"\nThe trace of {undone[0]} ({outcome(sagas[undone[0]])}):")
+            for line in trace_tree(tracing.spans(), undone[0]):
+                print(f"  {line}")
     return 0 if books.ok else 1
 
 
-# -- printing ----------------------------------------------------------------------------------
+def _progress(settled: int, total: int) -> None:
+    """Show how many orders have settled, on one line (only on a terminal)."""
+    if sys.stdout.isatty():
+        print(f"\r  {settled}/{total} orders settled", end="", flush=True)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], numeric: set[int]) -> str:
@@ -107,45 +128,28 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], numeric: se
     return "\n".join(lines)
 
 
-def _reason(receipt: Receipt) -> str:
-    outcome = receipt.outcome
-    if outcome.status is SagaStatus.COMPLETED:
-        if receipt.payment_retries:
-            return f"paid at attempt {receipt.payment_retries + 1}, after a gateway hiccup"
-        return ""
-    if outcome.failure is None:
-        return ""
-    return outcome.failure.message if outcome.failure.business else str(outcome.failure)
+def _print_orders(shop: Shop, sagas: dict[str, SagaRecord]) -> None:
+    rows = []
+    for view in shop.app.list_orders():
+        record = sagas[view.order_id]
+        reason = record.failure.message if record.failure else ""
+        items = ", ".join(f"{q}x {sku}" if q > 1 else sku for sku, q in view.items.items())
+        rows.append((view.order_id, view.customer_id, items, view.amount, outcome(record), reason))
+    print(_table(("order", "customer", "items", "amount", "outcome", "reason"), rows, {3}))
+    counts = Counter(outcome(record) for record in sagas.values())
+    summary = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+    print(f"\n{len(sagas)} orders: {summary}")
 
 
-def _print_receipts(receipts: Sequence[Receipt]) -> None:
-    rows = [
-        (
-            r.order.order_id,
-            r.order.customer_id,
-            r.order.describe_items(),
-            r.order.amount,
-            r.outcome.status.value,
-            _reason(r),
-        )
-        for r in receipts
-    ]
-    headers = ("order", "customer", "items", "amount", "status", "reason")
-    print(_table(headers, rows, numeric={3}))
-
-
-def _print_books(shop: Shop) -> None:
-    left, sold = shop.stock.levels(), shop.orders.sold()
-    stock_rows = [(sku, units, sold[sku], left[sku]) for sku, (_, units) in CATALOG.items()]
-    print(_table(("article", "opening", "sold", "left"), stock_rows, numeric={1, 2, 3}))
-    print()
-    balances, spent = shop.payments.balances(), shop.orders.revenue()
-    account_rows = [
-        (customer, opening, spent.get(customer, Decimal("0.00")), balances[customer])
-        for customer, opening in CUSTOMERS.items()
-    ]
-    print(_table(("customer", "opening", "spent", "balance"), account_rows, numeric={1, 2, 3}))
-    print()
+def _print_queries(shop: Shop) -> None:
+    app = shop.app
+    print("\nThe read model answers:")
+    first = app.list_orders()[0]
+    print(f"  get_order({first.order_id!r}): {first.status}, {first.amount} by {first.customer_id}")
+    for status in ("completed", "rejected", "pending"):
+        print(f"  list_orders(status={status!r}): {len(app.list_orders(status))} orders")
+    levels = ", ".join(f"{sku} {n}" for sku, n in app.stock_levels().items())
+    print(f"  stock_levels(): {levels}")
 
 
 def _print_consistency(shop: Shop, books: Audit) -> None:
@@ -156,7 +160,7 @@ def _print_consistency(shop: Shop, books: Audit) -> None:
     revenue = sum(shop.orders.revenue().values(), Decimal("0.00"))
     pending = shop.orders.statuses()["pending"]
     print(
-        f"consistency: {'OK' if books.ok else 'FAILED'}:"
+        f"\nconsistency: {'OK' if books.ok else 'FAILED'}:"
         f" stock {opening_units} = {left} left + {sold} sold{_wrong(books.stock)};"
         f" money {opening_money} = {balances} in accounts + {revenue} revenue"
         f"{_wrong(books.money)};"

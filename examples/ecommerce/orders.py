@@ -1,134 +1,180 @@
-"""The order service: orders and their status, and the customer's confirmation messages.
+"""The order service: orders and their status, ``pending``, then ``completed`` or ``rejected``.
 
-Like every service of the shop, it is idempotent by a key the caller passes (see the
-package's docstring for why that is what a saga needs from its participants).
+It owns its data (its own SQLite file) and talks to the other services only through
+messages: :func:`order_participant` makes its :class:`~pysaga.Participant` for both styles.
+A status only moves forward (a pending order completes or is rejected, once), so a repeated
+message finds its change already made. Every change is also published as an
+:class:`~.messages.OrderUpdated` for the read model.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import TYPE_CHECKING
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from pysaga import HandlerContext, Participant
 
 from .database import Database, from_cents, to_cents
+from .flows import purchase
+from .messages import (
+    UPDATES,
+    CompleteOrder,
+    CreateOrder,
+    Order,
+    OrderCompleted,
+    OrderRejected,
+    OrderUpdated,
+    PaymentCompleted,
+    RejectOrder,
+    StockNotAvailable,
+    StockReleased,
+)
 
 if TYPE_CHECKING:
     import sqlite3
-    from decimal import Decimal
     from pathlib import Path
 
-    from .models import Order
+    from pysaga import Broker
 
-__all__ = ("OrderService",)
+__all__ = ("OrderService", "order_participant")
 
 
 class OrderService:
-    """Orders and their status: ``pending``, then ``confirmed`` or ``cancelled``.
-
-    The order id is this service's idempotency key: an order is created once, and each change
-    of status is a guarded transition, which a repeated call finds already made. Confirmation
-    messages go to an outbox under the caller's key.
-    """
+    """Orders and their status."""
 
     SCHEMA = """
         CREATE TABLE IF NOT EXISTS orders (
             order_id     TEXT PRIMARY KEY,
             customer_id  TEXT NOT NULL,
-            lines        TEXT NOT NULL,  -- JSON: {sku: qty}
+            items        TEXT NOT NULL,  -- JSON: {sku: qty}
             amount_cents INTEGER NOT NULL,
-            status       TEXT NOT NULL,  -- 'pending', 'confirmed' or 'cancelled'
-            payment_id   TEXT
-        );
-        CREATE TABLE IF NOT EXISTS outbox (
-            key      TEXT PRIMARY KEY,
-            order_id TEXT NOT NULL,
-            message  TEXT NOT NULL
+            status       TEXT NOT NULL,  -- 'pending', 'completed' or 'rejected'
+            reason       TEXT NOT NULL DEFAULT '',
+            placed       TEXT NOT NULL   -- JSON: the order as placed
         );
     """
 
     def __init__(self, path: Path) -> None:
         self.db = Database(path, self.SCHEMA)
 
-    async def create(self, order: Order) -> None:
-        """Record the order as ``pending`` (once: creating it again changes nothing)."""
-        await self.db.transaction(lambda conn: self._upsert(conn, order, "pending"))
+    async def create(self, order: Order) -> OrderUpdated:
+        """Record *order* as pending (once: creating it again changes nothing)."""
+        return await self.db.transaction(lambda conn: _settle(conn, order, "pending", ""))
 
-    async def cancel(self, order: Order) -> None:
-        """Cancel a pending order; record it as cancelled if it was never created."""
-        await self.db.transaction(lambda conn: self._upsert(conn, order, "cancelled"))
+    async def complete(self, order_id: str) -> OrderUpdated:
+        """Complete a pending order."""
+        return await self.db.transaction(lambda conn: _settle(conn, order_id, "completed", ""))
 
-    async def confirm(self, order_id: str, payment_id: str) -> None:
-        """Confirm a pending order, paid by *payment_id*."""
+    async def reject(self, order: Order | str, reason: str) -> OrderUpdated:
+        """Reject a pending order (given whole, an order never created is recorded rejected)."""
+        return await self.db.transaction(lambda conn: _settle(conn, order, "rejected", reason))
 
-        def confirm(conn: sqlite3.Connection) -> None:
-            found = conn.execute(
-                "SELECT status FROM orders WHERE order_id = ?", (order_id,)
-            ).fetchone()
-            status = found[0] if found else "missing"
-            if status == "pending":
-                conn.execute(
-                    "UPDATE orders SET status = 'confirmed', payment_id = ? WHERE order_id = ?",
-                    (payment_id, order_id),
-                )
-            elif status != "confirmed":
-                raise RuntimeError(f"order {order_id} is {status}; it cannot be confirmed")
-
-        await self.db.transaction(confirm)
-
-    async def send_confirmation(self, order: Order, *, key: str) -> None:
-        """Queue the confirmation message for the customer (once per key)."""
-        message = f"Dear {order.customer_id}, your order {order.order_id} is confirmed."
-
-        def queue(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO outbox (key, order_id, message) VALUES (?, ?, ?) "
-                "ON CONFLICT (key) DO NOTHING",
-                (key, order.order_id, message),
-            )
-
-        await self.db.transaction(queue)
-
-    @staticmethod
-    def _upsert(conn: sqlite3.Connection, order: Order, status: str) -> None:
-        # Insert the order, or move a *pending* one to *status*; nothing else ever changes.
-        conn.execute(
-            "INSERT INTO orders (order_id, customer_id, lines, amount_cents, status) "
-            "VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (order_id) DO UPDATE SET status = excluded.status "
-            "WHERE status = 'pending'",
-            (
-                order.order_id,
-                order.customer_id,
-                json.dumps({line.sku: line.qty for line in order.lines}),
-                to_cents(order.amount),
-                status,
-            ),
-        )
+    def pending(self) -> list[Order]:
+        """Orders still pending (their sagas have not ended), oldest first."""
+        rows = self.db.query("SELECT placed FROM orders WHERE status = 'pending' ORDER BY rowid")
+        return [Order.model_validate_json(placed) for (placed,) in rows]
 
     def statuses(self) -> Counter[str]:
         """How many orders are in each status."""
         return Counter(dict(self.db.query("SELECT status, count(*) FROM orders GROUP BY 1")))
 
-    def sold(self) -> Counter[str]:
-        """Units in confirmed orders, by article."""
-        sold = Counter[str]()
-        for (lines,) in self.db.query("SELECT lines FROM orders WHERE status = 'confirmed'"):
-            sold.update(json.loads(lines))
-        return sold
-
-    def confirmed(self) -> set[str]:
-        """The ids of confirmed orders."""
-        rows = self.db.query("SELECT order_id FROM orders WHERE status = 'confirmed'")
+    def by_status(self, status: str) -> set[str]:
+        """The ids of the orders in *status*."""
+        rows = self.db.query("SELECT order_id FROM orders WHERE status = ?", status)
         return {order_id for (order_id,) in rows}
 
+    def sold(self) -> Counter[str]:
+        """Units in completed orders, by article."""
+        sold = Counter[str]()
+        for (items,) in self.db.query("SELECT items FROM orders WHERE status = 'completed'"):
+            sold.update(json.loads(items))
+        return sold
+
     def revenue(self) -> dict[str, Decimal]:
-        """The amounts of confirmed orders, by customer."""
+        """The amounts of completed orders, by customer."""
         rows = self.db.query(
-            "SELECT customer_id, sum(amount_cents) FROM orders WHERE status = 'confirmed' "
+            "SELECT customer_id, sum(amount_cents) FROM orders WHERE status = 'completed' "
             "GROUP BY customer_id"
         )
         return {customer: from_cents(cents) for customer, cents in rows}
 
-    def confirmations(self) -> Counter[str]:
-        """Confirmation messages queued, by order."""
-        return Counter(dict(self.db.query("SELECT order_id, count(*) FROM outbox GROUP BY 1")))
+
+def _settle(conn: sqlite3.Connection, order: Order | str, status: str, reason: str) -> OrderUpdated:
+    """Move the order to *status* if it is pending (or record it, given whole); return it as
+    it is now. Nothing else ever changes, so a repeated call returns the same update."""
+    if isinstance(order, Order):
+        conn.execute(
+            "INSERT INTO orders (order_id, customer_id, items, amount_cents, status, reason, "
+            "placed) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (order_id) DO NOTHING",
+            (
+                order.order_id,
+                order.customer_id,
+                json.dumps(order.items),
+                to_cents(order.amount),
+                status,
+                reason,
+                order.model_dump_json(),
+            ),
+        )
+        order_id = order.order_id
+    else:
+        order_id = order
+    conn.execute(
+        "UPDATE orders SET status = ?, reason = ? WHERE order_id = ? AND status = 'pending'",
+        (status, reason, order_id),
+    )
+    row = conn.execute(
+        "SELECT customer_id, items, amount_cents, status, reason FROM orders WHERE order_id = ?",
+        (order_id,),
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"order {order_id} is unknown to the order service")
+    customer_id, items, cents, now, why = row
+    return OrderUpdated(
+        order_id=order_id,
+        customer_id=customer_id,
+        items=json.loads(items),
+        amount=from_cents(cents),
+        status=now,
+        reason=why,
+    )
+
+
+def order_participant(orders: OrderService, *, broker: str | Broker, **options: Any) -> Participant:
+    """The order service on the broker, for both styles of the flow."""
+    service = Participant("orders", broker=broker, flows=[purchase], **options)
+
+    # -- orchestrated: commands from the place-order saga ------------------------------------
+
+    @service.handles(CreateOrder)
+    async def create(cmd: CreateOrder, ctx: HandlerContext) -> None:
+        await ctx.publish(UPDATES, await orders.create(cmd.order))
+
+    @service.compensates(RejectOrder)
+    async def reject(cmd: RejectOrder, ctx: HandlerContext) -> None:
+        await ctx.publish(UPDATES, await orders.reject(cmd.order, "the saga was compensated"))
+
+    @service.handles(CompleteOrder)
+    async def complete(cmd: CompleteOrder, ctx: HandlerContext) -> None:
+        await ctx.publish(UPDATES, await orders.complete(cmd.order.order_id))
+
+    # -- choreographed: the order service ends the flow --------------------------------------
+
+    @service.on(PaymentCompleted)
+    async def on_payment_completed(event: PaymentCompleted, ctx: HandlerContext) -> None:
+        await ctx.publish(UPDATES, await orders.complete(event.order_id))
+        await ctx.publish(OrderCompleted(order_id=event.order_id))
+
+    @service.on(StockNotAvailable)
+    async def on_stock_not_available(event: StockNotAvailable, ctx: HandlerContext) -> None:
+        await ctx.publish(UPDATES, await orders.reject(event.order_id, event.reason))
+        await ctx.publish(OrderRejected(order_id=event.order_id, reason=event.reason))
+
+    @service.on(StockReleased)
+    async def on_stock_released(event: StockReleased, ctx: HandlerContext) -> None:
+        await ctx.publish(UPDATES, await orders.reject(event.order_id, event.reason))
+        await ctx.publish(OrderRejected(order_id=event.order_id, reason=event.reason))
+
+    return service

@@ -1,43 +1,53 @@
-"""The shop as a whole: its opening state, a batch of orders, and the books checked at the end.
+"""The shop in one process: every service, the saga's coordinator or observer, the projection
+and the application layer, on one in-memory broker and the embedded default (SQLite files).
 
-:func:`place_orders` runs every order of a batch as a ``place-order`` saga, all at once, on a
-saga log in the shop's data directory. :func:`audit` then checks the services' own records
-against each other, which is what the saga pattern promises: whatever happened to each order,
-nothing is left half done.
+:func:`open_shop` runs it all; :func:`audit` then checks the services' books against each
+other and against the read model, which is what the saga pattern promises: whatever happened
+to each order, nothing is left half done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
-from pysaga import EntryKind, Orchestrator, SagaOutcome, SagaStatus
+import anyio
 
-from .models import Order, OrderLine
-from .orders import OrderService
-from .payments import PaymentService
-from .saga import build_place_order
-from .stock import StockService
+from pysaga import ChoreographyObserver, Envelope, Orchestrator, SagaStatus
+from pysaga.brokers.memory import MemoryBroker
+
+from .app import ShopApp, Style
+from .flows import place_order, purchase
+from .messages import UPDATES, OrderLine
+from .orders import OrderService, order_participant
+from .payments import PaymentService, payment_participant
+from .read_model import Projection, ReadModel
+from .stock import StockService, stock_participant
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-    from types import TracebackType
+    from collections.abc import AsyncIterator, Callable, Sequence
+    from pathlib import Path
+
+    from opentelemetry.trace import TracerProvider
+
+    from pysaga import SagaLog, SagaRecord
 
 __all__ = (
     "CATALOG",
     "CUSTOMERS",
     "DATA_FILES",
     "Audit",
-    "Receipt",
+    "Basket",
     "Shop",
     "audit",
-    "make_orders",
-    "outcome_counts",
-    "place_orders",
+    "make_baskets",
+    "open_shop",
+    "outcome",
 )
 
 CATALOG: dict[str, tuple[Decimal, int]] = {
@@ -53,118 +63,185 @@ CUSTOMERS: dict[str, Decimal] = {
     "alice": Decimal("1000.00"),
     "bob": Decimal("150.00"),
     "carol": Decimal("60.00"),
-    "dave": Decimal("10.00"),  # little left on the account: most of his orders are declined
+    "dave": Decimal("10.00"),  # little on the account: most of his orders are declined
 }
 
-DATA_FILES = ("sagas.db", "orders.db", "stock.db", "payments.db")
+DATA_FILES = ("sagas.db", "orders.db", "stock.db", "payments.db", "read-model.db")
 """The files a shop keeps in its data directory (SQLite adds ``-wal`` and ``-shm`` files)."""
 
 
-def make_orders(count: int, *, seed: int) -> list[Order]:
+@dataclass(frozen=True)
+class Basket:
+    """One order to place: who, and what."""
+
+    order_id: str
+    customer_id: str
+    lines: tuple[OrderLine, ...]
+
+
+def make_baskets(count: int, *, seed: int) -> list[Basket]:
     """*count* reproducible orders of one to three articles each, by random customers."""
     rng = random.Random(seed)
-    orders = []
+    baskets = []
     for number in range(1, count + 1):
         skus = sorted(rng.sample(sorted(CATALOG), k=rng.choice((1, 1, 2, 3))))
         lines = tuple(
             OrderLine(sku=sku, qty=rng.choice((1, 1, 1, 2, 3)), unit_price=CATALOG[sku][0])
             for sku in skus
         )
-        customer_id = rng.choice(sorted(CUSTOMERS))
-        orders.append(Order(order_id=f"o-{number:03d}", customer_id=customer_id, lines=lines))
-    return orders
+        baskets.append(Basket(f"o-{number:04d}", rng.choice(sorted(CUSTOMERS)), lines))
+    return baskets
 
 
+@dataclass
 class Shop:
-    """The three services, each with its own database file in *data_dir*.
+    """Everything :func:`open_shop` runs, for the demo and its checks."""
+
+    app: ShopApp
+    orders: OrderService
+    stock: StockService
+    payments: PaymentService
+    read_model: ReadModel
+    log: SagaLog
+    broker: MemoryBroker
+
+    async def wait_until_settled(
+        self,
+        order_ids: Sequence[str],
+        *,
+        progress: Callable[[int, int], object] | None = None,
+        within: float = 60.0,
+    ) -> dict[str, SagaRecord]:
+        """Wait until every order's saga has ended in the saga log and the read model shows
+        every order's end; return the sagas' records by order id.
+
+        Raises:
+            TimeoutError: not *within* so many seconds.
+        """
+        ended: dict[str, SagaRecord] = {}
+        with anyio.fail_after(within):
+            while True:
+                for order_id in order_ids:
+                    if order_id not in ended:
+                        record = await self.log.get(order_id)
+                        if record is not None and record.status.is_terminal:
+                            ended[order_id] = record
+                if progress is not None:
+                    progress(len(ended), len(order_ids))
+                if len(ended) == len(order_ids) and self._read_model_caught_up():
+                    return ended
+                await anyio.sleep(0.02)
+
+    def _read_model_caught_up(self) -> bool:
+        statuses = Counter(view.status for view in self.read_model.orders())
+        return (
+            statuses == self.orders.statuses()
+            and self.read_model.stock_levels() == self.stock.levels()
+        )
+
+
+@contextlib.asynccontextmanager
+async def open_shop(
+    data_dir: Path,
+    *,
+    style: Style = "choreographed",
+    hub: str | None = None,
+    tracing: Callable[[str], TracerProvider] | None = None,
+) -> AsyncIterator[Shop]:
+    """Open the shop in *data_dir*: fill the shelves, open the accounts, start every service.
 
     Args:
-        data_dir: Where the services (and the saga log) keep their files.
-        hiccup_rate: The share of payments whose first attempt fails for a technical reason.
-        seed: Makes the hiccups reproducible.
+        data_dir: Where each service, the saga log and the read model keep their files.
+        style: How the place-order saga runs.
+        hub: The name of the in-memory broker to run on (default: a new one); a test passes
+            its world's, to inject faults. Each component connects to it on its own, as
+            separate processes would.
+        tracing: Gives each component its tracer provider, by name (default: the global one).
     """
+    await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
+    saga_log = f"sqlite:///{(data_dir / 'sagas.db').as_posix()}"
+    orders = OrderService(data_dir / "orders.db")
+    stock = StockService(data_dir / "stock.db")
+    payments = PaymentService(data_dir / "payments.db")
+    read_model = ReadModel(data_dir / "read-model.db")
 
-    def __init__(self, data_dir: Path, *, hiccup_rate: float = 0.15, seed: int = 0) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir = data_dir
-        self.orders = OrderService(data_dir / "orders.db")
-        self.stock = StockService(data_dir / "stock.db")
-        self.payments = PaymentService(data_dir / "payments.db", hiccup_rate=hiccup_rate, seed=seed)
+    def traced(name: str) -> TracerProvider | None:
+        return None if tracing is None else tracing(name)
 
-    @property
-    def saga_log(self) -> str:
-        """The saga log's URL: the embedded default, SQLite, next to the services' files."""
-        return f"sqlite:///{(self.data_dir / 'sagas.db').as_posix()}"
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            hub = hub or f"shop-{uuid.uuid4().hex[:8]}"
 
-    async def open_for_business(self) -> None:
-        """Fill the shelves and open the customers' accounts."""
-        await self.stock.restock({sku: units for sku, (_, units) in CATALOG.items()})
-        await self.payments.open_accounts(CUSTOMERS)
+            async def connect(name: str) -> MemoryBroker:
+                """A connection of component *name* to the broker."""
+                return await stack.enter_async_context(
+                    MemoryBroker(hub, tracer_provider=traced(name))
+                )
 
-    def close(self) -> None:
-        for service in (self.orders, self.stock, self.payments):
-            service.db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-@dataclass(frozen=True)
-class Receipt:
-    """What became of one order: the saga's outcome, and how often the payment was retried."""
-
-    order: Order
-    outcome: SagaOutcome[Order]
-    payment_retries: int = 0
-
-    @property
-    def kind(self) -> str:
-        """``completed``, ``out of stock``, ``declined`` or the saga's status otherwise."""
-        failure = self.outcome.failure
-        if self.outcome.status is SagaStatus.COMPENSATED and failure is not None:
-            if failure.step == "reserve_stock":
-                return "out of stock"
-            if failure.step == "take_payment" and failure.business:
-                return "declined"
-        return self.outcome.status.value
-
-
-async def place_orders(shop: Shop, orders: Sequence[Order]) -> tuple[list[Receipt], int]:
-    """Run every order as a ``place-order`` saga, all at the same time.
-
-    Returns:
-        A receipt per order, in the orders' order, and the number of sagas the log still holds
-        as unfinished afterwards (zero, unless something went wrong).
-    """
-    place_order = build_place_order(shop.orders, shop.stock, shop.payments)
-    async with Orchestrator(sagas=[place_order], log=shop.saga_log) as orchestrator:
-        # start() records the saga and returns at once, so all the orders run concurrently.
-        # The order id doubles as the saga id: placing the same order twice is refused.
-        for order in orders:
-            await orchestrator.start(place_order, order, saga_id=order.order_id)
-        receipts = []
-        for order in orders:
-            outcome = await orchestrator.wait(order.order_id)
-            # The saga's history tells how many attempts the payment took.
-            history = await orchestrator.history(order.order_id)
-            attempts = sum(
-                1 for e in history if e.kind is EntryKind.STEP_STARTED and e.step == "take_payment"
+            broker = await connect("orders")  # the application layer's, in the order service
+            # The read side first, so that it hears every update from the first one on.
+            await stack.enter_async_context(Projection(read_model, await connect("read-model")))
+            for level in await stock.restock({sku: units for sku, (_, units) in CATALOG.items()}):
+                envelope = Envelope.of(level, id=f"restock-{level.sku}-{level.version}")
+                await broker.publish(UPDATES, envelope)
+            await payments.open_accounts(CUSTOMERS)
+            for participant in (
+                order_participant(
+                    orders, broker=await connect("orders"), tracer_provider=traced("orders")
+                ),
+                stock_participant(
+                    stock, broker=await connect("stock"), tracer_provider=traced("stock")
+                ),
+                payment_participant(
+                    payments, broker=await connect("payments"), tracer_provider=traced("payments")
+                ),
+            ):
+                await stack.enter_async_context(participant)
+            orchestrator = None
+            if style == "orchestrated":
+                orchestrator = Orchestrator(
+                    sagas=[place_order],
+                    log=saga_log,
+                    broker=await connect("orchestrator"),
+                    tracer_provider=traced("orchestrator"),
+                )
+                await stack.enter_async_context(orchestrator)
+                log = orchestrator.log
+            else:
+                observer = ChoreographyObserver(
+                    purchase,
+                    log=saga_log,
+                    broker=await connect("observer"),
+                    tracer_provider=traced("observer"),
+                )
+                await stack.enter_async_context(observer)
+                log = observer.log
+            app = ShopApp(
+                style=style,
+                broker=broker,
+                read_model=read_model,
+                orders=orders,
+                orchestrator=orchestrator,
             )
-            receipts.append(Receipt(order, outcome, payment_retries=max(0, attempts - 1)))
-        unfinished = [
-            record
-            for status in (SagaStatus.RUNNING, SagaStatus.COMPENSATING)
-            for record in await orchestrator.log.list(status=status)
-        ]
-    return receipts, len(unfinished)
+            if style == "choreographed":
+                await app.resend_pending()
+            yield Shop(app, orders, stock, payments, read_model, log, broker)
+    finally:
+        for db in (orders.db, stock.db, payments.db, read_model.db):
+            db.close()
+
+
+def outcome(record: SagaRecord) -> str:
+    """How an order ended, from its saga's record: ``completed``, ``out of stock``,
+    ``declined``, or the saga's status otherwise. The same in both styles: a choreographed
+    saga is recorded with the same statuses and step names as an orchestrated one."""
+    failure = record.failure
+    if record.status is SagaStatus.COMPENSATED and failure is not None:
+        if failure.step == "reserve_stock":
+            return "out of stock"
+        if failure.step == "charge_payment":
+            return "declined"
+    return record.status.value
 
 
 @dataclass
@@ -180,60 +257,50 @@ class Audit:
         return not (self.stock or self.money or self.pending)
 
 
-def audit(shop: Shop, receipts: Sequence[Receipt], unfinished_sagas: int) -> Audit:
+def audit(shop: Shop, sagas: dict[str, SagaRecord]) -> Audit:
     """Check that nothing was lost, made up, or left half done.
 
     * stock is conserved: for every article, units at opening = units on the shelf + units in
-      confirmed orders, and exactly those units are still held by reservations;
-    * money is conserved: for every customer, balance at opening = balance now + confirmed
-      orders, and exactly that much was captured by the payment service;
-    * nothing is pending: no order is pending, every saga has ended, a saga completed exactly
-      when its order was confirmed, and each confirmed order got one confirmation message.
+      completed orders, and exactly those units are still held by reservations;
+    * money is conserved: for every customer, balance at opening = balance now + completed
+      orders, and exactly that much was taken by the payment service;
+    * nothing is pending: no order is pending, every saga ended, a saga completed exactly when
+      its order did, and the read model says what the services say.
     """
     found = Audit()
-
     on_shelf, held, sold = shop.stock.levels(), shop.stock.held(), shop.orders.sold()
     for sku, (_, units) in CATALOG.items():
         if units != on_shelf[sku] + sold[sku]:
             found.stock.append(
-                f"{sku}: {units} at opening, but {on_shelf[sku]} on the shelf + {sold[sku]} sold"
+                f"{sku}: {units} at opening, {on_shelf[sku]} left + {sold[sku]} sold"
             )
         if held[sku] != sold[sku]:
             found.stock.append(f"{sku}: {held[sku]} units held, but {sold[sku]} sold")
 
-    balances, captured, spent = (
+    balances, taken, spent = (
         shop.payments.balances(),
         shop.payments.captured(),
         shop.orders.revenue(),
     )
-    for customer, balance in CUSTOMERS.items():
+    for customer, opening in CUSTOMERS.items():
         paid = spent.get(customer, Decimal("0.00"))
-        if balance != balances[customer] + paid:
-            found.money.append(
-                f"{customer}: {balance} at opening, but {balances[customer]} left + {paid} spent"
-            )
-        if captured.get(customer, Decimal("0.00")) != paid:
-            found.money.append(
-                f"{customer}: {captured.get(customer)} captured, but orders worth {paid}"
-            )
+        if opening != balances[customer] + paid:
+            found.money.append(f"{customer}: {opening} at opening, {balances[customer]} + {paid}")
+        if taken.get(customer, Decimal("0.00")) != paid:
+            found.money.append(f"{customer}: {taken.get(customer)} taken, orders worth {paid}")
 
-    pending = shop.orders.statuses()["pending"]
-    if pending:
-        found.pending.append(f"{pending} orders are still pending")
-    if unfinished_sagas:
-        found.pending.append(f"{unfinished_sagas} sagas are unfinished")
-    completed = {r.order.order_id for r in receipts if r.outcome.status is SagaStatus.COMPLETED}
-    confirmed = shop.orders.confirmed()
-    if completed != confirmed:
-        found.pending.append(
-            f"sagas and orders disagree about {sorted(completed ^ confirmed)}: completed "
-            "sagas must be exactly the confirmed orders"
-        )
-    if shop.orders.confirmations() != Counter(dict.fromkeys(confirmed, 1)):
-        found.pending.append("confirmed orders and confirmation messages do not match 1 for 1")
+    statuses = shop.orders.statuses()
+    if statuses["pending"]:
+        found.pending.append(f"{statuses['pending']} orders are still pending")
+    unfinished = [order_id for order_id, r in sagas.items() if not r.status.is_terminal]
+    if unfinished:
+        found.pending.append(f"sagas not ended: {sorted(unfinished)}")
+    completed = {o for o, r in sagas.items() if r.status is SagaStatus.COMPLETED}
+    if completed != shop.orders.by_status("completed"):
+        found.pending.append("completed sagas and completed orders differ")
+    views = {view.order_id: view.status for view in shop.read_model.orders()}
+    if views != {o: s for s in statuses for o in shop.orders.by_status(s)}:
+        found.pending.append("the read model's orders differ from the order service's")
+    if shop.read_model.stock_levels() != on_shelf:
+        found.pending.append("the read model's stock levels differ from the stock service's")
     return found
-
-
-def outcome_counts(receipts: Sequence[Receipt]) -> Counter[str]:
-    """How many orders ended each way."""
-    return Counter(receipt.kind for receipt in receipts)

@@ -1,12 +1,11 @@
-"""The shop: a ``place-order`` saga over an order, a stock and a payment service.
+"""The shop: the place-order flow over an order, a stock and a payment service, in both styles.
 
 Run it with ``make demo`` (or ``python -m examples.ecommerce --help``).
 
-In a real shop each service is a separate process behind a network; here each is a small
-in-process class with its own SQLite file, so that the demo needs nothing but Python. The
-services know nothing about sagas, but they do what a saga needs from every participant:
-**each operation is idempotent by a key the caller passes.** The saga passes its step's
-``ctx.idempotency_key``, which stays the same when a step is retried or re-run after a crash,
-and which the step's compensation receives too. So a repeated call has no second effect, and
-a compensation finds exactly the effect it has to undo, or learns that there is none.
+Each service owns its data (its own SQLite file) and talks to the others only through
+messages, as a :class:`~pysaga.Participant` on the broker. The same flow runs choreographed
+(the services react to each other's events; an observer records each saga in the saga log)
+or orchestrated (a saga of remote steps), see ``flows.py``. Commands go through the saga;
+queries read a read model kept by a projection (``app.py``, ``read_model.py``). Every
+operation is keyed by the order id, so a message handled again has no second effect.
 """

@@ -19,6 +19,8 @@ from pysaga.brokers.memory import MemoryBroker
 STYLES = ("choreographed", "orchestrated")
 SUMMARY = re.compile(r"^(\d+) orders: (.*)$", re.MULTILINE)
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def summary_counts(output: str) -> Counter[str]:
     """The outcome counts in the summary line: ``20 orders: 10 completed, ...``."""
@@ -135,3 +137,26 @@ async def test_a_choreographed_saga_is_recorded_as_an_orchestrated_one(tmp_path:
         (SagaStatus.COMPENSATED, "charge_payment"),
     }
     assert kinds["choreographed"].keys() == kinds["orchestrated"].keys()
+
+
+def test_the_trace_on_the_tracing_page_is_the_demos(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The shop's trace pasted in the tracing guide is the one the demo prints: the same spans
+    at the same depths (siblings may come in another order from run to run)."""
+    assert main(["--data-dir", str(tmp_path / "shop")]) == 0
+    out = capsys.readouterr().out
+    printed = out[out.index("The trace of o-0005 (declined):") :].split("\n\n")[0]
+    page = (ROOT / "docs" / "guides" / "tracing-metrics.md").read_text(encoding="utf-8")
+    pasted = page.split("<!-- shop-trace -->\n", 1)[1].split("```", 2)[1].split("\n", 1)[1]
+
+    def spans(text: str) -> Counter[tuple[int, str]]:
+        found: Counter[tuple[int, str]] = Counter()
+        for line in text.splitlines():
+            match = re.match(r"^([ │├└─]*)((?:send|process|handle) .+)$", line.strip("\n"))
+            if match:
+                found[(len(match.group(1).lstrip(" ")) // 3, match.group(2).strip())] += 1
+        return found
+
+    assert spans(pasted) == spans(printed)
+    assert sum(spans(pasted).values()) > 20

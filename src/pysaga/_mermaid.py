@@ -7,6 +7,7 @@ import itertools
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .choreography import Choreography
     from .definition import Saga, Step
     from .models import SagaRecord
 
@@ -141,4 +142,65 @@ def mark_progress(chart: str, saga: Saga[Any], record: SagaRecord) -> str:
         nodes = [node for node, mark in marks.items() if mark == name]
         if nodes:
             lines.append(f"    class {','.join(nodes)} {name}")
+    return "\n".join(lines) + "\n"
+
+
+def choreography_to_mermaid(flow: Choreography) -> str:
+    """Return a choreographed *flow* as a mermaid ``flowchart LR`` of its events.
+
+    The declaration orders the steps, so the happy path runs from the starting event through
+    each step's ``done`` event to the completing one; a step's ``failed`` event turns back
+    through the ``compensated`` events of the steps done before it, latest first, to the
+    compensating end.
+    """
+    from .messaging import message_type
+
+    ids: dict[str, str] = {}
+    lines = ["flowchart LR"]
+
+    def node(model: Any, shape: str = "box") -> str:
+        kind = message_type(model)
+        if kind not in ids:
+            ids[kind] = f"e{len(ids)}"
+            label = kind.replace('"', "'")
+            text = {"start": f'(["{label}"])', "end": f'(["{label}"])'}.get(shape, f'["{label}"]')
+            lines.append(f"    {ids[kind]}{text}")
+        return ids[kind]
+
+    def edge(a: str, b: str, label: str | None = None) -> None:
+        lines.append(f"    {a} -->|{label}| {b}" if label else f"    {a} --> {b}")
+
+    frontier = [node(flow.starts, "start")]
+    undo: list[str] = []  # compensated events of the steps done so far, latest last
+    back_edges: list[tuple[str, str]] = []
+    for step, events in flow.steps.items():
+        done = [node(m) for m in events.done]
+        failed = [node(m) for m in events.failed]
+        for source in frontier:
+            for target in done:
+                edge(source, target, step)
+            for target in failed:
+                edge(source, target, f"{step} failed")
+        back_edges.extend((f, undo[-1]) if undo else (f, "") for f in failed)
+        compensated = [node(m) for m in events.compensated]
+        if compensated:
+            if undo:
+                for c in compensated:
+                    edge(c, undo[-1])
+            undo.append(compensated[0])
+        frontier = done or frontier
+    ends_completed = [node(m, "end") for m in flow.completes]
+    for source in frontier:
+        for target in ends_completed:
+            edge(source, target)
+    ends_compensated = [node(m, "end") for m in flow.compensates]
+    # a failure goes back through the compensations of the steps done before it, then ends
+    first_undo = undo[0] if undo else None
+    for failed_event, latest_undo in back_edges:
+        targets = [latest_undo] if latest_undo else ends_compensated
+        for target in targets:
+            lines.append(f"    {failed_event} -.-> {target}")
+    if first_undo is not None:
+        for target in ends_compensated:
+            lines.append(f"    {first_undo} -.-> {target}")
     return "\n".join(lines) + "\n"

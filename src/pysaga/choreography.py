@@ -300,6 +300,15 @@ class Choreography:
         """Every event type of the flow, by message type name."""
         return {kind: meaning.model for kind, meaning in self._meanings.items()}
 
+    def to_mermaid(self) -> str:
+        """The flow as a mermaid flowchart of its events: the happy path from the starting
+        event through each step's ``done`` event to the completing one, each step's ``failed``
+        event, and (dotted) the way back through the ``compensated`` events to the
+        compensating end. Paste it into a markdown ```` ```mermaid ```` block."""
+        from ._mermaid import choreography_to_mermaid
+
+        return choreography_to_mermaid(self)
+
     def declares(self, event: type[BaseModel]) -> bool:
         """Whether *event* is one of this flow's event types."""
         known = self._meanings.get(message_type(event))

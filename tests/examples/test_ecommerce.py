@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
+import anyio
 import pytest
 from examples.ecommerce.__main__ import main
+from examples.ecommerce.flows import DEADLINE
 from examples.ecommerce.messages import OrderLine
 from examples.ecommerce.shop import CATALOG, CUSTOMERS, audit, open_shop, outcome
 
@@ -160,3 +163,44 @@ def test_the_trace_on_the_tracing_page_is_the_demos(
 
     assert spans(pasted) == spans(printed)
     assert sum(spans(pasted).values()) > 20
+
+
+@pytest.mark.anyio
+async def test_a_lost_event_ends_in_the_deadline_mark_not_silence(tmp_path: Path) -> None:
+    """A choreographed order whose payment event is lost on the way (to every service that
+    listens for it) is not forgotten: once its deadline passed, the observer marks its saga
+    FAILED, naming the last event it heard, for an operator. The other orders are unharmed."""
+    from pysaga import _clock
+
+    hub = "shop-lost-event"
+    async with MemoryBroker(hub) as broker, open_shop(tmp_path, hub=hub) as shop:
+        customer = sorted(CUSTOMERS)[0]
+        line = [OrderLine(sku="book", qty=1, unit_price=CATALOG["book"][0])]
+        healthy = await shop.app.place_order(customer, line)
+        await shop.wait_until_settled([healthy])
+        broker.faults.drop(
+            lambda _, envelope: envelope is not None and envelope.type == "PaymentCompleted",
+            times=100,
+        )
+        lost = await shop.app.place_order(customer, line)
+        with anyio.fail_after(10):
+            while (record := await shop.log.get(lost)) is None or not any(
+                e.kind is EntryKind.STEP_SUCCEEDED and e.step == "reserve_stock"
+                for e in await shop.log.history(lost)
+            ):
+                await anyio.sleep(0.05)  # noqa: ASYNC110 - polling the log others write
+        assert record.status is SagaStatus.RUNNING  # silence: no payment event came
+        previous = _clock.set_source(lambda: time.time() + DEADLINE + 1)
+        try:
+            with anyio.fail_after(20):  # the observer looks every few seconds
+                while (record := await shop.log.get(lost)) is None or not record.status.is_terminal:
+                    await anyio.sleep(0.1)  # noqa: ASYNC110 - polling the log others write
+        finally:
+            _clock.set_source(previous)
+        assert record.status is SagaStatus.FAILED
+        assert record.failure is not None
+        assert record.failure.type == "DeadlineExceeded"
+        assert "StockReserved" in record.failure.message
+        ended = await shop.log.get(healthy)
+        assert ended is not None
+        assert ended.status is SagaStatus.COMPLETED

@@ -4,6 +4,9 @@ Run it from the repository's root::
 
     python -m examples.ecommerce [--style choreographed|orchestrated] [--orders 20] [--seed 7]
 
+(``python -m examples.ecommerce serve|place|query ...`` runs it as separate processes
+instead: see ``distributed.py``.)
+
 Every service runs in this one process, on an in-memory broker, each with its own SQLite
 file. The orders are placed all at once through the application layer, so some of them race
 for the last lamps; some run out of stock, some are declined. The demo then prints what
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from . import distributed
 from .shop import (
     CATALOG,
     CUSTOMERS,
@@ -46,12 +50,24 @@ if TYPE_CHECKING:
 
 __all__ = ("main",)
 
+DISTRIBUTED = ("serve", "place", "query")
+"""The subcommands that run the shop as separate processes."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo; return the exit status (0 when the books balance)."""
+    """Run the demo; return the exit status (0 when the books balance).
+
+    ``serve``, ``place`` and ``query`` run the shop as separate processes instead (see
+    ``distributed.py``).
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DISTRIBUTED:
+        return distributed.main(argv)
     parser = argparse.ArgumentParser(
         prog="python -m examples.ecommerce",
         description="Place a batch of shop orders as sagas, then check that the books balance.",
+        epilog="Run it as separate processes on a real broker with 'serve', 'place' and "
+        "'query' (see 'python -m examples.ecommerce serve --help').",
     )
     parser.add_argument(
         "--style",

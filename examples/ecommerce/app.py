@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .orders import OrderService
     from .read_model import OrderView, ReadModel
 
-__all__ = ("ShopApp", "Style")
+__all__ = ("ShopApp", "Style", "take_order")
 
 Style = Literal["orchestrated", "choreographed"]
 
@@ -95,11 +95,7 @@ class ShopApp:
         (:meth:`resend_pending` after a crash in between) publishes the same messages, which
         the receivers' inboxes drop.
         """
-        update = await self._orders.create(order)
-        await self._broker.publish(UPDATES, Envelope.of(update, id=f"{order.order_id}#placed"))
-        await purchase.start(
-            self._broker, OrderCreated(order=order), saga_id=order.order_id, source="orders"
-        )
+        await take_order(self._broker, self._orders, order)
 
     async def resend_pending(self) -> int:
         """Choreographed: publish again the first event of every pending order (a crash may
@@ -124,3 +120,17 @@ class ShopApp:
     def stock_levels(self) -> dict[str, int]:
         """Units on the shelf, by article."""
         return self._read_model.stock_levels()
+
+
+async def take_order(broker: Broker, orders: OrderService, order: Order) -> None:
+    """Choreographed: the order service takes *order*. It records it as pending, publishes
+    the update for the read model, then the flow's first event (``OrderCreated``).
+
+    Both messages have ids made from the order id, so taking the same order again (a retried
+    request, or a resend after a crash in between) publishes the same messages, which the
+    receivers' inboxes drop. :class:`ShopApp` calls this in one process; the order service
+    does when it runs as a process of its own (``distributed.py``).
+    """
+    update = await orders.create(order)
+    await broker.publish(UPDATES, Envelope.of(update, id=f"{order.order_id}#placed"))
+    await purchase.start(broker, OrderCreated(order=order), saga_id=order.order_id, source="orders")

@@ -45,6 +45,7 @@ __all__ = (
     "Basket",
     "Shop",
     "audit",
+    "audit_books",
     "make_baskets",
     "open_shop",
     "outcome",
@@ -258,7 +259,19 @@ class Audit:
 
 
 def audit(shop: Shop, sagas: dict[str, SagaRecord]) -> Audit:
-    """Check that nothing was lost, made up, or left half done.
+    """Check the books of *shop* (see :func:`audit_books`)."""
+    return audit_books(shop.orders, shop.stock, shop.payments, shop.read_model, sagas)
+
+
+def audit_books(
+    orders: OrderService,
+    stock: StockService,
+    payments: PaymentService,
+    read_model: ReadModel,
+    sagas: dict[str, SagaRecord],
+) -> Audit:
+    """Check that nothing was lost, made up, or left half done, wherever the services ran
+    (in one process, or each in its own: the distributed run's test opens their files).
 
     * stock is conserved: for every article, units at opening = units on the shelf + units in
       completed orders, and exactly those units are still held by reservations;
@@ -268,7 +281,7 @@ def audit(shop: Shop, sagas: dict[str, SagaRecord]) -> Audit:
       its order did, and the read model says what the services say.
     """
     found = Audit()
-    on_shelf, held, sold = shop.stock.levels(), shop.stock.held(), shop.orders.sold()
+    on_shelf, held, sold = stock.levels(), stock.held(), orders.sold()
     for sku, (_, units) in CATALOG.items():
         if units != on_shelf[sku] + sold[sku]:
             found.stock.append(
@@ -278,9 +291,9 @@ def audit(shop: Shop, sagas: dict[str, SagaRecord]) -> Audit:
             found.stock.append(f"{sku}: {held[sku]} units held, but {sold[sku]} sold")
 
     balances, taken, spent = (
-        shop.payments.balances(),
-        shop.payments.captured(),
-        shop.orders.revenue(),
+        payments.balances(),
+        payments.captured(),
+        orders.revenue(),
     )
     for customer, opening in CUSTOMERS.items():
         paid = spent.get(customer, Decimal("0.00"))
@@ -289,18 +302,18 @@ def audit(shop: Shop, sagas: dict[str, SagaRecord]) -> Audit:
         if taken.get(customer, Decimal("0.00")) != paid:
             found.money.append(f"{customer}: {taken.get(customer)} taken, orders worth {paid}")
 
-    statuses = shop.orders.statuses()
+    statuses = orders.statuses()
     if statuses["pending"]:
         found.pending.append(f"{statuses['pending']} orders are still pending")
     unfinished = [order_id for order_id, r in sagas.items() if not r.status.is_terminal]
     if unfinished:
         found.pending.append(f"sagas not ended: {sorted(unfinished)}")
     completed = {o for o, r in sagas.items() if r.status is SagaStatus.COMPLETED}
-    if completed != shop.orders.by_status("completed"):
+    if completed != orders.by_status("completed"):
         found.pending.append("completed sagas and completed orders differ")
-    views = {view.order_id: view.status for view in shop.read_model.orders()}
-    if views != {o: s for s in statuses for o in shop.orders.by_status(s)}:
+    views = {view.order_id: view.status for view in read_model.orders()}
+    if views != {o: s for s in statuses for o in orders.by_status(s)}:
         found.pending.append("the read model's orders differ from the order service's")
-    if shop.read_model.stock_levels() != on_shelf:
+    if read_model.stock_levels() != on_shelf:
         found.pending.append("the read model's stock levels differ from the stock service's")
     return found

@@ -1,0 +1,258 @@
+"""The shop as separate processes: each service, the saga's coordinator or observer, and the
+projection, on a real broker, with PostgreSQL behind the inboxes and the saga log.
+
+    python -m examples.ecommerce serve PART --broker URL --db URL --data-dir DIR [--style S]
+    python -m examples.ecommerce place --broker URL [--orders N] [--seed N]
+    python -m examples.ecommerce query --data-dir DIR [--status S]
+
+``PART`` is one of ``orders``, ``stock``, ``payment``, ``orchestrator`` (orchestrated style),
+``observer`` (choreographed style) and ``read-model``. Each part is the same code as in one
+process (``shop.py``); what changes is where things live:
+
+* **messages** go through the broker (``amqp://...`` or ``kafka://...``);
+* **each service's inbox** (and so its outbox: the events it publishes) is a PostgreSQL
+  schema of its own, named after it (``?schema=orders``, ``stock``, ``payments``); the
+  observer's is ``observer``; the saga log, which the orchestrator and the observer write,
+  is ``sagas``;
+* **each service's data** stays in its own SQLite file in ``--data-dir``, as in one process.
+  The service classes are then the very ones the demo runs, unchanged; their operations are
+  keyed by the order id, so a message handled again after a crash (the data committed, the
+  inbox not yet) has no second effect. (A service could instead keep its tables in its
+  PostgreSQL schema and write them through ``ctx.transaction``, in the inbox's transaction:
+  see the "From one process to many" tutorial.)
+
+Orders come in on :data:`PLACE`: ``place`` publishes them there, and the shop's front takes
+each one, the order service in the choreographed style, the orchestrator in the orchestrated
+one. ``query`` reads the read model's file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import secrets
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import anyio
+
+from pysaga import ChoreographyObserver, ConcurrencyError, Envelope, Orchestrator
+from pysaga.brokers import from_url
+
+from .app import take_order
+from .flows import PlaceOrder, place_order, purchase
+from .messages import UPDATES, Order
+from .orders import OrderService, order_participant
+from .payments import PaymentService, payment_participant
+from .read_model import Projection, ReadModel
+from .shop import CATALOG, CUSTOMERS, make_baskets
+from .stock import StockService, stock_participant
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Sequence
+
+    from pysaga import Broker
+    from pysaga.messaging import Handler
+
+    from .app import Style
+
+__all__ = ("PARTS", "PLACE", "connect", "main", "place", "query", "serve", "with_schema")
+
+PLACE = "shop.place-order"
+"""Where orders to place are sent (an :class:`~.messages.Order` each); the front takes them."""
+
+PARTS = ("orders", "stock", "payment", "orchestrator", "observer", "read-model")
+"""What ``serve`` runs, one part per process."""
+
+
+def with_schema(database: str, schema: str) -> str:
+    """*database* (a ``postgresql://`` URL) with ``?schema=`` set to *schema*."""
+    parts = urlsplit(database)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "schema"]
+    return urlunsplit(parts._replace(query=urlencode([*query, ("schema", schema)])))
+
+
+def connect(broker_url: str, prefix: str) -> Broker:
+    """The broker of *broker_url* (not yet entered); *prefix* goes before RabbitMQ's names."""
+    return from_url(broker_url, prefix=prefix) if prefix else from_url(broker_url)
+
+
+async def serve(
+    part: str, broker_url: str, database: str, data_dir: Path, style: Style, prefix: str = ""
+) -> None:
+    """Run *part* until cancelled; print ``<part> ready`` once it consumes its messages."""
+    await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
+    async with contextlib.AsyncExitStack() as stack:
+        broker: Broker = await stack.enter_async_context(connect(broker_url, prefix))
+        if part == "read-model":
+            read_model = ReadModel(data_dir / "read-model.db")
+            stack.callback(read_model.close)
+            await stack.enter_async_context(Projection(read_model, broker))
+        elif part == "orders":
+            orders = OrderService(data_dir / "orders.db")
+            stack.callback(orders.db.close)
+            inbox = with_schema(database, "orders")
+            await stack.enter_async_context(order_participant(orders, broker=broker, inbox=inbox))
+            if style == "choreographed":  # the order service is the front: it takes orders
+
+                async def take(envelope: Envelope) -> None:
+                    await take_order(broker, orders, envelope.parse(Order))
+
+                for order in orders.pending():  # taken, but maybe not announced before a crash
+                    await take_order(broker, orders, order)
+                await stack.enter_async_context(_subscribed(broker, take))
+        elif part == "stock":
+            stock = StockService(data_dir / "stock.db")
+            stack.callback(stock.db.close)
+            if not stock.levels():  # the first start: fill the shelves
+                for level in await stock.restock({sku: n for sku, (_, n) in CATALOG.items()}):
+                    envelope = Envelope.of(level, id=f"restock-{level.sku}-{level.version}")
+                    await broker.publish(UPDATES, envelope)
+            inbox = with_schema(database, "stock")
+            await stack.enter_async_context(stock_participant(stock, broker=broker, inbox=inbox))
+        elif part == "payment":
+            payments = PaymentService(data_dir / "payments.db")
+            stack.callback(payments.db.close)
+            if not payments.balances():  # the first start: open the accounts
+                await payments.open_accounts(CUSTOMERS)
+            inbox = with_schema(database, "payments")
+            await stack.enter_async_context(
+                payment_participant(payments, broker=broker, inbox=inbox)
+            )
+        elif part == "orchestrator":  # the front of the orchestrated style
+            orchestrator = await stack.enter_async_context(
+                Orchestrator(sagas=[place_order], log=with_schema(database, "sagas"), broker=broker)
+            )
+
+            async def start(envelope: Envelope) -> None:
+                order = envelope.parse(Order)
+                with contextlib.suppress(ConcurrencyError):  # started before: a redelivery
+                    await orchestrator.start(
+                        place_order, PlaceOrder(order=order), saga_id=order.order_id
+                    )
+
+            await stack.enter_async_context(_subscribed(broker, start))
+        elif part == "observer":
+            await stack.enter_async_context(
+                ChoreographyObserver(
+                    purchase,
+                    log=with_schema(database, "sagas"),
+                    broker=broker,
+                    inbox=with_schema(database, "observer"),
+                )
+            )
+        else:
+            raise ValueError(f"unknown part {part!r}; use one of {', '.join(PARTS)}")
+        print(f"{part} ready", flush=True)
+        await anyio.sleep_forever()
+
+
+@contextlib.asynccontextmanager
+async def _subscribed(broker: Broker, handler: Handler) -> AsyncIterator[None]:
+    subscription = await broker.subscribe(PLACE, handler)
+    try:
+        yield
+    finally:
+        await subscription.close()
+
+
+async def place(broker_url: str, count: int, seed: int, prefix: str = "") -> list[str]:
+    """Send *count* orders (reproducible baskets of *seed*) to the front; print their ids.
+
+    The ids are new on every run (a random prefix), so runs can follow each other."""
+    run = secrets.token_hex(3)
+    async with connect(broker_url, prefix) as broker:
+        ids = []
+        for basket in make_baskets(count, seed=seed):
+            order = Order(
+                order_id=f"{run}-{basket.order_id}",
+                customer_id=basket.customer_id,
+                lines=basket.lines,
+            )
+            await broker.publish(PLACE, Envelope.of(order, id=f"{order.order_id}#place"))
+            ids.append(order.order_id)
+            print(order.order_id, flush=True)
+    return ids
+
+
+def query(data_dir: Path, status: str | None) -> None:
+    """Print what the read model answers: orders (by status), and stock levels."""
+    read_model = ReadModel(data_dir / "read-model.db")
+    try:
+        views = read_model.orders(status)
+        counts = Counter(view.status for view in read_model.orders())
+        print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no orders yet")
+        for view in views:
+            reason = f" ({view.reason})" if view.reason else ""
+            line = f"{view.order_id}  {view.customer_id:<6} {view.amount:>8}  {view.status}"
+            print(f"  {line}{reason}")
+        levels = ", ".join(f"{sku} {n}" for sku, n in read_model.stock_levels().items())
+        print(f"stock: {levels}")
+    finally:
+        read_model.close()
+
+
+PREFIX = "(RabbitMQ) put before every exchange and queue name, so several shops share a vhost"
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run ``serve``, ``place`` or ``query``; return the exit status."""
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.ecommerce",
+        description="Run the shop as separate processes on a real broker.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serving = commands.add_parser("serve", help="run one part of the shop until stopped")
+    serving.add_argument("part", choices=PARTS)
+    serving.add_argument("--broker", required=True, help="an amqp:// or kafka:// URL")
+    serving.add_argument(
+        "--db",
+        help="a postgresql:// URL; each part uses its own schema in it (not for read-model)",
+    )
+    serving.add_argument(
+        "--data-dir", type=Path, required=True, metavar="DIR", help="where its SQLite file is"
+    )
+    serving.add_argument(
+        "--style",
+        choices=("choreographed", "orchestrated"),
+        default="choreographed",
+        help="(orders) take the orders (choreographed, default) or leave them to the "
+        "orchestrator (orchestrated)",
+    )
+    serving.add_argument("--prefix", default="", help=PREFIX)
+    placing = commands.add_parser("place", help="send orders to the shop; print their ids")
+    placing.add_argument("--broker", required=True, help="an amqp:// or kafka:// URL")
+    placing.add_argument("--orders", type=int, default=20, metavar="N", help="orders to place")
+    placing.add_argument("--seed", type=int, default=7, help="picks the baskets")
+    placing.add_argument("--prefix", default="", help=PREFIX)
+    querying = commands.add_parser("query", help="ask the read model")
+    querying.add_argument(
+        "--data-dir", type=Path, required=True, metavar="DIR", help="the read model's directory"
+    )
+    querying.add_argument(
+        "--status", choices=("pending", "completed", "rejected"), help="list these orders"
+    )
+    args = parser.parse_args(argv)
+    if getattr(args, "prefix", "") and not args.broker.startswith("amqp"):
+        parser.error("--prefix is for RabbitMQ (amqp:// URLs)")
+    if args.command == "serve":
+        if args.db is None and args.part != "read-model":
+            parser.error(f"serve {args.part} needs --db (a postgresql:// URL)")
+        with contextlib.suppress(KeyboardInterrupt):
+            anyio.run(
+                serve, args.part, args.broker, args.db or "", args.data_dir, args.style, args.prefix
+            )
+    elif args.command == "place":
+        if args.orders < 1:
+            parser.error("--orders must be at least 1")
+        anyio.run(place, args.broker, args.orders, args.seed, args.prefix)
+    else:
+        query(args.data_dir, args.status)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

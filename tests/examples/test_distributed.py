@@ -1,0 +1,182 @@
+"""The shop as separate processes, as its page's "Run it distributed" section runs it: each
+service, the observer and the projection a process of its own on RabbitMQ, with PostgreSQL
+behind the inboxes and the saga log. The stock service is killed with SIGKILL mid-run and
+started again; every saga still ends, and the books balance."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import asyncpg
+import pytest
+from examples.ecommerce.distributed import with_schema
+from examples.ecommerce.orders import OrderService
+from examples.ecommerce.payments import PaymentService
+from examples.ecommerce.read_model import ReadModel
+from examples.ecommerce.shop import audit_books
+from examples.ecommerce.stock import StockService
+
+from pysaga import SagaRecord, stores
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def database(postgres_dsn: str) -> AsyncIterator[str]:
+    """A database of this test's own (the parts make their schemas in it), dropped after."""
+    name = f"pysaga_shop_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        yield urlunsplit(urlsplit(postgres_dsn)._replace(path=f"/{name}"))
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+def shop(*args: str) -> list[str]:
+    return [sys.executable, "-m", "examples.ecommerce", *args]
+
+
+class Parts:
+    """The shop's processes, started from the repository's root like the page says."""
+
+    def __init__(self, broker: str, database: str, data_dir: Path, prefix: str, style: str) -> None:
+        self.options = [
+            "--style",
+            style,
+            "--broker",
+            broker,
+            "--db",
+            database,
+            "--data-dir",
+            str(data_dir),
+            "--prefix",
+            prefix,
+        ]
+        self.running: dict[str, subprocess.Popen[str]] = {}
+
+    def start(self, part: str) -> None:
+        process = subprocess.Popen(
+            shop("serve", part, *self.options),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.running[part] = process
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == f"{part} ready"
+
+    def kill(self, part: str) -> None:
+        process = self.running.pop(part)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def stop_all(self) -> None:
+        for part in list(self.running):
+            self.kill(part)
+
+
+@contextmanager
+def running(parts: Parts) -> Iterator[Parts]:
+    try:
+        yield parts
+    finally:
+        parts.stop_all()
+
+
+def place(broker: str, count: int, seed: int, prefix: str) -> list[str]:
+    placed = subprocess.run(
+        shop(
+            "place",
+            "--broker",
+            broker,
+            "--prefix",
+            prefix,
+            "--orders",
+            f"{count}",
+            "--seed",
+            f"{seed}",
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    ids = placed.stdout.split()
+    assert len(ids) == count
+    return ids
+
+
+async def ended(log_url: str, order_ids: list[str], *, at_least: int) -> dict[str, SagaRecord]:
+    """Wait until *at_least* of the orders' sagas ended in the saga log; return those."""
+    done: dict[str, SagaRecord] = {}
+    async with stores.from_url(log_url) as log:
+        with anyio.fail_after(90):
+            while len(done) < at_least:
+                for order_id in order_ids:
+                    if order_id not in done:
+                        record = await log.get(order_id)
+                        if record is not None and record.status.is_terminal:
+                            done[order_id] = record
+                await anyio.sleep(0.1)
+    return done
+
+
+def caught_up(read_model: ReadModel, orders: OrderService, stock: StockService) -> bool:
+    """The read model says what the services say (it follows them a moment later)."""
+    statuses = Counter(view.status for view in read_model.orders())
+    return statuses == orders.statuses() and read_model.stock_levels() == stock.levels()
+
+
+@pytest.mark.parametrize("style", ["choreographed", "orchestrated"])
+async def test_a_killed_service_comes_back_and_the_books_balance(
+    amqp_url: str, database: str, tmp_path: Path, style: str
+) -> None:
+    prefix = f"shop-{uuid.uuid4().hex[:8]}."
+    parts = Parts(amqp_url, database, tmp_path, prefix, style)
+    coordinator = "observer" if style == "choreographed" else "orchestrator"
+    log_url = with_schema(database, "sagas")
+    with running(parts):
+        # The read side first, so that it hears every update; then the services.
+        for part in ("read-model", coordinator, "stock", "payment", "orders"):
+            parts.start(part)
+        first = place(amqp_url, 50, 1, prefix)
+        await ended(log_url, first, at_least=10)
+        parts.kill("stock")  # mid-run: SIGKILL, nothing said or flushed
+        second = place(amqp_url, 50, 2, prefix)  # these wait in the stock service's queues
+        parts.start("stock")
+        sagas = await ended(log_url, first + second, at_least=100)
+
+        orders = OrderService(tmp_path / "orders.db")
+        stock = StockService(tmp_path / "stock.db")
+        payments = PaymentService(tmp_path / "payments.db")
+        read_model = ReadModel(tmp_path / "read-model.db")
+        with ExitStack() as closing:
+            for db in (orders.db, stock.db, payments.db, read_model.db):
+                closing.callback(db.close)
+            with anyio.fail_after(30):  # the read model is eventually consistent
+                while True:
+                    if caught_up(read_model, orders, stock):
+                        break
+                    await anyio.sleep(0.1)
+            books = audit_books(orders, stock, payments, read_model, sagas)
+            assert books.ok, books
+            statuses = orders.statuses()
+    assert sum(statuses.values()) == 100
+    assert statuses["completed"] > 0
+    assert statuses["rejected"] > 0

@@ -103,6 +103,7 @@ class TestTheDocsAreCovered:
             "outbox",  # run by tests/participants/test_outbox.py (it needs PostgreSQL)
             "choreography",  # run by tests/choreography/test_snippet.py
             "testing_kit",  # run under pytest by tests/testing_kit/test_docs_snippet.py
+            "shop_http",  # run against a served shop by tests/examples/test_http.py
         }
     )
 

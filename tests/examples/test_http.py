@@ -125,6 +125,26 @@ async def test_orders_are_accepted_at_once_and_settle(served: Any) -> None:
     assert after == {**before, "book": before["book"] - 2, "lamp": before["lamp"] - 1}
 
 
+async def test_concurrent_requests_race_for_the_last_lamps(served: Any) -> None:
+    """Six customers' requests for a lamp at once: exactly the two in stock are sold, the
+    other orders are rejected, and no lamp is left held or lost."""
+    shop, client, _ = served
+    ids: list[str] = []
+
+    async def buy(customer: str) -> None:
+        response = await client.post("/orders", json=order(customer, ("lamp", 1)))
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["order_id"])
+
+    async with anyio.create_task_group() as tg:
+        for customer in ("alice", "bob", "carol", "alice", "bob", "carol"):
+            tg.start_soon(buy, customer)
+    ends = [await settle(client, f"/orders/{order_id}") for order_id in ids]
+    assert sorted(end["status"] for end in ends) == ["completed"] * 2 + ["rejected"] * 4
+    assert shop.stock.levels()["lamp"] == 0
+    assert shop.orders.sold()["lamp"] == 2
+
+
 async def test_a_retried_order_id_is_one_order(served: Any) -> None:
     """The client's order id makes a retried POST the same order, charged once."""
     shop, client, _ = served

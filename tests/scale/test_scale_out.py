@@ -169,7 +169,13 @@ async def audit(dsn: str, database: str, name: str) -> Counter[str]:
     async with PostgresSagaLog.from_url(database) as log:
         counts = await log.counts(name=name)
         assert sum(counts.values()) == ORDERS
-        assert set(counts) <= {SagaStatus.COMPLETED, SagaStatus.COMPENSATED}, counts
+        if not set(counts) <= {SagaStatus.COMPLETED, SagaStatus.COMPENSATED}:
+            failed = await log.list(name=name, status=SagaStatus.FAILED, limit=5)
+            reasons = Counter(
+                str(r.failure)
+                for r in await log.list(name=name, status=SagaStatus.FAILED, limit=ORDERS)
+            )
+            pytest.fail(f"{counts}; why: {dict(reasons)}; e.g. {failed[:1]}")
         assert counts.get(SagaStatus.COMPLETED, 0) > 0
         assert counts.get(SagaStatus.COMPENSATED, 0) > 0
         records = await log.list(name=name, limit=ORDERS + 1)

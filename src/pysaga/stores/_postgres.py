@@ -228,10 +228,11 @@ def lost_connection(exc: BaseException | None) -> bool:
 
 
 async def discard(pool: asyncpg.Pool[Any], conn: Any) -> None:
-    """Drop *conn* (before it goes back to *pool*) and every idle connection of the pool:
-    after the server ended one, the others are likely gone too, and the next user of the
-    pool should meet a fresh one rather than a dead one."""
+    """Drop *conn* (before it goes back to *pool*): the server ended it, or it is stuck in an
+    operation that was cut short. Only this connection: expiring the whole pool would make
+    every connection in use close on its way back, and closing one that is stuck in an
+    operation can wait for ever; the pool's other connections are dropped the same way if
+    they turn out dead."""
+    del pool
     with contextlib.suppress(*CLIENT_ERRORS):
         conn.terminate()
-    with contextlib.suppress(*CLIENT_ERRORS):
-        await pool.expire_connections()

@@ -256,7 +256,8 @@ class PostgresInbox:
                 await discard(pool, conn)
             raise
         finally:
-            await pool.release(conn)
+            # bounded: a connection that cannot be reset in time is terminated by the pool
+            await pool.release(conn, timeout=10)
 
     @contextlib.asynccontextmanager
     async def _discard_if_lost(self, conn: Any) -> AsyncIterator[None]:

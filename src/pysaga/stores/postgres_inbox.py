@@ -32,7 +32,6 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 
 from ..errors import StoreError
 from ..protocols import InboxRecord, OutboxMessage
-from ._group_commit import GroupCommit, PendingWrite
 from ._postgres import (
     PostgresOptions,
     apply_schema,
@@ -148,7 +147,6 @@ class PostgresInbox:
             raise ValueError(f"PostgresInbox: pool_size must be at least 1, got {pool_size}")
         self._options = PostgresOptions(parse_url(dsn).dsn, check_schema_name(schema), pool_size)
         self._pool: asyncpg.Pool[Any] | None = None
-        self._deletes: GroupCommit[list[int]] = GroupCommit(self._delete_batch)
 
     @classmethod
     def from_url(cls, url: str) -> PostgresInbox:
@@ -269,15 +267,14 @@ class PostgresInbox:
             raise
 
     async def delete_outbox(self, ids: Sequence[int]) -> None:
-        if ids:
-            # Deletes of commands handled at the same time share one statement.
-            await self._deletes.submit([int(outbox_id) for outbox_id in ids])
-
-    async def _delete_batch(self, batch: list[PendingWrite[list[int]]]) -> None:
+        if not ids:
+            return
         # Without waiting for the flush to disk: a delete lost in a crash only means that the
         # relay sends those messages once more, which at-least-once delivery allows. One round
-        # trip, and no disk wait on the path of every command.
-        listed = ", ".join(str(outbox_id) for write in batch for outbox_id in write.op)
+        # trip, and no disk wait on the path of every command. Each command deletes its own
+        # (not batched with others'), so one delete stuck on a dead connection holds up only
+        # its own command, never the service.
+        listed = ", ".join(str(int(outbox_id)) for outbox_id in ids)
         with self._errors():
             await self._db.execute(
                 "BEGIN; SET LOCAL synchronous_commit TO off;"

@@ -227,12 +227,11 @@ def lost_connection(exc: BaseException | None) -> bool:
     return False
 
 
-async def discard(pool: asyncpg.Pool[Any], conn: Any) -> None:
-    """Drop *conn* (before it goes back to *pool*): the server ended it, or it is stuck in an
+def discard(conn: Any) -> None:
+    """Drop *conn* before it goes back to its pool: the server ended it, or it is stuck in an
     operation that was cut short. Only this connection: expiring the whole pool would make
     every connection in use close on its way back, and closing one that is stuck in an
     operation can wait for ever; the pool's other connections are dropped the same way if
     they turn out dead."""
-    del pool
     with contextlib.suppress(*CLIENT_ERRORS):
         conn.terminate()

@@ -251,7 +251,7 @@ class PostgresInbox:
                 await transaction.commit()
         except BaseException as exc:
             if lost_connection(exc):
-                await discard(pool, conn)
+                discard(conn)
             raise
         finally:
             # bounded: a connection that cannot be reset in time is terminated by the pool
@@ -263,7 +263,7 @@ class PostgresInbox:
             yield
         except BaseException as exc:
             if lost_connection(exc):
-                await discard(self._db, conn)
+                discard(conn)
             raise
 
     async def delete_outbox(self, ids: Sequence[int]) -> None:

@@ -9,7 +9,8 @@ instead: see ``distributed.py``.)
 
 Every service runs in this one process, on an in-memory broker, each with its own SQLite
 file. The orders are placed all at once through the application layer, so some of them race
-for the last lamps; some run out of stock, some are declined. The demo then prints what
+for the last lamps; some run out of stock, some are declined, and a few customers change
+their minds and cancel right after placing their order. The demo then prints what
 became of each order (from the saga log), what the read model answers, a consistency check
 across the services' books, and the trace of one rejected order. It exits with status 1 if
 the books do not balance.
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
     from .app import Style
 
 __all__ = ("main",)
+
+CANCEL_EVERY = 8
+"""Every eighth order is cancelled by its customer right after it is placed."""
 
 DISTRIBUTED = ("serve", "place", "query")
 """The subcommands that run the shop as separate processes."""
@@ -107,14 +111,16 @@ async def _demo(data_dir: Path, style: Style, count: int, seed: int) -> int:
         data_dir, style=style, tracing=tracing.provider if tracing else None
     ) as shop:
         print(f"Placing {count} orders ({style}, seed {seed})")
-        for basket in baskets:  # each returns at once: the sagas run side by side
+        for number, basket in enumerate(baskets, 1):  # each returns at once: sagas overlap
             await shop.app.place_order(basket.customer_id, basket.lines, order_id=basket.order_id)
+            if number % CANCEL_EVERY == 0:  # a change of mind, before the payment is taken
+                await shop.app.cancel_order(basket.order_id)
         sagas = await shop.wait_until_settled([b.order_id for b in baskets], progress=_progress)
         print()
         _print_orders(shop, sagas)
         _print_queries(shop)
-        books = audit(shop, sagas)
-        _print_consistency(shop, books)
+        books = await audit(shop, sagas)
+        await _print_consistency(shop, books)
         # A declined order shows the compensation (the stock released) in its trace.
         undone = sorted(sagas, key=lambda o: (outcome(sagas[o]) != "declined", o))
         if tracing is not None and outcome(sagas[undone[0]]) != "completed":
@@ -168,13 +174,14 @@ def _print_queries(shop: Shop) -> None:
     print(f"  stock_levels(): {levels}")
 
 
-def _print_consistency(shop: Shop, books: Audit) -> None:
+async def _print_consistency(shop: Shop, books: Audit) -> None:
     opening_units = sum(units for _, units in CATALOG.values())
-    left, sold = sum(shop.stock.levels().values()), sum(shop.orders.sold().values())
+    left = sum((await shop.stock.levels()).values())
+    sold = sum((await shop.orders.sold()).values())
     opening_money = sum(CUSTOMERS.values(), Decimal("0.00"))
-    balances = sum(shop.payments.balances().values(), Decimal("0.00"))
-    revenue = sum(shop.orders.revenue().values(), Decimal("0.00"))
-    pending = shop.orders.statuses()["pending"]
+    balances = sum((await shop.payments.balances()).values(), Decimal("0.00"))
+    revenue = sum((await shop.orders.revenue()).values(), Decimal("0.00"))
+    pending = (await shop.orders.statuses())["pending"]
     print(
         f"\nconsistency: {'OK' if books.ok else 'FAILED'}:"
         f" stock {opening_units} = {left} left + {sold} sold{_wrong(books.stock)};"

@@ -1,11 +1,13 @@
 """The application layer: the shop's commands and queries, in one object.
 
-:class:`ShopApp` is what a front end calls: the demo does, and an HTTP front would map
-``POST /orders`` to :meth:`~ShopApp.place_order` and ``GET /orders/...`` to the queries.
+:class:`ShopApp` is what a front end calls: the demo does, and the HTTP front (``http.py``)
+maps ``POST /orders`` to :meth:`~ShopApp.place_order`, ``POST /orders/{id}/cancel`` to
+:meth:`~ShopApp.cancel_order` and ``GET /orders/...`` to the queries.
 
 * **Commands** change state through the saga. :meth:`~ShopApp.place_order` returns the order
   id at once: the saga is recorded (orchestrated) or its first event published
-  (choreographed), and runs on its own from there.
+  (choreographed), and runs on its own from there. :meth:`~ShopApp.cancel_order` asks for an
+  order that is not paid yet to be called off: its saga then compensates.
 * **Queries** read the read model (see ``read_model.py``), never the services' databases.
   They answer what the projection has heard so far.
 """
@@ -15,10 +17,10 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Literal
 
-from pysaga import Envelope
+from pysaga import ConcurrencyError, Envelope, SagaStatus
 
 from .flows import PlaceOrder, place_order, purchase
-from .messages import UPDATES, Order, OrderCreated, OrderLine
+from .messages import UPDATES, CancelOrder, Order, OrderCreated, OrderLine
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -28,9 +30,46 @@ if TYPE_CHECKING:
     from .orders import OrderService
     from .read_model import OrderView, ReadModel
 
-__all__ = ("ShopApp", "Style", "take_order")
+__all__ = ("OrderIdTaken", "OrderSettled", "ShopApp", "Style", "UnknownOrder", "take_order")
 
 Style = Literal["orchestrated", "choreographed"]
+
+PAYMENTS = "payments"
+"""The payment service's name, and the destination of its commands (cancellations too)."""
+
+_ORDER_STATUS = {
+    SagaStatus.COMPLETED: "completed",
+    SagaStatus.COMPENSATED: "rejected",
+}
+"""The order's status once its orchestrated saga has ended this way."""
+
+
+class OrderIdTaken(ValueError):
+    """A different order was placed under this id before."""
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(
+            f"order id {order_id!r} is taken by a different order; place the same order to "
+            "retry it, or leave the id out to get a new one"
+        )
+        self.order_id = order_id
+
+
+class UnknownOrder(LookupError):
+    """No order was placed under this id."""
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"no order {order_id!r} was placed")
+        self.order_id = order_id
+
+
+class OrderSettled(ValueError):
+    """The order has completed or was rejected: there is nothing left to cancel."""
+
+    def __init__(self, order_id: str, status: str) -> None:
+        super().__init__(f"order {order_id!r} is {status} already: there is nothing to cancel")
+        self.order_id = order_id
+        self.status = status
 
 
 class ShopApp:
@@ -69,11 +108,12 @@ class ShopApp:
     ) -> str:
         """Place an order; return its id at once, while its saga runs.
 
-        The order id is the saga's id too: placing the same id again (a retried request) is
-        the same saga, never a second one.
+        The order id is the saga's id too: placing the same order again under its id (a
+        retried request) is the same saga, never a second one.
 
         Raises:
             pydantic.ValidationError: the order is not valid (no lines, say).
+            OrderIdTaken: a different order was placed under this id.
         """
         order = Order(
             order_id=order_id or f"o-{uuid.uuid4().hex[:12]}",
@@ -81,12 +121,55 @@ class ShopApp:
             lines=tuple(lines),
         )
         if self._orchestrator is not None:
-            await self._orchestrator.start(
-                place_order, PlaceOrder(order=order), saga_id=order.order_id
-            )
+            try:
+                await self._orchestrator.start(
+                    place_order, PlaceOrder(order=order), saga_id=order.order_id
+                )
+            except ConcurrencyError:  # a saga has this id: the same order again, or not?
+                record = await self._orchestrator.log.get(order.order_id)
+                if record is None or PlaceOrder.model_validate_json(record.data).order != order:
+                    raise OrderIdTaken(order.order_id) from None
         else:
+            placed = await self._orders.find(order.order_id)
+            if placed is not None and placed != order:
+                raise OrderIdTaken(order.order_id)
             await self._take(order)
         return order.order_id
+
+    async def cancel_order(self, order_id: str) -> None:
+        """Ask for the order to be cancelled; return at once, while that happens.
+
+        The cancellation goes to the payment service, where the charge, the point of no
+        return, happens. If it arrives first, the order is declined there and its saga
+        compensates: the order ends ``rejected``, "cancelled by the customer". If the charge
+        came first, the order completes as placed. Either way :meth:`get_order` tells, once the
+        saga has ended. Asking again changes nothing.
+
+        Raises:
+            UnknownOrder: no order was placed under this id.
+            OrderSettled: the order has completed or was rejected already.
+        """
+        status = await self._status(order_id)
+        if status is None:
+            raise UnknownOrder(order_id)
+        if status != "pending":
+            raise OrderSettled(order_id, status)
+        cancel = Envelope.of(
+            CancelOrder(order_id=order_id), id=f"{order_id}#cancel", correlation_id=order_id
+        )
+        await self._broker.publish(PAYMENTS, cancel)
+
+    async def _status(self, order_id: str) -> str | None:
+        """Where the order stands now, from the service that decides it: ``pending``,
+        ``completed``, ``rejected``, or ``None`` if no order has this id."""
+        if self._orchestrator is not None:
+            record = await self._orchestrator.log.get(order_id)
+            if record is None:
+                return None
+            if not record.status.is_terminal:
+                return "pending"
+            return _ORDER_STATUS.get(record.status, record.status.value)
+        return await self._orders.status(order_id)
 
     async def _take(self, order: Order) -> None:
         """Choreographed: record the order as pending, then publish the flow's first event.
@@ -102,7 +185,7 @@ class ShopApp:
         have come between recording one and publishing its event); return how many.
 
         The pending order is its own outbox: the order service runs this when it starts."""
-        pending = self._orders.pending()
+        pending = await self._orders.pending()
         for order in pending:
             await self._take(order)
         return len(pending)

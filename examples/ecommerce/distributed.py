@@ -1,7 +1,8 @@
 """The shop as separate processes: each service, the saga's coordinator or observer, and the
 projection, on a real broker, with PostgreSQL behind the inboxes and the saga log.
 
-    python -m examples.ecommerce serve PART --broker URL --db URL --data-dir DIR [--style S]
+    python -m examples.ecommerce serve PART --broker URL --db URL [--style S]
+    python -m examples.ecommerce serve read-model --broker URL --data-dir DIR
     python -m examples.ecommerce place --broker URL [--orders N] [--seed N]
     python -m examples.ecommerce query --data-dir DIR [--status S]
 
@@ -10,16 +11,14 @@ projection, on a real broker, with PostgreSQL behind the inboxes and the saga lo
 process (``shop.py``); what changes is where things live:
 
 * **messages** go through the broker (``amqp://...`` or ``kafka://...``);
-* **each service's inbox** (and so its outbox: the events it publishes) is a PostgreSQL
-  schema of its own, named after it (``?schema=orders``, ``stock``, ``payments``); the
-  observer's is ``observer``; the saga log, which the orchestrator and the observer write,
-  is ``sagas``;
-* **each service's data** stays in its own SQLite file in ``--data-dir``, as in one process.
-  The service classes are then the very ones the demo runs, unchanged; their operations are
-  keyed by the order id, so a message handled again after a crash (the data committed, the
-  inbox not yet) has no second effect. (A service could instead keep its tables in its
-  PostgreSQL schema and write them through ``ctx.transaction``, in the inbox's transaction:
-  see the "From one process to many" tutorial.)
+* **each service's data** is a PostgreSQL schema of its own, named after it
+  (``?schema=orders``, ``stock``, ``payments``), and so is its inbox (and outbox: the events
+  it publishes), in the same schema. Each message is then handled in one transaction: the
+  service's writes (the handlers pass their ``ctx`` on, see ``database.py``), the inbox
+  record and the events commit together or not at all, so a message handled again after a
+  crash finds its work done or not done, never half;
+* the observer's inbox is the schema ``observer``; the saga log, which the orchestrator and
+  the observer write, is ``sagas``; the read model stays a SQLite file in ``--data-dir``.
 
 Orders come in on :data:`PLACE`: ``place`` publishes them there, and the shop's front takes
 each one, the order service in the choreographed style, the orchestrator in the orchestrated
@@ -43,6 +42,7 @@ from pysaga import ChoreographyObserver, ConcurrencyError, Envelope, Orchestrato
 from pysaga.brokers import from_url
 
 from .app import take_order
+from .database import open_database
 from .flows import PlaceOrder, place_order, purchase
 from .messages import UPDATES, Order
 from .orders import OrderService, order_participant
@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from pysaga.messaging import Handler
 
     from .app import Style
+    from .database import Database
 
 __all__ = ("PARTS", "PLACE", "connect", "main", "place", "query", "serve", "with_schema")
 
@@ -81,44 +82,53 @@ def connect(broker_url: str, prefix: str) -> Broker:
 
 
 async def serve(
-    part: str, broker_url: str, database: str, data_dir: Path, style: Style, prefix: str = ""
+    part: str,
+    broker_url: str,
+    database: str,
+    data_dir: Path | None,
+    style: Style,
+    prefix: str = "",
 ) -> None:
     """Run *part* until cancelled; print ``<part> ready`` once it consumes its messages."""
-    await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
         broker: Broker = await stack.enter_async_context(connect(broker_url, prefix))
+
+        async def own_schema(service: str, tables: str) -> tuple[Database, str]:
+            """The service's schema: its tables, and the URL of its inbox there."""
+            url = with_schema(database, service)
+            return await stack.enter_async_context(open_database(url, tables)), url
+
         if part == "read-model":
+            assert data_dir is not None
+            await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
             read_model = ReadModel(data_dir / "read-model.db")
             stack.callback(read_model.close)
             await stack.enter_async_context(Projection(read_model, broker))
         elif part == "orders":
-            orders = OrderService(data_dir / "orders.db")
-            stack.callback(orders.db.close)
-            inbox = with_schema(database, "orders")
+            db, inbox = await own_schema("orders", OrderService.TABLES)
+            orders = OrderService(db)
             await stack.enter_async_context(order_participant(orders, broker=broker, inbox=inbox))
             if style == "choreographed":  # the order service is the front: it takes orders
 
                 async def take(envelope: Envelope) -> None:
                     await take_order(broker, orders, envelope.parse(Order))
 
-                for order in orders.pending():  # taken, but maybe not announced before a crash
+                for order in await orders.pending():  # taken, maybe not announced: a crash
                     await take_order(broker, orders, order)
                 await stack.enter_async_context(_subscribed(broker, take))
         elif part == "stock":
-            stock = StockService(data_dir / "stock.db")
-            stack.callback(stock.db.close)
-            if not stock.levels():  # the first start: fill the shelves
+            db, inbox = await own_schema("stock", StockService.TABLES)
+            stock = StockService(db)
+            if not await stock.levels():  # the first start: fill the shelves
                 for level in await stock.restock({sku: n for sku, (_, n) in CATALOG.items()}):
                     envelope = Envelope.of(level, id=f"restock-{level.sku}-{level.version}")
                     await broker.publish(UPDATES, envelope)
-            inbox = with_schema(database, "stock")
             await stack.enter_async_context(stock_participant(stock, broker=broker, inbox=inbox))
         elif part == "payment":
-            payments = PaymentService(data_dir / "payments.db")
-            stack.callback(payments.db.close)
-            if not payments.balances():  # the first start: open the accounts
+            db, inbox = await own_schema("payments", PaymentService.TABLES)
+            payments = PaymentService(db)
+            if not await payments.balances():  # the first start: open the accounts
                 await payments.open_accounts(CUSTOMERS)
-            inbox = with_schema(database, "payments")
             await stack.enter_async_context(
                 payment_participant(payments, broker=broker, inbox=inbox)
             )
@@ -213,7 +223,7 @@ def main(argv: Sequence[str]) -> int:
         help="a postgresql:// URL; each part uses its own schema in it (not for read-model)",
     )
     serving.add_argument(
-        "--data-dir", type=Path, required=True, metavar="DIR", help="where its SQLite file is"
+        "--data-dir", type=Path, metavar="DIR", help="(read-model) where its SQLite file is"
     )
     serving.add_argument(
         "--style",
@@ -241,6 +251,8 @@ def main(argv: Sequence[str]) -> int:
     if args.command == "serve":
         if args.db is None and args.part != "read-model":
             parser.error(f"serve {args.part} needs --db (a postgresql:// URL)")
+        if args.data_dir is None and args.part == "read-model":
+            parser.error("serve read-model needs --data-dir (where its SQLite file is)")
         with contextlib.suppress(KeyboardInterrupt):
             anyio.run(
                 serve, args.part, args.broker, args.db or "", args.data_dir, args.style, args.prefix

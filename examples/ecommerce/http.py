@@ -3,6 +3,8 @@
 * ``POST /orders`` is a **command**: it starts the place-order saga and answers ``202
   Accepted`` at once, with the order's id and a ``Location`` to follow. The saga runs on its
   own from there; the order is pending until it completes or is rejected.
+* ``POST /orders/{order_id}/cancel`` is a command too: it asks for an order that is not paid
+  yet to be called off (``202``); its saga then compensates. A paid order stays paid.
 * ``GET /orders/{order_id}``, ``GET /orders?status=...`` and ``GET /stock`` are **queries**:
   they read the read model, never the services' databases.
 
@@ -35,14 +37,13 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
-from pysaga import ConcurrencyError
-
-from .app import ShopApp, Style
+from .app import OrderIdTaken, OrderSettled, ShopApp, Style, UnknownOrder
 from .messages import OrderLine
 from .read_model import OrderView
 from .shop import CATALOG, CUSTOMERS, DATA_FILES, open_shop
 
 __all__ = (
+    "CancelAccepted",
     "LineRequest",
     "OrderAccepted",
     "OrderResponse",
@@ -107,6 +108,14 @@ class OrderAccepted(BaseModel):
 
     order_id: str = Field(examples=["o-1001"])
     status: Literal["accepted"] = "accepted"
+    href: str = Field(description="Where to query the order.", examples=["/orders/o-1001"])
+
+
+class CancelAccepted(BaseModel):
+    """The cancellation is asked for: follow ``href`` to see how the order ends."""
+
+    order_id: str = Field(examples=["o-1001"])
+    status: Literal["cancel requested"] = "cancel requested"
     href: str = Field(description="Where to query the order.", examples=["/orders/o-1001"])
 
 
@@ -188,7 +197,10 @@ def create_app(
         version="1.0",
         lifespan=lifespan,
         openapi_tags=[
-            {"name": "orders", "description": "Place orders (a command) and query them."},
+            {
+                "name": "orders",
+                "description": "Place and cancel orders (commands) and query them.",
+            },
             {"name": "stock", "description": "Stock levels, from the read model."},
         ],
     )
@@ -215,6 +227,7 @@ def create_app(
                     }
                 },
             },
+            409: {"model": Problem, "description": "A different order has this order_id."},
         },
     )
     async def place_order(
@@ -246,10 +259,8 @@ def create_app(
         ]
         try:
             order_id = await shop.place_order(body.customer_id, lines, order_id=body.order_id)
-        except ConcurrencyError:
-            # The orchestrator already runs a saga of this id: a retried request, same order.
-            assert body.order_id is not None
-            order_id = body.order_id
+        except OrderIdTaken as taken:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(taken)) from None
         # Read your own write: the read model shows the order a moment after it is placed.
         with anyio.move_on_after(SETTLE_WAIT):
             while True:
@@ -259,6 +270,38 @@ def create_app(
         href = f"/orders/{order_id}"
         response.headers["Location"] = href
         return OrderAccepted(order_id=order_id, href=href)
+
+    @api.post(
+        "/orders/{order_id}/cancel",
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=CancelAccepted,
+        tags=["orders"],
+        summary="Cancel an order",
+        responses={
+            202: {"description": "The cancellation is on its way to the payment service."},
+            404: {"model": Problem, "description": "No order has this id."},
+            409: {"model": Problem, "description": "The order has completed or was rejected."},
+        },
+    )
+    async def cancel_order(
+        order_id: Annotated[str, PathParam(description="The order's id.", examples=["o-1001"])],
+        request: Request,
+        response: Response,
+    ) -> CancelAccepted:
+        """Ask for a pending order to be cancelled, and answer at once. If the cancellation
+        reaches the payment service before the charge, the order's saga compensates and the
+        order ends ``rejected``, "cancelled by the customer"; if the charge came first, the
+        order completes. Poll ``GET /orders/{order_id}`` to see which. Asking again is the same
+        cancellation."""
+        try:
+            await shop_of(request).cancel_order(order_id)
+        except UnknownOrder as unknown:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(unknown)) from None
+        except OrderSettled as settled:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(settled)) from None
+        href = f"/orders/{order_id}"
+        response.headers["Location"] = href
+        return CancelAccepted(order_id=order_id, href=href)
 
     @api.get(
         "/orders/{order_id}",

@@ -160,6 +160,17 @@ class CompleteOrder(BaseModel):
     order: Order
 
 
+# -- a customer's cancellation, in both styles ------------------------------------------------
+
+
+class CancelOrder(BaseModel):
+    """Cancel the order if it is not paid yet. Sent to the payment service, where the charge
+    (the point of no return) happens: a cancelled order is then declined, and its saga
+    compensates as for any refusal; an order already paid stays paid."""
+
+    order_id: str
+
+
 # -- updates for the read model --------------------------------------------------------------
 
 

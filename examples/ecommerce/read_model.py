@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from pysaga import Envelope
 
-from .database import Database, from_cents, to_cents
+from .database import SqliteDatabase, from_cents, to_cents
 from .messages import UPDATES, OrderUpdated, StockUpdated
 
 if TYPE_CHECKING:
@@ -66,47 +66,44 @@ class ReadModel:
     """
 
     def __init__(self, path: Path) -> None:
-        self.db = Database(path, self.SCHEMA)
+        self.db = SqliteDatabase(path, self.SCHEMA)
 
     async def apply(self, update: OrderUpdated | StockUpdated) -> None:
         """Fold one update in; an older or repeated one changes nothing."""
-        if isinstance(update, StockUpdated):
-            await self.db.transaction(
-                lambda conn: conn.execute(
-                    "INSERT INTO stock (sku, on_hand, version) VALUES (?, ?, ?) "
+        async with self.db.transaction() as tx:
+            if isinstance(update, StockUpdated):
+                await tx.execute(
+                    "INSERT INTO stock (sku, on_hand, version) VALUES ($1, $2, $3) "
                     "ON CONFLICT (sku) DO UPDATE SET on_hand = excluded.on_hand, "
                     "version = excluded.version WHERE excluded.version > stock.version",
-                    (update.sku, update.on_hand, update.version),
+                    update.sku,
+                    update.on_hand,
+                    update.version,
                 )
-            )
-            return
-        await self.db.transaction(
-            lambda conn: conn.execute(
-                "INSERT INTO orders (order_id, customer_id, items, amount_cents, status, reason) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (order_id) DO UPDATE SET "
-                "status = excluded.status, reason = excluded.reason "
-                "WHERE orders.status = 'pending'",
-                (
+            else:
+                await tx.execute(
+                    "INSERT INTO orders (order_id, customer_id, items, amount_cents, status, "
+                    "reason) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id) DO UPDATE "
+                    "SET status = excluded.status, reason = excluded.reason "
+                    "WHERE orders.status = 'pending'",
                     update.order_id,
                     update.customer_id,
                     json.dumps(update.items),
                     to_cents(update.amount),
                     update.status,
                     update.reason,
-                ),
-            )
-        )
+                )
 
     def order(self, order_id: str) -> OrderView | None:
         """One order, or ``None`` if the read model has not heard of it (yet)."""
-        rows = self.db.query(f"{_ORDERS} WHERE order_id = ?", order_id)
+        rows = self.db.query(f"{_ORDERS} WHERE order_id = $1", order_id)
         return _view(rows[0]) if rows else None
 
     def orders(self, status: str | None = None) -> list[OrderView]:
         """Every order, or those in *status*, by id."""
         if status is None:
             return [_view(row) for row in self.db.query(f"{_ORDERS} ORDER BY order_id")]
-        rows = self.db.query(f"{_ORDERS} WHERE status = ? ORDER BY order_id", status)
+        rows = self.db.query(f"{_ORDERS} WHERE status = $1 ORDER BY order_id", status)
         return [_view(row) for row in rows]
 
     def stock_levels(self) -> dict[str, int]:
@@ -120,7 +117,7 @@ class ReadModel:
 _ORDERS = "SELECT order_id, customer_id, items, amount_cents, status, reason FROM orders"
 
 
-def _view(row: tuple[str, str, str, int, str, str]) -> OrderView:
+def _view(row: tuple[Any, ...]) -> OrderView:
     order_id, customer_id, items, cents, status, reason = row
     return OrderView(order_id, customer_id, json.loads(items), from_cents(cents), status, reason)
 

@@ -22,10 +22,11 @@ from pysaga import ChoreographyObserver, Envelope, Orchestrator, SagaStatus
 from pysaga.brokers.memory import MemoryBroker
 
 from .app import ShopApp, Style
+from .database import open_database
 from .flows import place_order, purchase
 from .messages import UPDATES, OrderLine
 from .orders import OrderService, order_participant
-from .payments import PaymentService, payment_participant
+from .payments import CANCELLED, PaymentService, payment_participant
 from .read_model import Projection, ReadModel
 from .stock import StockService, stock_participant
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
     from pysaga import SagaLog, SagaRecord
+
+    from .database import Database
 
 __all__ = (
     "CATALOG",
@@ -129,15 +132,15 @@ class Shop:
                             ended[order_id] = record
                 if progress is not None:
                     progress(len(ended), len(order_ids))
-                if len(ended) == len(order_ids) and self._read_model_caught_up():
+                if len(ended) == len(order_ids) and await self._read_model_caught_up():
                     return ended
                 await anyio.sleep(0.02)
 
-    def _read_model_caught_up(self) -> bool:
+    async def _read_model_caught_up(self) -> bool:
         statuses = Counter(view.status for view in self.read_model.orders())
         return (
-            statuses == self.orders.statuses()
-            and self.read_model.stock_levels() == self.stock.levels()
+            statuses == await self.orders.statuses()
+            and self.read_model.stock_levels() == await self.stock.levels()
         )
 
 
@@ -161,9 +164,6 @@ async def open_shop(
     """
     await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
     saga_log = f"sqlite:///{(data_dir / 'sagas.db').as_posix()}"
-    orders = OrderService(data_dir / "orders.db")
-    stock = StockService(data_dir / "stock.db")
-    payments = PaymentService(data_dir / "payments.db")
     read_model = ReadModel(data_dir / "read-model.db")
 
     def traced(name: str) -> TracerProvider | None:
@@ -171,6 +171,14 @@ async def open_shop(
 
     try:
         async with contextlib.AsyncExitStack() as stack:
+
+            async def database(name: str, tables: str) -> Database:
+                """The service's own SQLite file."""
+                return await stack.enter_async_context(open_database(data_dir / name, tables))
+
+            orders = OrderService(await database("orders.db", OrderService.TABLES))
+            stock = StockService(await database("stock.db", StockService.TABLES))
+            payments = PaymentService(await database("payments.db", PaymentService.TABLES))
             hub = hub or f"shop-{uuid.uuid4().hex[:8]}"
 
             async def connect(name: str) -> MemoryBroker:
@@ -228,20 +236,20 @@ async def open_shop(
                 await app.resend_pending()
             yield Shop(app, orders, stock, payments, read_model, log, broker)
     finally:
-        for db in (orders.db, stock.db, payments.db, read_model.db):
-            db.close()
+        read_model.close()
 
 
 def outcome(record: SagaRecord) -> str:
     """How an order ended, from its saga's record: ``completed``, ``out of stock``,
-    ``declined``, or the saga's status otherwise. The same in both styles: a choreographed
-    saga is recorded with the same statuses and step names as an orchestrated one."""
+    ``declined``, ``cancelled`` (by the customer, before the charge), or the saga's status
+    otherwise. The same in both styles: a choreographed saga is recorded with the same
+    statuses, step names and reasons as an orchestrated one."""
     failure = record.failure
     if record.status is SagaStatus.COMPENSATED and failure is not None:
         if failure.step == "reserve_stock":
             return "out of stock"
         if failure.step == "charge_payment":
-            return "declined"
+            return "cancelled" if failure.message == CANCELLED else "declined"
     return record.status.value
 
 
@@ -258,12 +266,12 @@ class Audit:
         return not (self.stock or self.money or self.pending)
 
 
-def audit(shop: Shop, sagas: dict[str, SagaRecord]) -> Audit:
+async def audit(shop: Shop, sagas: dict[str, SagaRecord]) -> Audit:
     """Check the books of *shop* (see :func:`audit_books`)."""
-    return audit_books(shop.orders, shop.stock, shop.payments, shop.read_model, sagas)
+    return await audit_books(shop.orders, shop.stock, shop.payments, shop.read_model, sagas)
 
 
-def audit_books(
+async def audit_books(
     orders: OrderService,
     stock: StockService,
     payments: PaymentService,
@@ -271,7 +279,7 @@ def audit_books(
     sagas: dict[str, SagaRecord],
 ) -> Audit:
     """Check that nothing was lost, made up, or left half done, wherever the services ran
-    (in one process, or each in its own: the distributed run's test opens their files).
+    (in one process, or each in its own: the distributed run's test opens their databases).
 
     * stock is conserved: for every article, units at opening = units on the shelf + units in
       completed orders, and exactly those units are still held by reservations;
@@ -281,7 +289,7 @@ def audit_books(
       its order did, and the read model says what the services say.
     """
     found = Audit()
-    on_shelf, held, sold = stock.levels(), stock.held(), orders.sold()
+    on_shelf, held, sold = await stock.levels(), await stock.held(), await orders.sold()
     for sku, (_, units) in CATALOG.items():
         if units != on_shelf[sku] + sold[sku]:
             found.stock.append(
@@ -291,9 +299,9 @@ def audit_books(
             found.stock.append(f"{sku}: {held[sku]} units held, but {sold[sku]} sold")
 
     balances, taken, spent = (
-        payments.balances(),
-        payments.captured(),
-        orders.revenue(),
+        await payments.balances(),
+        await payments.captured(),
+        await orders.revenue(),
     )
     for customer, opening in CUSTOMERS.items():
         paid = spent.get(customer, Decimal("0.00"))
@@ -302,17 +310,17 @@ def audit_books(
         if taken.get(customer, Decimal("0.00")) != paid:
             found.money.append(f"{customer}: {taken.get(customer)} taken, orders worth {paid}")
 
-    statuses = orders.statuses()
+    statuses = await orders.statuses()
     if statuses["pending"]:
         found.pending.append(f"{statuses['pending']} orders are still pending")
     unfinished = [order_id for order_id, r in sagas.items() if not r.status.is_terminal]
     if unfinished:
         found.pending.append(f"sagas not ended: {sorted(unfinished)}")
     completed = {o for o, r in sagas.items() if r.status is SagaStatus.COMPLETED}
-    if completed != orders.by_status("completed"):
+    if completed != await orders.by_status("completed"):
         found.pending.append("completed sagas and completed orders differ")
     views = {view.order_id: view.status for view in read_model.orders()}
-    if views != {o: s for s in statuses for o in orders.by_status(s)}:
+    if views != {o: s for s in statuses for o in await orders.by_status(s)}:
         found.pending.append("the read model's orders differ from the order service's")
     if read_model.stock_levels() != on_shelf:
         found.pending.append("the read model's stock levels differ from the stock service's")

@@ -1,10 +1,10 @@
 """The stock service: articles and their stock levels, and reservations that hold units.
 
-It owns its data (its own SQLite file) and talks to the other services only through
-messages: :func:`stock_participant` makes the :class:`~pysaga.Participant` that serves both
-styles of the flow. Every operation is keyed by the order id, so doing it again has no second
-effect; the participant's inbox already drops a message it handled, and the key covers the
-rest (a handler that ran, then crashed before the inbox remembered it).
+It owns its data (its own database: see ``database.py``) and talks to the other services
+only through messages: :func:`stock_participant` makes the :class:`~pysaga.Participant` that
+serves both styles of the flow. Every operation is keyed by the order id, so doing it again
+has no second effect; the participant's inbox already drops a message it handled, and the
+key covers the rest (a handler that ran, then crashed before the inbox remembered it).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pysaga import BusinessError, HandlerContext, Participant
 
-from .database import Database
+from .database import Database, Transaction
 from .flows import purchase
 from .messages import (
     UPDATES,
@@ -31,9 +31,7 @@ from .messages import (
 )
 
 if TYPE_CHECKING:
-    import sqlite3
     from collections.abc import Mapping
-    from pathlib import Path
 
     from pysaga import Broker
 
@@ -45,13 +43,18 @@ class OutOfStock(Exception):
 
 
 class StockService:
-    """Stock levels, and a reservation per order: ``held`` until it is ``released``."""
+    """Stock levels, and a reservation per order: ``held`` until it is ``released``.
 
-    SCHEMA = """
+    Every operation that changes the stock takes the handler's ``ctx`` when a handler calls
+    it, so that its writes join the message's transaction where there is one (see
+    :meth:`.database.Database.transaction`).
+    """
+
+    TABLES = """
         CREATE TABLE IF NOT EXISTS stock (
             sku     TEXT PRIMARY KEY,
-            on_hand INTEGER NOT NULL CHECK (on_hand >= 0),
-            version INTEGER NOT NULL  -- counts the changes, for the read model
+            on_hand BIGINT NOT NULL CHECK (on_hand >= 0),
+            version BIGINT NOT NULL  -- counts the changes, for the read model
         );
         CREATE TABLE IF NOT EXISTS reservations (
             order_id TEXT PRIMARY KEY,
@@ -60,110 +63,105 @@ class StockService:
         );
     """
 
-    def __init__(self, path: Path) -> None:
-        self.db = Database(path, self.SCHEMA)
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     async def restock(self, levels: Mapping[str, int]) -> list[StockUpdated]:
         """Set the stock levels (when the shop opens); return the new levels."""
-
-        def restock(conn: sqlite3.Connection) -> list[StockUpdated]:
-            conn.executemany(
-                "INSERT INTO stock (sku, on_hand, version) VALUES (?, ?, 1) "
+        async with self.db.transaction() as tx:
+            await tx.executemany(
+                "INSERT INTO stock (sku, on_hand, version) VALUES ($1, $2, 1) "
                 "ON CONFLICT (sku) DO UPDATE SET on_hand = excluded.on_hand, "
-                "version = version + 1",
+                "version = stock.version + 1",
                 levels.items(),
             )
-            return _levels(conn, levels)
+            return await _levels(tx, levels)
 
-        return await self.db.transaction(restock)
-
-    async def reserve(self, order: Order) -> list[StockUpdated]:
+    async def reserve(self, order: Order, ctx: HandlerContext | None = None) -> list[StockUpdated]:
         """Hold the units of every line of *order*, or none of them; return the new levels.
 
         Raises:
             OutOfStock: an article has fewer units left than wanted.
         """
         wanted = order.items
-
-        def reserve(conn: sqlite3.Connection) -> list[StockUpdated]:
-            found = conn.execute(
-                "SELECT state FROM reservations WHERE order_id = ?", (order.order_id,)
-            ).fetchone()
+        async with self.db.transaction(ctx) as tx:
+            found = await tx.fetchone(
+                "SELECT state FROM reservations WHERE order_id = $1", order.order_id
+            )
             if found is None:
-                for sku, qty in sorted(wanted.items()):
-                    row = conn.execute("SELECT on_hand FROM stock WHERE sku = ?", (sku,)).fetchone()
-                    available = row[0] if row else 0
-                    if available < qty:
-                        raise OutOfStock(f"out of stock: {sku} ({available} left, {qty} wanted)")
-                    conn.execute(
-                        "UPDATE stock SET on_hand = on_hand - ?, version = version + 1 "
-                        "WHERE sku = ?",
-                        (qty, sku),
+                for sku, qty in sorted(wanted.items()):  # one order of locks: no deadlock
+                    taken = await tx.fetchone(
+                        "UPDATE stock SET on_hand = on_hand - $1, version = version + 1 "
+                        "WHERE sku = $2 AND on_hand >= $1 RETURNING on_hand",
+                        qty,
+                        sku,
                     )
-                conn.execute(
-                    "INSERT INTO reservations (order_id, items, state) VALUES (?, ?, 'held')",
-                    (order.order_id, json.dumps(wanted)),
+                    if taken is None:  # the transaction is undone: nothing is held
+                        row = await tx.fetchone("SELECT on_hand FROM stock WHERE sku = $1", sku)
+                        left = row[0] if row else 0
+                        raise OutOfStock(f"out of stock: {sku} ({left} left, {qty} wanted)")
+                await tx.execute(
+                    "INSERT INTO reservations (order_id, items, state) VALUES ($1, $2, 'held')",
+                    order.order_id,
+                    json.dumps(wanted),
                 )
             elif found[0] == "released":  # undone before it arrived: never hold it now
                 raise OutOfStock("the reservation was cancelled")
-            return _levels(conn, wanted)
+            return await _levels(tx, wanted)
 
-        return await self.db.transaction(reserve)
-
-    async def release(self, order_id: str) -> list[StockUpdated]:
+    async def release(self, order_id: str, ctx: HandlerContext | None = None) -> list[StockUpdated]:
         """Put the units held for *order_id* back on the shelf; return the new levels.
 
         Safe to call twice, and safe to call when nothing was reserved: it then leaves a
         ``released`` marker, so that a late reservation for the order is refused.
         """
-
-        def release(conn: sqlite3.Connection) -> list[StockUpdated]:
-            found = conn.execute(
-                "SELECT items, state FROM reservations WHERE order_id = ?", (order_id,)
-            ).fetchone()
+        async with self.db.transaction(ctx) as tx:
+            found = await tx.fetchone(
+                "SELECT items, state FROM reservations WHERE order_id = $1", order_id
+            )
             if found is None:
-                conn.execute(
+                await tx.execute(
                     "INSERT INTO reservations (order_id, items, state) "
-                    "VALUES (?, '{}', 'released')",
-                    (order_id,),
+                    "VALUES ($1, '{}', 'released')",
+                    order_id,
                 )
                 return []
             items: dict[str, int] = json.loads(found[0])
             if found[1] == "held":
-                for sku, qty in items.items():
-                    conn.execute(
-                        "UPDATE stock SET on_hand = on_hand + ?, version = version + 1 "
-                        "WHERE sku = ?",
-                        (qty, sku),
+                for sku, qty in sorted(items.items()):
+                    await tx.execute(
+                        "UPDATE stock SET on_hand = on_hand + $1, version = version + 1 "
+                        "WHERE sku = $2",
+                        qty,
+                        sku,
                     )
-                conn.execute(
-                    "UPDATE reservations SET state = 'released' WHERE order_id = ?", (order_id,)
+                await tx.execute(
+                    "UPDATE reservations SET state = 'released' WHERE order_id = $1", order_id
                 )
-            return _levels(conn, items)
+            return await _levels(tx, items)
 
-        return await self.db.transaction(release)
-
-    def levels(self) -> dict[str, int]:
+    async def levels(self) -> dict[str, int]:
         """Units on the shelf, by article."""
-        return dict(self.db.query("SELECT sku, on_hand FROM stock ORDER BY sku"))
+        return dict(await self.db.fetchall("SELECT sku, on_hand FROM stock ORDER BY sku"))
 
-    def held(self) -> Counter[str]:
+    async def held(self) -> Counter[str]:
         """Units held by reservations that were not released, by article."""
         held = Counter[str]()
-        for (items,) in self.db.query("SELECT items FROM reservations WHERE state = 'held'"):
+        for (items,) in await self.db.fetchall(
+            "SELECT items FROM reservations WHERE state = 'held'"
+        ):
             held.update(json.loads(items))
         return held
 
 
-def _levels(conn: sqlite3.Connection, skus: Mapping[str, int]) -> list[StockUpdated]:
-    return [
-        StockUpdated(sku=sku, on_hand=on_hand, version=version)
-        for sku, on_hand, version in conn.execute(
-            f"SELECT sku, on_hand, version FROM stock WHERE sku IN ({','.join('?' * len(skus))})"
-            " ORDER BY sku",
-            list(skus),
-        )
-    ]
+async def _levels(tx: Transaction, skus: Mapping[str, int]) -> list[StockUpdated]:
+    if not skus:
+        return []
+    places = ", ".join(f"${n}" for n in range(1, len(skus) + 1))
+    rows = await tx.fetchall(
+        f"SELECT sku, on_hand, version FROM stock WHERE sku IN ({places}) ORDER BY sku", *skus
+    )
+    return [StockUpdated(sku=sku, on_hand=n, version=version) for sku, n, version in rows]
 
 
 def stock_participant(stock: StockService, *, broker: str | Broker, **options: Any) -> Participant:
@@ -183,14 +181,14 @@ def stock_participant(stock: StockService, *, broker: str | Broker, **options: A
     @service.handles(ReserveStock)
     async def reserve(cmd: ReserveStock, ctx: HandlerContext) -> None:
         try:
-            levels = await stock.reserve(cmd.order)
+            levels = await stock.reserve(cmd.order, ctx)
         except OutOfStock as refusal:
             raise BusinessError(str(refusal)) from None  # a "no": the saga compensates
         await publish_levels(ctx, levels)
 
     @service.compensates(ReleaseStock)
     async def release(cmd: ReleaseStock, ctx: HandlerContext) -> None:
-        await publish_levels(ctx, await stock.release(cmd.order.order_id))
+        await publish_levels(ctx, await stock.release(cmd.order.order_id, ctx))
 
     # -- choreographed: reactions to the flow's events ---------------------------------------
 
@@ -198,7 +196,7 @@ def stock_participant(stock: StockService, *, broker: str | Broker, **options: A
     async def on_order_created(event: OrderCreated, ctx: HandlerContext) -> None:
         order = event.order
         try:
-            levels = await stock.reserve(order)
+            levels = await stock.reserve(order, ctx)
         except OutOfStock as refusal:
             await ctx.publish(StockNotAvailable(order_id=order.order_id, reason=str(refusal)))
             return
@@ -207,7 +205,7 @@ def stock_participant(stock: StockService, *, broker: str | Broker, **options: A
 
     @service.on(PaymentFailed)
     async def on_payment_failed(event: PaymentFailed, ctx: HandlerContext) -> None:
-        await publish_levels(ctx, await stock.release(event.order_id))  # the compensation
+        await publish_levels(ctx, await stock.release(event.order_id, ctx))  # the compensation
         await ctx.publish(StockReleased(order_id=event.order_id, reason=event.reason))
 
     return service

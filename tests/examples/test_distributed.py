@@ -1,7 +1,8 @@
 """The shop as separate processes, as its page's "Run it distributed" section runs it: each
-service, the observer and the projection a process of its own on RabbitMQ, with PostgreSQL
-behind the inboxes and the saga log. The stock service is killed with SIGKILL mid-run and
-started again; every saga still ends, and the books balance."""
+service, the observer or orchestrator and the projection a process of its own on RabbitMQ or
+Kafka, each service's data and inbox in a PostgreSQL schema of its own, the saga log in
+another. The stock service is killed with SIGKILL mid-run and started again; every saga still
+ends, and the books balance."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
 import pytest
+from examples.ecommerce.database import Database, open_database
 from examples.ecommerce.distributed import with_schema
 from examples.ecommerce.orders import OrderService
 from examples.ecommerce.payments import PaymentService
@@ -137,46 +139,58 @@ async def ended(log_url: str, order_ids: list[str], *, at_least: int) -> dict[st
     return done
 
 
-def caught_up(read_model: ReadModel, orders: OrderService, stock: StockService) -> bool:
+async def caught_up(read_model: ReadModel, orders: OrderService, stock: StockService) -> bool:
     """The read model says what the services say (it follows them a moment later)."""
     statuses = Counter(view.status for view in read_model.orders())
-    return statuses == orders.statuses() and read_model.stock_levels() == stock.levels()
+    return statuses == await orders.statuses() and read_model.stock_levels() == await stock.levels()
+
+
+@pytest.fixture(params=["rabbitmq", "kafka"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "rabbitmq":
+        url: str = request.getfixturevalue("amqp_url")
+        return url
+    server = request.getfixturevalue("kafka_server")
+    return f"{server.url}?fetch_max_wait_ms=5&session_timeout_ms=3000&heartbeat_interval_ms=500"
 
 
 @pytest.mark.parametrize("style", ["choreographed", "orchestrated"])
 async def test_a_killed_service_comes_back_and_the_books_balance(
-    amqp_url: str, database: str, tmp_path: Path, style: str
+    broker_url: str, database: str, tmp_path: Path, style: str
 ) -> None:
-    prefix = f"shop-{uuid.uuid4().hex[:8]}."
-    parts = Parts(amqp_url, database, tmp_path, prefix, style)
+    prefix = f"shop-{uuid.uuid4().hex[:8]}."  # this run's own queues or topics
+    parts = Parts(broker_url, database, tmp_path, prefix, style)
     coordinator = "observer" if style == "choreographed" else "orchestrator"
     log_url = with_schema(database, "sagas")
     with running(parts):
         # The read side first, so that it hears every update; then the services.
         for part in ("read-model", coordinator, "stock", "payment", "orders"):
             parts.start(part)
-        first = place(amqp_url, 50, 1, prefix)
+        first = place(broker_url, 50, 1, prefix)
         await ended(log_url, first, at_least=10)
         parts.kill("stock")  # mid-run: SIGKILL, nothing said or flushed
-        second = place(amqp_url, 50, 2, prefix)  # these wait in the stock service's queues
+        second = place(broker_url, 50, 2, prefix)  # these wait in the stock service's queues
         parts.start("stock")
         sagas = await ended(log_url, first + second, at_least=100)
 
-        orders = OrderService(tmp_path / "orders.db")
-        stock = StockService(tmp_path / "stock.db")
-        payments = PaymentService(tmp_path / "payments.db")
-        read_model = ReadModel(tmp_path / "read-model.db")
-        with ExitStack() as closing:
-            for db in (orders.db, stock.db, payments.db, read_model.db):
-                closing.callback(db.close)
+        async with AsyncExitStack() as opened:  # each service's own schema
+
+            async def schema(name: str, tables: str) -> Database:
+                return await opened.enter_async_context(
+                    open_database(with_schema(database, name), tables)
+                )
+
+            orders = OrderService(await schema("orders", OrderService.TABLES))
+            stock = StockService(await schema("stock", StockService.TABLES))
+            payments = PaymentService(await schema("payments", PaymentService.TABLES))
+            read_model = ReadModel(tmp_path / "read-model.db")
+            opened.callback(read_model.close)
             with anyio.fail_after(30):  # the read model is eventually consistent
-                while True:
-                    if caught_up(read_model, orders, stock):
-                        break
+                while not await caught_up(read_model, orders, stock):  # noqa: ASYNC110
                     await anyio.sleep(0.1)
-            books = audit_books(orders, stock, payments, read_model, sagas)
+            books = await audit_books(orders, stock, payments, read_model, sagas)
             assert books.ok, books
-            statuses = orders.statuses()
+            statuses = await orders.statuses()
     assert sum(statuses.values()) == 100
     assert statuses["completed"] > 0
     assert statuses["rejected"] > 0

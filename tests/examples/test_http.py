@@ -21,6 +21,8 @@ import uvicorn
 from examples.ecommerce.http import create_app
 from examples.ecommerce.shop import CATALOG, Shop, open_shop
 
+from pysaga import Envelope
+
 from ..docs.test_snippets import load, pasted_output
 
 pytestmark = pytest.mark.anyio
@@ -119,7 +121,7 @@ async def test_orders_are_accepted_at_once_and_settle(served: Any) -> None:
     with anyio.fail_after(10):  # the read model hears the stock service a moment later
         while True:
             after = (await client.get("/stock")).json()
-            if after != before and after == shop.stock.levels():
+            if after != before and after == await shop.stock.levels():
                 break
             await anyio.sleep(0.02)
     assert after == {**before, "book": before["book"] - 2, "lamp": before["lamp"] - 1}
@@ -141,8 +143,8 @@ async def test_concurrent_requests_race_for_the_last_lamps(served: Any) -> None:
             tg.start_soon(buy, customer)
     ends = [await settle(client, f"/orders/{order_id}") for order_id in ids]
     assert sorted(end["status"] for end in ends) == ["completed"] * 2 + ["rejected"] * 4
-    assert shop.stock.levels()["lamp"] == 0
-    assert shop.orders.sold()["lamp"] == 2
+    assert (await shop.stock.levels())["lamp"] == 0
+    assert (await shop.orders.sold())["lamp"] == 2
 
 
 async def test_a_retried_order_id_is_one_order(served: Any) -> None:
@@ -155,7 +157,72 @@ async def test_a_retried_order_id_is_one_order(served: Any) -> None:
         assert response.json()["order_id"] == "o-retry"
     assert (await settle(client, "/orders/o-retry"))["status"] == "completed"
     assert len((await client.get("/orders")).json()) == 1
-    assert sum(shop.payments.captured().values()) == 10
+    assert sum((await shop.payments.captured()).values()) == 10
+
+
+async def test_a_different_order_under_a_taken_id_is_409(served: Any) -> None:
+    """Reusing an order id for another basket is refused, and says how to do it right."""
+    _, client, _ = served
+    first = await client.post("/orders", json=order("carol", ("poster", 1), order_id="o-mine"))
+    assert first.status_code == 202
+    other = await client.post("/orders", json=order("carol", ("mug", 1), order_id="o-mine"))
+    assert other.status_code == 409, other.text
+    assert other.json() == {
+        "detail": "order id 'o-mine' is taken by a different order; place the same order to "
+        "retry it, or leave the id out to get a new one"
+    }
+    settled = await settle(client, "/orders/o-mine")
+    assert (settled["status"], settled["items"]) == ("completed", {"poster": 1})
+
+
+def before_the_charge(_: str, envelope: Envelope | None) -> bool:
+    """The message that leads to the charge, in either style."""
+    return envelope is not None and envelope.type in ("StockReserved", "ChargePayment")
+
+
+async def test_an_order_cancelled_before_its_charge_is_rejected_and_undone(served: Any) -> None:
+    """POST /orders/{id}/cancel answers 202; the cancellation reaches the payment service
+    before the charge (held back a moment here, so that it surely does), the saga
+    compensates: the stock comes back, nothing is charged, and the order says why."""
+    shop: Shop = served[0]
+    client: httpx.AsyncClient = served[1]
+    shop.broker.faults.delay(before_the_charge, seconds=0.5, times=10)
+    placed = await client.post("/orders", json=order("alice", ("lamp", 1), order_id="o-oops"))
+    assert placed.status_code == 202
+    for _ in range(2):  # asking twice is one cancellation
+        response = await client.post("/orders/o-oops/cancel")
+        assert response.status_code == 202, response.text
+        assert response.json() == {
+            "order_id": "o-oops",
+            "status": "cancel requested",
+            "href": "/orders/o-oops",
+        }
+        assert response.headers["Location"] == "/orders/o-oops"
+    settled = await settle(client, "/orders/o-oops")
+    assert (settled["status"], settled["reason"]) == ("rejected", "cancelled by the customer")
+    assert (await client.get("/stock")).json()["lamp"] == 2
+    assert sum((await shop.payments.captured()).values()) == 0
+    late = await client.post("/orders/o-oops/cancel")
+    assert late.status_code == 409
+    assert late.json() == {
+        "detail": "order 'o-oops' is rejected already: there is nothing to cancel"
+    }
+
+
+async def test_a_paid_order_cannot_be_cancelled(served: Any) -> None:
+    """Once its saga completed, an order stays as it is: the cancellation is refused (409);
+    an order nobody placed is 404."""
+    _, client, _ = served
+    await client.post("/orders", json=order("bob", ("book", 1), order_id="o-paid"))
+    assert (await settle(client, "/orders/o-paid"))["status"] == "completed"
+    late = await client.post("/orders/o-paid/cancel")
+    assert late.status_code == 409
+    assert late.json() == {
+        "detail": "order 'o-paid' is completed already: there is nothing to cancel"
+    }
+    unknown = await client.post("/orders/o-nobody/cancel")
+    assert unknown.status_code == 404
+    assert unknown.json() == {"detail": "no order 'o-nobody' was placed"}
 
 
 async def test_an_unknown_order_is_404(served: Any) -> None:
@@ -201,7 +268,7 @@ async def test_invalid_requests_get_a_422_that_says_what_was_wrong(served: Any) 
     assert status == (("query", "status"), "Input should be 'pending', 'completed' or 'rejected'")
 
     assert (await client.get("/orders")).json() == []
-    assert shop.orders.statuses().total() == 0
+    assert (await shop.orders.statuses()).total() == 0
 
 
 async def test_the_openapi_schema_lists_the_routes(served: Any) -> None:
@@ -212,10 +279,13 @@ async def test_the_openapi_schema_lists_the_routes(served: Any) -> None:
         ("/orders", "post"),
         ("/orders", "get"),
         ("/orders/{order_id}", "get"),
+        ("/orders/{order_id}/cancel", "post"),
         ("/stock", "get"),
     }
     post = schema["paths"]["/orders"]["post"]
-    assert set(post["responses"]) == {"202", "422"}
+    assert set(post["responses"]) == {"202", "409", "422"}
+    cancel = schema["paths"]["/orders/{order_id}/cancel"]["post"]
+    assert set(cancel["responses"]) == {"202", "404", "409", "422"}
     assert "Location" in post["responses"]["202"]["headers"]
     assert post["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/PlaceOrderRequest"

@@ -178,6 +178,7 @@ def stock_participant(stock: StockService, *, broker: str | Broker, **options: A
 
     # -- orchestrated: commands from the place-order saga ------------------------------------
 
+    # --8<-- [start:reserve]
     @service.handles(ReserveStock)
     async def reserve(cmd: ReserveStock, ctx: HandlerContext) -> None:
         try:
@@ -185,6 +186,7 @@ def stock_participant(stock: StockService, *, broker: str | Broker, **options: A
         except OutOfStock as refusal:
             raise BusinessError(str(refusal)) from None  # a "no": the saga compensates
         await publish_levels(ctx, levels)
+    # --8<-- [end:reserve]
 
     @service.compensates(ReleaseStock)
     async def release(cmd: ReleaseStock, ctx: HandlerContext) -> None:

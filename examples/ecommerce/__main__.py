@@ -4,7 +4,7 @@ Run it from the repository's root::
 
     python -m examples.ecommerce [--style choreographed|orchestrated] [--orders 20] [--seed 7]
 
-(``python -m examples.ecommerce serve|place|query ...`` runs it as separate processes
+(``python -m examples.ecommerce serve|place|cancel|query ...`` runs it as separate processes
 instead: see ``distributed.py``.)
 
 Every service runs in this one process, on an in-memory broker, each with its own SQLite
@@ -54,7 +54,7 @@ __all__ = ("main",)
 CANCEL_EVERY = 8
 """Every eighth order is cancelled by its customer right after it is placed."""
 
-DISTRIBUTED = ("serve", "place", "query")
+DISTRIBUTED = ("serve", "place", "cancel", "query")
 """The subcommands that run the shop as separate processes."""
 
 

@@ -4,6 +4,7 @@ projection, on a real broker, with PostgreSQL behind the inboxes and the saga lo
     python -m examples.ecommerce serve PART --broker URL --db URL [--style S]
     python -m examples.ecommerce serve read-model --broker URL --data-dir DIR
     python -m examples.ecommerce place --broker URL [--orders N] [--seed N]
+    python -m examples.ecommerce cancel --broker URL ORDER_ID...
     python -m examples.ecommerce query --data-dir DIR [--status S]
 
 ``PART`` is one of ``orders``, ``stock``, ``payment``, ``orchestrator`` (orchestrated style),
@@ -41,10 +42,10 @@ import anyio
 from pysaga import ChoreographyObserver, ConcurrencyError, Envelope, Orchestrator
 from pysaga.brokers import from_url
 
-from .app import take_order
+from .app import PAYMENTS, take_order
 from .database import open_database
 from .flows import PlaceOrder, place_order, purchase
-from .messages import UPDATES, Order
+from .messages import UPDATES, CancelOrder, Order
 from .orders import OrderService, order_participant
 from .payments import PaymentService, payment_participant
 from .read_model import Projection, ReadModel
@@ -60,7 +61,17 @@ if TYPE_CHECKING:
     from .app import Style
     from .database import Database
 
-__all__ = ("PARTS", "PLACE", "connect", "main", "place", "query", "serve", "with_schema")
+__all__ = (
+    "PARTS",
+    "PLACE",
+    "cancel",
+    "connect",
+    "main",
+    "place",
+    "query",
+    "serve",
+    "with_schema",
+)
 
 PLACE = "shop.place-order"
 """Where orders to place are sent (an :class:`~.messages.Order` each); the front takes them."""
@@ -188,6 +199,18 @@ async def place(broker_url: str, count: int, seed: int, prefix: str = "") -> lis
     return ids
 
 
+async def cancel(broker_url: str, order_ids: Sequence[str], prefix: str = "") -> None:
+    """Ask the payment service to cancel each order, as ``ShopApp.cancel_order`` does: an
+    order not paid yet is then declined there and its saga compensates; a paid one stays
+    paid. ``query`` tells which, once the sagas have ended."""
+    async with connect(broker_url, prefix) as broker:
+        for order_id in order_ids:
+            message = CancelOrder(order_id=order_id)
+            envelope = Envelope.of(message, id=f"{order_id}#cancel", correlation_id=order_id)
+            await broker.publish(PAYMENTS, envelope)
+            print(f"{order_id} cancel requested", flush=True)
+
+
 def query(data_dir: Path, status: str | None) -> None:
     """Print what the read model answers: orders (by status), and stock levels."""
     read_model = ReadModel(data_dir / "read-model.db")
@@ -238,6 +261,10 @@ def main(argv: Sequence[str]) -> int:
     placing.add_argument("--orders", type=int, default=20, metavar="N", help="orders to place")
     placing.add_argument("--seed", type=int, default=7, help="picks the baskets")
     placing.add_argument("--prefix", default="", help=PREFIX)
+    cancelling = commands.add_parser("cancel", help="ask for orders to be cancelled")
+    cancelling.add_argument("order_ids", nargs="+", metavar="ORDER_ID", help="orders to cancel")
+    cancelling.add_argument("--broker", required=True, help="an amqp:// or kafka:// URL")
+    cancelling.add_argument("--prefix", default="", help=PREFIX)
     querying = commands.add_parser("query", help="ask the read model")
     querying.add_argument(
         "--data-dir", type=Path, required=True, metavar="DIR", help="the read model's directory"
@@ -261,6 +288,8 @@ def main(argv: Sequence[str]) -> int:
         if args.orders < 1:
             parser.error("--orders must be at least 1")
         anyio.run(place, args.broker, args.orders, args.seed, args.prefix)
+    elif args.command == "cancel":
+        anyio.run(cancel, args.broker, args.order_ids, args.prefix)
     else:
         query(args.data_dir, args.status)
     return 0

@@ -124,6 +124,16 @@ def place(broker: str, count: int, seed: int, prefix: str) -> list[str]:
     return ids
 
 
+def cancel(broker: str, order_ids: list[str], prefix: str) -> None:
+    subprocess.run(
+        shop("cancel", "--broker", broker, "--prefix", prefix, *order_ids),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+
+
 async def ended(log_url: str, order_ids: list[str], *, at_least: int) -> dict[str, SagaRecord]:
     """Wait until *at_least* of the orders' sagas ended in the saga log; return those."""
     done: dict[str, SagaRecord] = {}
@@ -170,6 +180,8 @@ async def test_a_killed_service_comes_back_and_the_books_balance(
         await ended(log_url, first, at_least=10)
         parts.kill("stock")  # mid-run: SIGKILL, nothing said or flushed
         second = place(broker_url, 50, 2, prefix)  # these wait in the stock service's queues
+        cancelled = second[::10]  # their customers change their minds meanwhile
+        cancel(broker_url, cancelled, prefix)
         parts.start("stock")
         sagas = await ended(log_url, first + second, at_least=100)
 
@@ -191,6 +203,13 @@ async def test_a_killed_service_comes_back_and_the_books_balance(
             books = await audit_books(orders, stock, payments, read_model, sagas)
             assert books.ok, books
             statuses = await orders.statuses()
+            # The cancellations reached the payment service before the charges could: each
+            # of those orders was rejected, for that reason unless its stock was short.
+            views = [read_model.order(order_id) for order_id in cancelled]
+            reasons = Counter(view.reason.split(":")[0] for view in views if view is not None)
+            assert reasons.total() == len(cancelled), reasons
+            assert set(reasons) <= {"cancelled by the customer", "out of stock"}, reasons
+            assert reasons["cancelled by the customer"] > 0
     assert sum(statuses.values()) == 100
     assert statuses["completed"] > 0
     assert statuses["rejected"] > 0

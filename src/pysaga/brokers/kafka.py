@@ -6,7 +6,11 @@ topic name become ``_``, and such a name gets a short hash of the original so tw
 cannot meet in one topic). The first send to, or subscription on, a destination creates its
 topic if it does not exist yet, with *partitions* partitions and *replication_factor* replicas;
 what exists is remembered, so this costs one request per topic and broker object. The
-dead-letter destination ``<destination>.dead-letter`` is just another topic.
+dead-letter destination ``<destination>.dead-letter`` is just another topic. A *prefix* (e.g.
+``"shop."``) goes before every topic name and every consumer group id, the replies topic's
+included, so several applications share a cluster without meeting in a topic or a group; it
+may hold only the characters Kafka allows in a topic name (letters, digits, ``.``, ``_``,
+``-``). The client id is not prefixed: Kafka does not need it to be unique.
 
 Sending. The record's key is the correlation id (the saga id), so one saga's messages land in
 one partition and stay in order; the headers become record headers. The producer asks for
@@ -32,19 +36,23 @@ Closing stops fetching, lets handlers in flight finish, commits what finished an
 group. What was not committed is delivered again, to this group's next member that gets the
 partition: delivery is at least once.
 
-Replies. Every broker object shares one replies topic (*replies_topic*, ``pysaga.replies``).
+Replies. Every broker object shares one replies topic (*prefix* + *replies_topic*,
+``pysaga.replies`` by default).
 A reply channel reads all its partitions from their end, with no consumer group: it has no
 offsets to keep (a reply that comes while nobody listens may be lost, as the reply contract
 allows) and, unlike a group of its own, it costs no group join and leaves no group behind on
-the broker. Its address is ``pysaga.replies#<instance id>``; a reply carries the instance id
-in the ``x-pysaga-reply-to`` header and channels skip records meant for another instance.
+the broker. Its address is ``<replies topic>#<instance id>``, e.g.
+``shop.pysaga.replies#<instance id>``: the address names the topic itself, so a reply reaches it
+whatever the replier's prefix. A reply carries the instance id in the ``x-pysaga-reply-to``
+header and channels skip records meant for another instance. (An address without ``#`` is a
+destination, and gets the replier's prefix like any other.)
 
 Connection loss. The client library connects again by itself; a send waits (up to
 *request_timeout_ms*) for its batch to be acknowledged, a subscription that lost its place in
 the group joins again, and what it had not committed is delivered again.
 
 URL: ``kafka://host:9092[,host2:9092]``, with options as query parameters, e.g.
-``kafka://127.0.0.1:9092?fetch_max_wait_ms=5&partitions=8``.
+``kafka://127.0.0.1:9092?fetch_max_wait_ms=5&partitions=8&prefix=shop.``.
 
 Timing. *fetch_max_wait_ms* is how long the broker may hold a fetch when no data is waiting;
 Kafka answers as soon as data arrives, but a broker that does not (some Kafka-compatible
@@ -147,7 +155,10 @@ _INT_OPTIONS: Final = frozenset(
 )
 _FLOAT_OPTIONS: Final = frozenset({"connect_timeout", "drain_timeout"})
 _BOOL_OPTIONS: Final = frozenset({"idempotence", "create_topics"})
-_STR_OPTIONS: Final = frozenset({"client_id", "replies_topic"})
+_STR_OPTIONS: Final = frozenset({"client_id", "prefix", "replies_topic"})
+_PREFIX_MAX: Final = _TOPIC_MAX - 12
+"""The longest prefix: ``topic_name`` keeps the first 238 characters of a name it shortens, so
+a prefix up to this long stays whole in every topic name, with room for a character more."""
 
 
 def topic_name(destination: str) -> str:
@@ -551,14 +562,20 @@ class KafkaBroker(BaseBroker):
         idempotence: Ask for an idempotent producer (no duplicates from the client's own
             retries). A broker that refuses it gets a warning in the log and a plain
             ``acks=all`` producer.
-        replies_topic: The topic every reply channel shares.
+        prefix: Put before every topic name and consumer group id (e.g. ``"shop."``), so
+            several applications can share a cluster. Only letters, digits, ``.``, ``_`` and
+            ``-``, as in a topic name.
+        replies_topic: The topic every reply channel shares, named without the prefix (the
+            topic is *prefix* + *replies_topic*).
         max_buffered: Records a subscription holds ahead of its handlers (default: four times
             its concurrency).
         **options: See :class:`~pysaga.brokers.BaseBroker` (``redelivery``, ``concurrency``,
             ``drain_timeout``, ``tracer_provider``).
 
     Raises:
-        ValueError: An option is out of range.
+        ValueError: An option is out of range, or *prefix* has a character Kafka does not allow
+            in a topic name or is too long (more than 237 characters) to leave room for a
+            destination.
 
     Example::
 
@@ -586,6 +603,7 @@ class KafkaBroker(BaseBroker):
         request_timeout_ms: int = 30_000,
         connect_timeout: float = 10.0,
         idempotence: bool = True,
+        prefix: str = "",
         replies_topic: str = DEFAULT_REPLIES_TOPIC,
         max_buffered: int | None = None,
         **options: Any,
@@ -613,6 +631,17 @@ class KafkaBroker(BaseBroker):
             raise ValueError("connect_timeout and request_timeout_ms must be > 0")
         if max_buffered is not None and max_buffered < 1:
             raise ValueError("max_buffered must be at least 1 (or None)")
+        if _ILLEGAL.search(prefix):
+            illegal = "".join(sorted(set(_ILLEGAL.findall(prefix))))
+            raise ValueError(
+                f"prefix {prefix!r} has characters Kafka does not allow in a topic name "
+                f"({illegal!r}); use only letters, digits, '.', '_' and '-', e.g. 'shop.'"
+            )
+        if len(prefix) > _PREFIX_MAX:
+            raise ValueError(
+                f"prefix is {len(prefix)} characters long; at most {_PREFIX_MAX} leave room for "
+                f"the destination in a Kafka topic name (at most {_TOPIC_MAX} characters)"
+            )
         self.bootstrap_servers = servers
         self.client_id = client_id
         self.partitions = partitions
@@ -627,7 +656,9 @@ class KafkaBroker(BaseBroker):
         self.request_timeout_ms = request_timeout_ms
         self.connect_timeout = connect_timeout
         self.idempotence = idempotence
-        self.replies_topic = topic_name(replies_topic)
+        self.prefix = prefix
+        self.replies_topic = topic_name(prefix + replies_topic)
+        """The replies topic's full name, prefix included."""
         self.max_buffered = max_buffered
         self.instance = uuid.uuid4().hex[:16]
         self._retry_pause = 0.5
@@ -637,7 +668,8 @@ class KafkaBroker(BaseBroker):
         self._producer: Any = None
         self._admin: Any = None
         self._admin_lock = anyio.Lock()
-        self._topics: dict[str, str] = {}
+        self._topics: dict[str, str] = {}  # destination -> its topic
+        self._named: dict[str, str] = {}  # topic named in a reply address -> its topic
         self._existing: set[str] = set()
         self._creating: dict[str, anyio.Lock] = {}
 
@@ -646,7 +678,8 @@ class KafkaBroker(BaseBroker):
         """A broker for ``kafka://host:port[,host2:port][?option=value&...]``.
 
         Query parameters are the class's options (``fetch_max_wait_ms``, ``partitions``,
-        ``client_id``, ...); keyword *options* win over them.
+        ``client_id``, ``prefix``, ...); keyword *options* win over them (``prefix=`` given
+        both ways: the keyword's).
 
         Args:
             url: The ``kafka://`` URL.
@@ -675,6 +708,18 @@ class KafkaBroker(BaseBroker):
 
     def __repr__(self) -> str:
         return f"<KafkaBroker {','.join(self.bootstrap_servers)} {self._state}>"
+
+    # -- naming ------------------------------------------------------------------------------
+
+    def topic_for(self, destination: str) -> str:
+        """The Kafka topic that *destination* is sent to: :func:`topic_name` of the prefix
+        and the destination."""
+        return topic_name(self.prefix + destination)
+
+    def group_id(self, group: str) -> str:
+        """The Kafka consumer group id of subscription group *group*: the prefix and the
+        group."""
+        return self.prefix + group
 
     @property
     def reply_address(self) -> str:
@@ -798,9 +843,19 @@ class KafkaBroker(BaseBroker):
         """The topic of *destination*, created if it is missing (once per broker object)."""
         topic = self._topics.get(destination)
         if topic is None:
-            topic = topic_name(destination)
+            topic = self.topic_for(destination)
             await self._ensure_topic(topic)
             self._topics[destination] = topic
+        return topic
+
+    async def _named_topic(self, name: str) -> str:
+        """The topic called *name* (a reply address names it whole: no prefix is added),
+        created if it is missing."""
+        topic = self._named.get(name)
+        if topic is None:
+            topic = topic_name(name)
+            await self._ensure_topic(topic)
+            self._named[name] = topic
         return topic
 
     async def _ensure_topic(self, topic: str) -> None:
@@ -847,7 +902,7 @@ class KafkaBroker(BaseBroker):
         if not sep:
             await self._send(address, body, key=key, headers=_NO_HEADERS)
             return
-        topic = self._topics.get(topic_part) or await self._topic(topic_part)
+        topic = self._named.get(topic_part) or await self._named_topic(topic_part)
         await self._produce(
             topic,
             body,
@@ -890,11 +945,12 @@ class KafkaBroker(BaseBroker):
         self, consumer: Consumer, *, task_status: anyio.abc.TaskStatus[None]
     ) -> None:
         topic = await self._topic(consumer.destination)
-        client = self._consumer_client(consumer.group, "earliest")
+        group = self.group_id(consumer.group)
+        client = self._consumer_client(group, "earliest")
         loop = _Loop(self, consumer, client)
         client.subscribe([topic], listener=_Listener(loop))
         try:
-            with self._map_errors(f"joining group {consumer.group!r} on topic {topic!r}"):
+            with self._map_errors(f"joining group {group!r} on topic {topic!r}"):
                 await client.start()  # joins the group and waits for the assignment
             await loop.assigned.wait()
             await loop.run(task_status.started)
@@ -913,7 +969,7 @@ class KafkaBroker(BaseBroker):
     async def _consume_replies(
         self, consumer: Consumer, *, task_status: anyio.abc.TaskStatus[str]
     ) -> None:
-        topic = await self._topic(self.replies_topic)
+        topic = await self._named_topic(self.replies_topic)
         with self._map_errors(f"reading the partitions of topic {topic!r}"):
             partitions = await self._producer.partitions_for(topic)
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]

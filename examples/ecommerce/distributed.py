@@ -88,7 +88,7 @@ def with_schema(database: str, schema: str) -> str:
 
 
 def connect(broker_url: str, prefix: str) -> Broker:
-    """The broker of *broker_url* (not yet entered); *prefix* goes before RabbitMQ's names."""
+    """The broker of *broker_url* (not yet entered); *prefix* goes before its names."""
     return from_url(broker_url, prefix=prefix) if prefix else from_url(broker_url)
 
 
@@ -228,7 +228,10 @@ def query(data_dir: Path, status: str | None) -> None:
         read_model.close()
 
 
-PREFIX = "(RabbitMQ) put before every exchange and queue name, so several shops share a vhost"
+PREFIX = (
+    "put before every name on the broker (RabbitMQ: exchanges and queues; Kafka: topics and "
+    "consumer groups), so that several shops share one broker"
+)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -273,8 +276,6 @@ def main(argv: Sequence[str]) -> int:
         "--status", choices=("pending", "completed", "rejected"), help="list these orders"
     )
     args = parser.parse_args(argv)
-    if getattr(args, "prefix", "") and not args.broker.startswith("amqp"):
-        parser.error("--prefix is for RabbitMQ (amqp:// URLs)")
     if args.command == "serve":
         if args.db is None and args.part != "read-model":
             parser.error(f"serve {args.part} needs --db (a postgresql:// URL)")

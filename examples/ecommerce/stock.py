@@ -186,6 +186,7 @@ def stock_participant(stock: StockService, *, broker: str | Broker, **options: A
         except OutOfStock as refusal:
             raise BusinessError(str(refusal)) from None  # a "no": the saga compensates
         await publish_levels(ctx, levels)
+
     # --8<-- [end:reserve]
 
     @service.compensates(ReleaseStock)

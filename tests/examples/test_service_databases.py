@@ -10,15 +10,25 @@ from pathlib import Path
 
 import anyio
 import pytest
-from examples.ecommerce.database import open_database
-from examples.ecommerce.messages import Order, OrderLine
+from examples.ecommerce.database import Database, open_database
+from examples.ecommerce.flows import purchase
+from examples.ecommerce.messages import (
+    Order,
+    OrderCreated,
+    OrderLine,
+    StockReserved,
+    StockUpdated,
+)
 from examples.ecommerce.payments import (
     CANCELLED,
     PaymentDeclined,
     PaymentService,
     TooLateToCancel,
 )
-from examples.ecommerce.stock import OutOfStock, StockService
+from examples.ecommerce.stock import OutOfStock, StockService, stock_participant
+
+from pysaga import Envelope, HandlerContext
+from pysaga.brokers.memory import MemoryBroker
 
 pytestmark = pytest.mark.anyio
 
@@ -130,3 +140,50 @@ async def test_a_charge_and_a_cancellation_never_both_win(payments: PaymentServi
     charged = sum(1 for winner in won.values() if winner == "charge")
     assert await payments.captured() == ({"alice": Decimal(5 * charged)} if charged else {})
     assert await payments.balances() == {"alice": Decimal("1000.00") - 5 * charged}
+
+
+class CrashingOnce(StockService):
+    """Crashes once right after its writes, before the message's transaction commits, and
+    notes what the others saw of the stock then."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.crashed = False
+        self.seen_after_crash: dict[str, int] | None = None
+
+    async def reserve(self, order: Order, ctx: HandlerContext | None = None) -> list[StockUpdated]:
+        if self.crashed and self.seen_after_crash is None:
+            self.seen_after_crash = await self.levels()  # another connection: committed state
+        levels = await super().reserve(order, ctx)
+        if not self.crashed:
+            self.crashed = True
+            raise RuntimeError("the service crashed after its writes")
+        return levels
+
+
+async def test_a_handler_that_fails_after_its_writes_leaves_none_of_them(
+    postgres_url: str,
+) -> None:
+    """On PostgreSQL the service's writes join the transaction the participant handles the
+    event in: when the handler fails after writing, the rows go with the inbox record, and
+    the event handled again takes the stock once."""
+    async with (
+        open_database(postgres_url, StockService.TABLES) as db,
+        MemoryBroker("shop-joined") as broker,
+    ):
+        stock = CrashingOnce(db)
+        await stock.restock({"book": 5})
+        reserved = anyio.Event()
+
+        async def heard(envelope: Envelope) -> None:
+            reserved.set()
+
+        await broker.subscribe(purchase.destination(StockReserved), heard, group="test")
+        async with stock_participant(stock, broker=broker, inbox=postgres_url):
+            wanted = order("o-1", ("book", 2))
+            await purchase.start(broker, OrderCreated(order=wanted), saga_id="o-1", source="test")
+            with anyio.fail_after(20):
+                await reserved.wait()
+        assert stock.seen_after_crash == {"book": 5}  # the crashed attempt's writes were undone
+        assert await stock.levels() == {"book": 3}
+        assert await stock.held() == {"book": 2}

@@ -56,6 +56,7 @@ logger = logging.getLogger("pysaga.orchestrator")
 DataT = TypeVar("DataT", bound=BaseModel)
 
 _TO_UNDO = (StepStatus.SUCCEEDED, StepStatus.STARTED, StepStatus.COMPENSATING)
+_TURNING_BACK = (EntryKind.SAGA_COMPENSATING, EntryKind.OPERATOR_ABORTED)
 
 
 class _BadReturn(TypeError):
@@ -82,6 +83,7 @@ class Run(Generic[DataT]):
         "_pending_entries",
         "_pending_steps",
         "_tracer",
+        "_turned_back",
         "_write_lock",
         "created_at",
         "data",
@@ -128,6 +130,8 @@ class Run(Generic[DataT]):
         """Steps whose first intent was written with the saga's creation and not yet run."""
         self._tracer: Tracer | None = None
         self._instruments: Instruments | None = None
+        self._turned_back: Failure | None = None
+        """Why the saga turned back, once known: what its compensations are told."""
         self.requester: Requester | None = None
         """Sends remote steps' commands (set by an orchestrator that has a broker)."""
 
@@ -304,6 +308,7 @@ class Run(Generic[DataT]):
             status=SagaStatus.COMPENSATING,
             failure=failure,
         )
+        self._turned_back = failure
 
     async def _run_single(self, step: Step[DataT]) -> Failure | None:
         base = self.data
@@ -493,6 +498,7 @@ class Run(Generic[DataT]):
             attempt=attempt,
             idempotency_key=f"{self.saga_id}/{step.name}",
             compensating=compensating,
+            failure=self._turned_back if compensating else None,
         )
 
     async def _call(
@@ -579,6 +585,8 @@ class Run(Generic[DataT]):
             state = self.steps.get(step.name)
             if state is None or state.status not in _TO_UNDO or step.compensation is None:
                 continue
+            if self._turned_back is None:  # resumed from the log, COMPENSATING already
+                self._turned_back = await self._why_turned_back()
             failure = await self._compensate(step, state)
             if failure is not None:
                 await self._write(
@@ -588,6 +596,19 @@ class Run(Generic[DataT]):
                 )
                 return
         await self._write([self._entry(EntryKind.SAGA_COMPENSATED)], status=SagaStatus.COMPENSATED)
+
+    async def _why_turned_back(self) -> Failure | None:
+        """Why a saga resumed from the log turned back, as its history says.
+
+        The record's failure is that reason after a crash or an operator's abort, but not
+        after an operator retried compensations that gave up: the record then holds the
+        failure of the compensation that gave up. The last entry that turned the saga back
+        (``saga_compensating`` or ``operator_aborted``) has the reason in every case.
+        """
+        for entry in reversed(await self.log.history(self.saga_id)):
+            if entry.failure is not None and entry.kind in _TURNING_BACK:
+                return entry.failure
+        return self.failure
 
     async def _compensate(self, step: Step[DataT], state: StepState) -> Failure | None:
         """Undo *step*, retrying under its compensation policy; its timers live in the log

@@ -13,6 +13,7 @@ again costs one message and no second effect.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ import anyio
 
 from .errors import BusinessError, DecodeError, RemoteStepError, StepError
 from .messaging import (
+    HEADER_FAILURE,
     HEADER_IDEMPOTENCY_KEY,
     HEADER_STEP,
     Envelope,
@@ -125,12 +127,15 @@ class Requester:
             message = call.build(data)
         if self.address is None:
             raise RuntimeError("the reply channel is not open; enter the Orchestrator first")
+        headers = {HEADER_IDEMPOTENCY_KEY: ctx.idempotency_key, HEADER_STEP: ctx.step}
+        if compensating and ctx.failure is not None:  # why the saga turned back
+            headers[HEADER_FAILURE] = json.dumps(ctx.failure.to_json(), default=str)
         command = Envelope.of(
             message,
             id=command_id(ctx.idempotency_key, compensation=compensating),
             correlation_id=ctx.saga_id,
             reply_to=self.address,
-            headers={HEADER_IDEMPOTENCY_KEY: ctx.idempotency_key, HEADER_STEP: ctx.step},
+            headers=headers,
         )
         reply = await self.request(call.service, command)
         try:

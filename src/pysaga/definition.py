@@ -28,6 +28,9 @@ from pydantic import BaseModel
 
 from .errors import BusinessError, SagaDefinitionError, StepError
 
+if typing.TYPE_CHECKING:
+    from .models import Failure
+
 __all__ = (
     "DEFAULT_REMOTE_TIMEOUT",
     "Action",
@@ -64,6 +67,9 @@ class StepContext:
             orchestrators. Pass it to the service you call so that a repeated call has no
             second effect; the compensation receives the same key, naming the effect to undo.
         compensating: ``True`` when the compensation is running.
+        failure: When ``compensating``: why the saga turned back, i.e. the saga's failure (the
+            failed step's error, a passed deadline, or an operator's abort with the reason
+            they gave). ``None`` for a step going forward.
     """
 
     saga_id: str
@@ -72,6 +78,7 @@ class StepContext:
     attempt: int
     idempotency_key: str
     compensating: bool = False
+    failure: Failure | None = None
 
 
 @dataclass(frozen=True, slots=True)

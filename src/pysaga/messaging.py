@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
 __all__ = (
+    "HEADER_FAILURE",
     "HEADER_IDEMPOTENCY_KEY",
     "HEADER_STEP",
     "Broker",
@@ -81,6 +82,10 @@ HEADER_DEAD_AT = "x-pysaga-dead-lettered-at"
 # Headers a saga step's command carries.
 HEADER_IDEMPOTENCY_KEY = "x-pysaga-idempotency-key"
 HEADER_STEP = "x-pysaga-step"
+HEADER_FAILURE = "x-pysaga-failure"
+"""On a compensation command: why the saga turned back, as the JSON of
+:meth:`Failure.to_json() <pysaga.Failure.to_json>` (a participant reads it as
+:attr:`HandlerContext.failure <pysaga.HandlerContext.failure>`)."""
 
 
 @functools.cache

@@ -50,6 +50,7 @@ from pydantic import BaseModel
 from . import stores
 from .errors import BusinessError, DecodeError, SagaDefinitionError, UnknownMessageType
 from .messaging import (
+    HEADER_FAILURE,
     HEADER_IDEMPOTENCY_KEY,
     HEADER_STEP,
     Broker,
@@ -62,6 +63,7 @@ from .messaging import (
     message_type,
     schema_version,
 )
+from .models import Failure
 from .protocols import Inbox, InboxRecord, InboxTransaction, OutboxMessage, TransactionalInbox
 from .tracing import Telemetry, telemetry
 
@@ -100,6 +102,11 @@ class HandlerContext:
             inside the transaction the command is handled in (an asyncpg connection for the
             PostgreSQL inbox): write the handler's own rows through it and they commit with
             the inbox record and the reply, or not at all. ``None`` with other inboxes.
+        failure: In a compensation handler (:meth:`Participant.compensates`): why the saga
+            turned back (the failed step's error, a passed deadline, an operator's abort),
+            as the orchestrator sent it. ``None`` for other commands, for events, and for a
+            compensation command that carries no readable reason (one not sent by a pysaga
+            orchestrator, say).
 
     For an event handler (:meth:`Participant.on`) the message is the event: ``saga_id`` is
     the choreographed saga's id, ``idempotency_key`` the event's id (the same on every
@@ -113,6 +120,7 @@ class HandlerContext:
     step: str | None
     headers: Mapping[str, str]
     transaction: Any = None
+    failure: Failure | None = None
     _events: list[tuple[str, Envelope]] = field(default_factory=list, repr=False, compare=False)
     _flow: Choreography | None = field(default=None, repr=False, compare=False)
 
@@ -607,7 +615,7 @@ class Participant:
                 envelope.type,
             )
             return record
-        ctx = self._context(envelope, flow=route.flow)
+        ctx = self._context(envelope, flow=route.flow, compensation=route.compensation)
         try:
             reply = await self._call_handler(route, command, envelope, ctx)
         except DecodeError:
@@ -650,7 +658,9 @@ class Participant:
                 key = envelope.headers.get(HEADER_IDEMPOTENCY_KEY)
                 if route.compensation and key:
                     await tx.add(command_id(key), _record(_LATE_REFUSAL))
-                ctx = self._context(envelope, tx.connection, route.flow)
+                ctx = self._context(
+                    envelope, tx.connection, route.flow, compensation=route.compensation
+                )
                 try:
                     async with tx.savepoint():
                         reply = await self._call_handler(route, command, envelope, ctx)
@@ -765,7 +775,12 @@ class Participant:
         await self._inbox.put(self.service, command_id(key), _record(_LATE_REFUSAL))
 
     def _context(
-        self, envelope: Envelope, transaction: Any = None, flow: Choreography | None = None
+        self,
+        envelope: Envelope,
+        transaction: Any = None,
+        flow: Choreography | None = None,
+        *,
+        compensation: bool = False,
     ) -> HandlerContext:
         return HandlerContext(
             service=self.service,
@@ -775,8 +790,38 @@ class Participant:
             step=envelope.headers.get(HEADER_STEP),
             headers=envelope.headers,
             transaction=transaction,
+            failure=self._failure(envelope) if compensation and flow is None else None,
             _flow=flow,
         )
+
+    def _failure(self, envelope: Envelope) -> Failure | None:
+        """Why the saga turned back, from a compensation command's header; ``None`` (with a
+        warning) if the header is there but cannot be read: the handler runs all the same."""
+        text = envelope.headers.get(HEADER_FAILURE)
+        if text is None:
+            return None
+        try:
+            value = json.loads(text)
+            if not (
+                isinstance(value, dict)
+                and isinstance(value.get("type"), str)
+                and isinstance(value.get("message"), str)
+                and isinstance(value.get("step"), (str, type(None)))
+                and isinstance(value.get("business", False), bool)
+            ):
+                raise ValueError("not a failure's JSON object")
+            return Failure.from_json(value)
+        except (ValueError, RecursionError) as exc:
+            logger.warning(
+                "%s: compensation %s (%s) has a %s header that cannot be read (%s); the "
+                "handler runs with ctx.failure = None",
+                self.service,
+                envelope.id,
+                envelope.type,
+                HEADER_FAILURE,
+                exc,
+            )
+            return None
 
     async def _call_handler(
         self, route: _Route, command: BaseModel, envelope: Envelope, ctx: HandlerContext

@@ -181,7 +181,10 @@ def order_participant(orders: OrderService, *, broker: str | Broker, **options: 
 
     @service.compensates(RejectOrder)
     async def reject(cmd: RejectOrder, ctx: HandlerContext) -> None:
-        await ctx.publish(UPDATES, await orders.reject(cmd.order, "the saga was compensated", ctx))
+        # Why the saga turned back: the refusal of a later step ("out of stock: ..."), a
+        # customer's cancellation, a deadline; the order keeps it as its reason.
+        reason = ctx.failure.message if ctx.failure is not None else "the saga turned back"
+        await ctx.publish(UPDATES, await orders.reject(cmd.order, reason, ctx))
 
     @service.handles(CompleteOrder)
     async def complete(cmd: CompleteOrder, ctx: HandlerContext) -> None:

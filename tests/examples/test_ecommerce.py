@@ -121,7 +121,8 @@ async def test_a_choreographed_saga_is_recorded_as_an_orchestrated_one(tmp_path:
     """The same orders, placed one after the other (so that no race decides an outcome), end
     with the same record in the saga log whichever style ran them: the same status, the same
     failed step and reason, the same status for each step they share, and a history that
-    ends with the same entry. The saga log, the inspection API and the demo read both alike."""
+    ends with the same entry, and the same order in the read model, rejected for the same
+    reason. The saga log, the inspection API and the demo read both alike."""
     rng = random.Random(11)
     baskets = [(rng.choice(sorted(CUSTOMERS)), random_lines(rng)) for _ in range(16)]
     baskets += [("dave", [OrderLine(sku="book", qty=2, unit_price=CATALOG["book"][0])])]
@@ -145,6 +146,7 @@ async def test_a_choreographed_saga_is_recorded_as_an_orchestrated_one(tmp_path:
                         if step in ("reserve_stock", "charge_payment")
                     },
                     history[-1],
+                    shop.app.get_order(order_id),  # the order, and why it was rejected
                 )
     choreographed, orchestrated = seen["choreographed"], seen["orchestrated"]
     for order_id, recorded in choreographed.items():

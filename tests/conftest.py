@@ -94,6 +94,17 @@ def kafka_server(_kafka: services.KafkaServer | None) -> services.KafkaServer:
     return _kafka
 
 
+@pytest.fixture(params=["rabbitmq", "kafka"])
+def real_broker_url(request: pytest.FixtureRequest) -> str:
+    """A real broker's URL, once RabbitMQ's and once Kafka's, for tests whose processes meet
+    on a broker. Kafka's clients are tuned to notice a lost member within seconds."""
+    if request.param == "rabbitmq":
+        url: str = request.getfixturevalue("amqp_url")
+        return url
+    server = request.getfixturevalue("kafka_server")
+    return f"{server.url}?fetch_max_wait_ms=5&session_timeout_ms=3000&heartbeat_interval_ms=500"
+
+
 @pytest.fixture(scope="session")
 def postgres_dsn() -> str:
     """A reachable PostgreSQL (``PYSAGA_POSTGRES_DSN``, default postgres on 127.0.0.1:5432/test)."""

@@ -28,16 +28,6 @@ from .kafka_tools import KafkaSetup, Proxy, proxied_broker
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-async def kafka(kafka_server: KafkaServer) -> AsyncIterator[KafkaSetup]:
-    """A setup on the session's broker whose topics are deleted when the test ends."""
-    setup = KafkaSetup(kafka_server)
-    try:
-        yield setup
-    finally:
-        await setup.cleanup()
-
-
 class TestKafkaBroker(BrokerContract):
     @pytest.fixture
     def setup(self, kafka: KafkaSetup) -> BrokerSetup:

@@ -4,7 +4,6 @@ two applications on one cluster never meet; a prefix Kafka could not use is refu
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -15,21 +14,10 @@ from pysaga.brokers import from_url
 from pysaga.brokers.kafka import KafkaBroker
 from pysaga.messaging import DeadLetter, Envelope
 
-from ..services import KafkaServer
 from .contract import WAIT, Inbox, Ping, ping
 from .kafka_tools import KafkaSetup
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def kafka(kafka_server: KafkaServer) -> AsyncIterator[KafkaSetup]:
-    """A setup on the session's broker whose topics are deleted when the test ends."""
-    setup = KafkaSetup(kafka_server)
-    try:
-        yield setup
-    finally:
-        await setup.cleanup()
 
 
 def new_prefix() -> str:

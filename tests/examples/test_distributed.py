@@ -155,33 +155,24 @@ async def caught_up(read_model: ReadModel, orders: OrderService, stock: StockSer
     return statuses == await orders.statuses() and read_model.stock_levels() == await stock.levels()
 
 
-@pytest.fixture(params=["rabbitmq", "kafka"])
-def broker_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "rabbitmq":
-        url: str = request.getfixturevalue("amqp_url")
-        return url
-    server = request.getfixturevalue("kafka_server")
-    return f"{server.url}?fetch_max_wait_ms=5&session_timeout_ms=3000&heartbeat_interval_ms=500"
-
-
 @pytest.mark.parametrize("style", ["choreographed", "orchestrated"])
 async def test_a_killed_service_comes_back_and_the_books_balance(
-    broker_url: str, database: str, tmp_path: Path, style: str
+    real_broker_url: str, database: str, tmp_path: Path, style: str
 ) -> None:
     prefix = f"shop-{uuid.uuid4().hex[:8]}."  # this run's own queues or topics
-    parts = Parts(broker_url, database, tmp_path, prefix, style)
+    parts = Parts(real_broker_url, database, tmp_path, prefix, style)
     coordinator = "observer" if style == "choreographed" else "orchestrator"
     log_url = with_schema(database, "sagas")
     with running(parts):
         # The read side first, so that it hears every update; then the services.
         for part in ("read-model", coordinator, "stock", "payment", "orders"):
             parts.start(part)
-        first = place(broker_url, 50, 1, prefix)
+        first = place(real_broker_url, 50, 1, prefix)
         await ended(log_url, first, at_least=10)
         parts.kill("stock")  # mid-run: SIGKILL, nothing said or flushed
-        second = place(broker_url, 50, 2, prefix)  # these wait in the stock service's queues
+        second = place(real_broker_url, 50, 2, prefix)  # these wait in the stock service's queues
         cancelled = second[::10]  # their customers change their minds meanwhile
-        cancel(broker_url, cancelled, prefix)
+        cancel(real_broker_url, cancelled, prefix)
         parts.start("stock")
         sagas = await ended(log_url, first + second, at_least=100)
 

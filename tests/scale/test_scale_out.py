@@ -47,15 +47,6 @@ ORDERS = 500
 ORCHESTRATORS = 3
 
 
-@pytest.fixture(params=["rabbitmq", "kafka"])
-def broker_url(request: pytest.FixtureRequest) -> str:
-    if request.param == "rabbitmq":
-        url: str = request.getfixturevalue("amqp_url")
-        return url
-    server = request.getfixturevalue("kafka_server")
-    return f"{server.url}?fetch_max_wait_ms=5&session_timeout_ms=3000&heartbeat_interval_ms=500"
-
-
 @dataclass
 class Worker:
     """One process of the run, started again under the same arguments if need be."""
@@ -260,7 +251,7 @@ async def run_and_audit(
 
 
 async def test_an_orchestrator_killed_mid_run_loses_nothing_and_repeats_nothing(
-    broker_url: str, postgres_url: str, postgres_dsn: str, tmp_path: Path
+    real_broker_url: str, postgres_url: str, postgres_dsn: str, tmp_path: Path
 ) -> None:
     """SIGKILL one of three orchestrators a fifth of the way in, then start it again."""
 
@@ -274,14 +265,14 @@ async def test_an_orchestrator_killed_mid_run_loses_nothing_and_repeats_nothing(
         await victim.start()
 
     orchestrators, summary = await run_and_audit(
-        broker_url, postgres_url, postgres_dsn, tmp_path, kill_one
+        real_broker_url, postgres_url, postgres_dsn, tmp_path, kill_one
     )
     assert orchestrators[1].lives == 2
     assert summary["taken over"] > 0, "the killed orchestrator's sagas were claimed again"
 
 
 async def test_connections_cut_mid_run_lose_nothing(
-    broker_url: str,
+    real_broker_url: str,
     postgres_url: str,
     postgres_dsn: str,
     tmp_path: Path,
@@ -307,7 +298,7 @@ async def test_connections_cut_mid_run_lose_nothing(
             await conn.close()
         assert terminated >= ORCHESTRATORS + len(services)
         workers = [*services, *orchestrators]
-        if broker_url.startswith("amqp"):
+        if real_broker_url.startswith("amqp"):
             closed = 0
             for w in workers:
                 assert w.process is not None
@@ -323,4 +314,4 @@ async def test_connections_cut_mid_run_lose_nothing(
             finally:
                 server.resume()
 
-    await run_and_audit(broker_url, postgres_url, postgres_dsn, tmp_path, cut)
+    await run_and_audit(real_broker_url, postgres_url, postgres_dsn, tmp_path, cut)

@@ -110,8 +110,12 @@ def _sqlite_sql(sql: str) -> str:
 
 
 class SqliteDatabase:
-    """A SQLite file. Statements run in a worker thread (SQLite calls block); one
-    transaction at a time. The read model keeps its file this way too."""
+    """A SQLite file, one transaction at a time. The read model keeps its file this way too.
+
+    Statements run on the event loop: on a small local file each takes microseconds, less
+    than a trip to a worker thread would cost. ``COMMIT`` is the one that may wait for the
+    disk (when it checkpoints the write-ahead log), so it runs in a worker thread.
+    """
 
     def __init__(self, path: Path, tables: str) -> None:
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -120,32 +124,29 @@ class SqliteDatabase:
         self._conn.executescript(tables)
         self._one_at_a_time = anyio.Lock()
 
-    async def _run(self, sql: str, args: Sequence[object]) -> list[Row]:
-        def run() -> list[Row]:
-            return self._conn.execute(_sqlite_sql(sql), tuple(args)).fetchall()
-
-        return await anyio.to_thread.run_sync(run)
+    def _run(self, sql: str, args: Sequence[object]) -> list[Row]:
+        return self._conn.execute(_sqlite_sql(sql), tuple(args)).fetchall()
 
     @contextlib.asynccontextmanager
     async def transaction(self, ctx: HandlerContext | None = None) -> AsyncIterator[Transaction]:
         async with self._one_at_a_time:
-            await self._run("BEGIN IMMEDIATE", ())
+            self._run("BEGIN IMMEDIATE", ())
             try:
                 yield _SqliteTransaction(self)
             except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self._run("ROLLBACK", ())
+                self._run("ROLLBACK", ())
                 raise
             with anyio.CancelScope(shield=True):
-                await self._run("COMMIT", ())
+                await anyio.to_thread.run_sync(self._run, "COMMIT", ())
 
     async def fetchall(self, sql: str, *args: object) -> list[Row]:
-        return await self._run(sql, args)
+        async with self._one_at_a_time:  # between transactions: what is committed
+            return self._run(sql, args)
 
     def query(self, sql: str, *args: object) -> list[Row]:
-        """Read rows at once, in this thread: for quick lookups in a small local file (the
-        read model's queries), where a trip to a worker thread would cost more than the read."""
-        return self._conn.execute(_sqlite_sql(sql), args).fetchall()
+        """Read rows at once, without waiting for a transaction to end (the read model's
+        queries: the projection's transactions are one statement long)."""
+        return self._run(sql, args)
 
     def close(self) -> None:
         self._conn.close()
@@ -156,19 +157,17 @@ class _SqliteTransaction:
         self._db = database
 
     async def execute(self, sql: str, *args: object) -> None:
-        await self._db._run(sql, args)
+        self._db._run(sql, args)
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
-        batch = [tuple(row) for row in rows]
-        conn = self._db._conn
-        await anyio.to_thread.run_sync(lambda: conn.executemany(_sqlite_sql(sql), batch))
+        self._db._conn.executemany(_sqlite_sql(sql), [tuple(row) for row in rows])
 
     async def fetchone(self, sql: str, *args: object) -> Row | None:
-        rows = await self._db._run(sql, args)
+        rows = self._db._run(sql, args)
         return rows[0] if rows else None
 
     async def fetchall(self, sql: str, *args: object) -> list[Row]:
-        return await self._db._run(sql, args)
+        return self._db._run(sql, args)
 
 
 # -- PostgreSQL: the service's own schema ----------------------------------------------------

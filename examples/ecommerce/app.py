@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 from pysaga import ConcurrencyError, Envelope, SagaStatus
 
 from .flows import PlaceOrder, place_order, purchase
-from .messages import UPDATES, CancelOrder, Order, OrderCreated, OrderLine
+from .messages import PLACE, UPDATES, CancelOrder, Order, OrderCreated, OrderLine
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -75,27 +75,34 @@ class OrderSettled(ValueError):
 class ShopApp:
     """The shop's commands and queries.
 
+    Where the commands go depends on what runs beside the application layer:
+
+    * the orchestrator (orchestrated style, in one process): it starts the saga;
+    * the order service's data (choreographed style, in one process): the order service takes
+      the order and publishes the flow's first event, as the original sample's API does;
+    * neither (the shop runs as separate processes, ``distributed.py``): the order is sent to
+      the shop's front, :data:`~.messages.PLACE`, where the order service or the orchestrator
+      takes it, and a command checks what it needs against the read model.
+
     Args:
-        style: How the place-order saga runs.
         broker: The entered broker the services listen on.
         read_model: What queries read.
-        orders: The order service's data (choreographed: the order service takes the order
-            and publishes the flow's first event, as the original sample's API does).
-        orchestrator: The running orchestrator (orchestrated style only).
+        orders: The order service's data, if it runs in this process.
+        orchestrator: The running orchestrator, if it runs in this process.
     """
 
     def __init__(
         self,
         *,
-        style: Style,
         broker: Broker,
         read_model: ReadModel,
-        orders: OrderService,
+        orders: OrderService | None = None,
         orchestrator: Orchestrator | None = None,
     ) -> None:
-        if style == "orchestrated" and orchestrator is None:
-            raise ValueError("the orchestrated style needs a running orchestrator")
-        self.style = style
+        self.style: Style | None = (
+            "orchestrated" if orchestrator else "choreographed" if orders else None
+        )
+        """How the saga runs, if it runs in this process."""
         self._broker = broker
         self._read_model = read_model
         self._orders = orders
@@ -129,11 +136,20 @@ class ShopApp:
                 record = await self._orchestrator.log.get(order.order_id)
                 if record is None or PlaceOrder.model_validate_json(record.data).order != order:
                     raise OrderIdTaken(order.order_id) from None
-        else:
+        elif self._orders is not None:
             placed = await self._orders.find(order.order_id)
             if placed is not None and placed != order:
                 raise OrderIdTaken(order.order_id)
             await self._take(order)
+        else:  # the front takes it; a copy of the same order is dropped there
+            known = self._read_model.order(order.order_id)
+            if known is not None and (known.customer_id, known.items, known.amount) != (
+                order.customer_id,
+                order.items,
+                order.amount,
+            ):
+                raise OrderIdTaken(order.order_id)
+            await self._broker.publish(PLACE, Envelope.of(order, id=f"{order.order_id}#place"))
         return order.order_id
 
     async def cancel_order(self, order_id: str) -> None:
@@ -160,8 +176,9 @@ class ShopApp:
         await self._broker.publish(PAYMENTS, cancel)
 
     async def _status(self, order_id: str) -> str | None:
-        """Where the order stands now, from the service that decides it: ``pending``,
-        ``completed``, ``rejected``, or ``None`` if no order has this id."""
+        """Where the order stands now, from the service that decides it if it runs here (else
+        from the read model): ``pending``, ``completed``, ``rejected``, or ``None`` if no
+        order has this id."""
         if self._orchestrator is not None:
             record = await self._orchestrator.log.get(order_id)
             if record is None:
@@ -169,7 +186,10 @@ class ShopApp:
             if not record.status.is_terminal:
                 return "pending"
             return _ORDER_STATUS.get(record.status, record.status.value)
-        return await self._orders.status(order_id)
+        if self._orders is not None:
+            return await self._orders.status(order_id)
+        view = self._read_model.order(order_id)
+        return None if view is None else view.status
 
     async def _take(self, order: Order) -> None:
         """Choreographed: record the order as pending, then publish the flow's first event.
@@ -178,6 +198,7 @@ class ShopApp:
         (:meth:`resend_pending` after a crash in between) publishes the same messages, which
         the receivers' inboxes drop.
         """
+        assert self._orders is not None
         await take_order(self._broker, self._orders, order)
 
     async def resend_pending(self) -> int:
@@ -185,6 +206,8 @@ class ShopApp:
         have come between recording one and publishing its event); return how many.
 
         The pending order is its own outbox: the order service runs this when it starts."""
+        if self._orders is None:
+            return 0
         pending = await self._orders.pending()
         for order in pending:
             await self._take(order)

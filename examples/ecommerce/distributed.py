@@ -3,13 +3,15 @@ projection, on a real broker, with PostgreSQL behind the inboxes and the saga lo
 
     python -m examples.ecommerce serve PART --broker URL --db URL [--style S]
     python -m examples.ecommerce serve read-model --broker URL --data-dir DIR
+    python -m examples.ecommerce serve api --broker URL --data-dir DIR [--port 8000]
     python -m examples.ecommerce place --broker URL [--orders N] [--seed N]
     python -m examples.ecommerce cancel --broker URL ORDER_ID...
     python -m examples.ecommerce query --data-dir DIR [--status S]
 
 ``PART`` is one of ``orders``, ``stock``, ``payment``, ``orchestrator`` (orchestrated style),
-``observer`` (choreographed style) and ``read-model``. Each part is the same code as in one
-process (``shop.py``); what changes is where things live:
+``observer`` (choreographed style), and ``read-model`` or ``api`` (the read model with the
+HTTP front of ``http.py`` on top: its commands go to the shop as messages). Each part is the
+same code as in one process (``shop.py``); what changes is where things live:
 
 * **messages** go through the broker (``amqp://...`` or ``kafka://...``);
 * **each service's data** is a PostgreSQL schema of its own, named after it
@@ -21,9 +23,9 @@ process (``shop.py``); what changes is where things live:
 * the observer's inbox is the schema ``observer``; the saga log, which the orchestrator and
   the observer write, is ``sagas``; the read model stays a SQLite file in ``--data-dir``.
 
-Orders come in on :data:`PLACE`: ``place`` publishes them there, and the shop's front takes
-each one, the order service in the choreographed style, the orchestrator in the orchestrated
-one. ``query`` reads the read model's file.
+Orders come in on :data:`~.messages.PLACE`: ``place`` (or ``api``) publishes them there, and
+the shop's front takes each one, the order service in the choreographed style, the
+orchestrator in the orchestrated one. ``query`` reads the read model's file.
 """
 
 from __future__ import annotations
@@ -42,10 +44,10 @@ import anyio
 from pysaga import ChoreographyObserver, ConcurrencyError, Envelope, Orchestrator
 from pysaga.brokers import from_url
 
-from .app import PAYMENTS, take_order
+from .app import PAYMENTS, ShopApp, take_order
 from .database import open_database
 from .flows import PlaceOrder, place_order, purchase
-from .messages import UPDATES, CancelOrder, Order
+from .messages import PLACE, UPDATES, CancelOrder, Order
 from .orders import OrderService, order_participant
 from .payments import PaymentService, payment_participant
 from .read_model import Projection, ReadModel
@@ -73,10 +75,7 @@ __all__ = (
     "with_schema",
 )
 
-PLACE = "shop.place-order"
-"""Where orders to place are sent (an :class:`~.messages.Order` each); the front takes them."""
-
-PARTS = ("orders", "stock", "payment", "orchestrator", "observer", "read-model")
+PARTS = ("orders", "stock", "payment", "orchestrator", "observer", "read-model", "api")
 """What ``serve`` runs, one part per process."""
 
 
@@ -99,8 +98,10 @@ async def serve(
     data_dir: Path | None,
     style: Style,
     prefix: str = "",
+    port: int = 8000,
 ) -> None:
-    """Run *part* until cancelled; print ``<part> ready`` once it consumes its messages."""
+    """Run *part* until cancelled (``api``: until its server is stopped); print
+    ``<part> ready`` once it consumes its messages (``api``: and serves HTTP on *port*)."""
     async with contextlib.AsyncExitStack() as stack:
         broker: Broker = await stack.enter_async_context(connect(broker_url, prefix))
 
@@ -109,12 +110,15 @@ async def serve(
             url = with_schema(database, service)
             return await stack.enter_async_context(open_database(url, tables)), url
 
-        if part == "read-model":
+        if part in ("read-model", "api"):
             assert data_dir is not None
             await anyio.Path(data_dir).mkdir(parents=True, exist_ok=True)
             read_model = ReadModel(data_dir / "read-model.db")
             stack.callback(read_model.close)
             await stack.enter_async_context(Projection(read_model, broker))
+            if part == "api":  # the HTTP front, on the read model it answers queries from
+                await _serve_http(ShopApp(broker=broker, read_model=read_model), port)
+                return
         elif part == "orders":
             db, inbox = await own_schema("orders", OrderService.TABLES)
             orders = OrderService(db)
@@ -169,6 +173,23 @@ async def serve(
             raise ValueError(f"unknown part {part!r}; use one of {', '.join(PARTS)}")
         print(f"{part} ready", flush=True)
         await anyio.sleep_forever()
+
+
+async def _serve_http(app: ShopApp, port: int) -> None:
+    """Serve *app* over HTTP on the loopback interface until the server is stopped (Ctrl-C
+    or SIGTERM); print ``api ready`` once it listens."""
+    import uvicorn  # the "examples" extra
+
+    from .http import create_app
+
+    config = uvicorn.Config(create_app(app), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve)
+        with anyio.fail_after(30):
+            while not server.started:  # noqa: ASYNC110 (the server says so by this flag only)
+                await anyio.sleep(0.01)
+        print("api ready", flush=True)
 
 
 @contextlib.asynccontextmanager
@@ -249,7 +270,13 @@ def main(argv: Sequence[str]) -> int:
         help="a postgresql:// URL; each part uses its own schema in it (not for read-model)",
     )
     serving.add_argument(
-        "--data-dir", type=Path, metavar="DIR", help="(read-model) where its SQLite file is"
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="(read-model, api) where the read model's SQLite file is",
+    )
+    serving.add_argument(
+        "--port", type=int, default=8000, help="(api) the HTTP port on 127.0.0.1 (default: 8000)"
     )
     serving.add_argument(
         "--style",
@@ -277,13 +304,20 @@ def main(argv: Sequence[str]) -> int:
     )
     args = parser.parse_args(argv)
     if args.command == "serve":
-        if args.db is None and args.part != "read-model":
+        if args.db is None and args.part not in ("read-model", "api"):
             parser.error(f"serve {args.part} needs --db (a postgresql:// URL)")
-        if args.data_dir is None and args.part == "read-model":
-            parser.error("serve read-model needs --data-dir (where its SQLite file is)")
+        if args.data_dir is None and args.part in ("read-model", "api"):
+            parser.error(f"serve {args.part} needs --data-dir (where its read model's file is)")
         with contextlib.suppress(KeyboardInterrupt):
             anyio.run(
-                serve, args.part, args.broker, args.db or "", args.data_dir, args.style, args.prefix
+                serve,
+                args.part,
+                args.broker,
+                args.db or "",
+                args.data_dir,
+                args.style,
+                args.prefix,
+                args.port,
             )
     elif args.command == "place":
         if args.orders < 1:

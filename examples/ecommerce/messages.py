@@ -21,6 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 UPDATES = "shop.updates"
 """The destination of the read-model updates (the projection consumes it in its own group)."""
 
+PLACE = "shop.place-order"
+"""Where orders to place are sent (an :class:`Order` each) when the shop runs as separate
+processes: its front takes them, the order service (choreographed) or the orchestrator."""
+
 
 class OrderLine(BaseModel):
     """So many units of one article, at the price they were offered at."""

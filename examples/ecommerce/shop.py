@@ -226,7 +226,6 @@ async def open_shop(
                 await stack.enter_async_context(observer)
                 log = observer.log
             app = ShopApp(
-                style=style,
                 broker=broker,
                 read_model=read_model,
                 orders=orders,

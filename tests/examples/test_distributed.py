@@ -1,13 +1,15 @@
 """The shop as separate processes, as its page's "Run it distributed" section runs it: each
-service, the observer or orchestrator and the projection a process of its own on RabbitMQ or
-Kafka, each service's data and inbox in a PostgreSQL schema of its own, the saga log in
-another. The stock service is killed with SIGKILL mid-run and started again; every saga still
-ends, and the books balance."""
+service, the observer or orchestrator and the HTTP front with its read model a process of its
+own on RabbitMQ or Kafka, each service's data and inbox in a PostgreSQL schema of its own, the
+saga log in another. Orders come in over HTTP and from the command line; the stock service is
+killed with SIGKILL mid-run and started again while customers cancel; every saga still ends,
+and the books balance."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -19,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import asyncpg
+import httpx
 import pytest
 from examples.ecommerce.database import Database, open_database
 from examples.ecommerce.distributed import with_schema
@@ -48,6 +51,13 @@ async def database(postgres_dsn: str) -> AsyncIterator[str]:
         await admin.close()
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def shop(*args: str) -> list[str]:
     return [sys.executable, "-m", "examples.ecommerce", *args]
 
@@ -56,7 +66,10 @@ class Parts:
     """The shop's processes, started from the repository's root like the page says."""
 
     def __init__(self, broker: str, database: str, data_dir: Path, prefix: str, style: str) -> None:
+        self.port = free_port()
         self.options = [
+            "--port",
+            str(self.port),
             "--style",
             style,
             "--broker",
@@ -124,6 +137,15 @@ def place(broker: str, count: int, seed: int, prefix: str) -> list[str]:
     return ids
 
 
+async def cancel_over_http(api: httpx.AsyncClient, order_id: str) -> None:
+    """Cancel through the HTTP front, once its read model shows the order (pending)."""
+    with anyio.fail_after(30):
+        while (await api.get(f"/orders/{order_id}")).status_code == 404:  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+    response = await api.post(f"/orders/{order_id}/cancel")
+    assert response.status_code == 202, response.text
+
+
 def cancel(broker: str, order_ids: list[str], prefix: str) -> None:
     subprocess.run(
         shop("cancel", "--broker", broker, "--prefix", prefix, *order_ids),
@@ -164,17 +186,28 @@ async def test_a_killed_service_comes_back_and_the_books_balance(
     coordinator = "observer" if style == "choreographed" else "orchestrator"
     log_url = with_schema(database, "sagas")
     with running(parts):
-        # The read side first, so that it hears every update; then the services.
-        for part in ("read-model", coordinator, "stock", "payment", "orders"):
+        # The read side (with the HTTP front) first, so that it hears every update; then the
+        # services.
+        for part in ("api", coordinator, "stock", "payment", "orders"):
             parts.start(part)
-        first = place(real_broker_url, 50, 1, prefix)
-        await ended(log_url, first, at_least=10)
-        parts.kill("stock")  # mid-run: SIGKILL, nothing said or flushed
-        second = place(real_broker_url, 50, 2, prefix)  # these wait in the stock service's queues
-        cancelled = second[::10]  # their customers change their minds meanwhile
-        cancel(real_broker_url, cancelled, prefix)
-        parts.start("stock")
-        sagas = await ended(log_url, first + second, at_least=100)
+        api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{parts.port}")
+        async with api:
+            web = f"{prefix}web-1"  # one order through the HTTP front
+            body = {"customer_id": "alice", "lines": [{"sku": "poster", "qty": 1}]}
+            posted = await api.post("/orders", json={**body, "order_id": web})
+            assert posted.status_code == 202, posted.text
+            first = [web, *place(real_broker_url, 50, 1, prefix)]
+            await ended(log_url, first, at_least=10)
+            parts.kill("stock")  # mid-run: SIGKILL, nothing said or flushed
+            second = place(real_broker_url, 50, 2, prefix)  # they wait in the stock queues
+            cancelled = second[::10]  # their customers change their minds meanwhile
+            await cancel_over_http(api, cancelled[0])
+            cancel(real_broker_url, cancelled[1:], prefix)
+            parts.start("stock")
+            sagas = await ended(log_url, first + second, at_least=101)
+            assert (await api.get(f"/orders/{web}")).json()["status"] == "completed"
+            refused = await api.post(f"/orders/{web}/cancel")
+            assert refused.status_code == 409, refused.text
 
         async with AsyncExitStack() as opened:  # each service's own schema
 
@@ -201,6 +234,6 @@ async def test_a_killed_service_comes_back_and_the_books_balance(
             assert reasons.total() == len(cancelled), reasons
             assert set(reasons) <= {"cancelled by the customer", "out of stock"}, reasons
             assert reasons["cancelled by the customer"] > 0
-    assert sum(statuses.values()) == 100
+    assert sum(statuses.values()) == 101
     assert statuses["completed"] > 0
     assert statuses["rejected"] > 0

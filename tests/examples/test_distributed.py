@@ -208,6 +208,10 @@ async def test_a_killed_service_comes_back_and_the_books_balance(
             assert (await api.get(f"/orders/{web}")).json()["status"] == "completed"
             refused = await api.post(f"/orders/{web}/cancel")
             assert refused.status_code == 409, refused.text
+            other = {"customer_id": "bob", "lines": [{"sku": "mug", "qty": 1}], "order_id": web}
+            assert (await api.post("/orders", json=other)).status_code == 409  # id taken
+            again = await api.post("/orders", json={**body, "order_id": web})  # a retry
+            assert again.status_code == 202, again.text
 
         async with AsyncExitStack() as opened:  # each service's own schema
 

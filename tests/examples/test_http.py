@@ -185,7 +185,7 @@ async def test_an_order_cancelled_before_its_charge_is_rejected_and_undone(serve
     compensates: the stock comes back, nothing is charged, and the order says why."""
     shop: Shop = served[0]
     client: httpx.AsyncClient = served[1]
-    shop.broker.faults.delay(before_the_charge, seconds=0.5, times=10)
+    shop.broker.faults.delay(before_the_charge, seconds=2.0, times=10)
     placed = await client.post("/orders", json=order("alice", ("lamp", 1), order_id="o-oops"))
     assert placed.status_code == 202
     for _ in range(2):  # asking twice is one cancellation

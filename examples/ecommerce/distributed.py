@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import secrets
 import sys
 from collections import Counter
@@ -319,14 +320,18 @@ def main(argv: Sequence[str]) -> int:
                 args.prefix,
                 args.port,
             )
-    elif args.command == "place":
-        if args.orders < 1:
-            parser.error("--orders must be at least 1")
-        anyio.run(place, args.broker, args.orders, args.seed, args.prefix)
-    elif args.command == "cancel":
-        anyio.run(cancel, args.broker, args.order_ids, args.prefix)
+    elif args.command == "place" and args.orders < 1:
+        parser.error("--orders must be at least 1")
     else:
-        query(args.data_dir, args.status)
+        try:
+            if args.command == "place":
+                anyio.run(place, args.broker, args.orders, args.seed, args.prefix)
+            elif args.command == "cancel":
+                anyio.run(cancel, args.broker, args.order_ids, args.prefix)
+            else:
+                query(args.data_dir, args.status)
+        except BrokenPipeError:  # the reader stopped reading (``| head``): no error of ours
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -230,7 +230,12 @@ class TestPlaceOrder:
 
     def test_readme_shows_the_snippets(self) -> None:
         """The README's code is the snippets the tests run, character for character."""
-        wanted = [("place_order", "saga"), ("remote_steps", "saga"), ("remote_steps", "stock")]
+        wanted = [
+            ("place_order", "saga"),
+            ("remote_steps", "saga"),
+            ("remote_steps", "stock"),
+            ("choreography", "flow"),
+        ]
         sections = []
         for snippet, name in wanted:
             source = (SNIPPETS / f"{snippet}.py").read_text(encoding="utf-8")

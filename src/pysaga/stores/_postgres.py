@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = (
+    "RELEASE_TIMEOUT",
     "discard",
     "lost_connection",
     "CLIENT_ERRORS",
@@ -194,6 +195,11 @@ async def apply_schema(
                 component,
                 target,
             )
+
+
+RELEASE_TIMEOUT = 10.0
+"""Seconds a connection may take to go back to its pool (reset, or closed if the pool replaces
+it) before it is terminated instead: a server that stopped answering never holds up a caller."""
 
 
 def is_connection_error(exc: BaseException) -> bool:

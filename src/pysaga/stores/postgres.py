@@ -48,6 +48,7 @@ from ._codec import (
 from ._group_commit import GroupCommit, PendingWrite
 from ._postgres import (
     CLIENT_ERRORS,
+    RELEASE_TIMEOUT,
     PostgresOptions,
     apply_schema,
     check_schema_name,
@@ -403,17 +404,23 @@ class PostgresSagaLog:
         """A pooled connection. When one breaks under a call, the pool replaces every
         connection it holds (as they are next used): what ended one connection (the server
         restarting, or ending them all) has most likely ended the idle ones too, and a retry
-        must not meet another dead one."""
+        must not meet another dead one.
+
+        A connection goes back under a time limit: one that cannot be reset (or, once the
+        pool replaces its connections, closed) in time, because the server stopped answering
+        it, is terminated instead of holding up its caller for ever."""
         pool = self._db
-        async with pool.acquire() as conn:
-            try:
-                yield conn
-            except CLIENT_ERRORS as exc:
-                if is_connection_error(exc):
-                    await pool.expire_connections()
-                    with contextlib.suppress(*CLIENT_ERRORS):  # it may be gone already
-                        conn.terminate()
-                raise
+        conn = await pool.acquire()
+        try:
+            yield conn
+        except CLIENT_ERRORS as exc:
+            if is_connection_error(exc):
+                await pool.expire_connections()
+                with contextlib.suppress(*CLIENT_ERRORS):  # it may be gone already
+                    conn.terminate()
+            raise
+        finally:
+            await pool.release(conn, timeout=RELEASE_TIMEOUT)
 
     # -- writes (group commit) ---------------------------------------------------------------
 

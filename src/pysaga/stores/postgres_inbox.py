@@ -33,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 from ..errors import StoreError
 from ..protocols import InboxRecord, OutboxMessage
 from ._postgres import (
+    RELEASE_TIMEOUT,
     PostgresOptions,
     apply_schema,
     check_schema_name,
@@ -255,7 +256,7 @@ class PostgresInbox:
             raise
         finally:
             # bounded: a connection that cannot be reset in time is terminated by the pool
-            await pool.release(conn, timeout=10)
+            await pool.release(conn, timeout=RELEASE_TIMEOUT)
 
     @contextlib.asynccontextmanager
     async def _discard_if_lost(self, conn: Any) -> AsyncIterator[None]:

@@ -27,12 +27,10 @@ import contextlib
 import datetime as _dt
 import logging
 import math
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Self, TypeAlias
-from urllib.parse import quote
 
 import anyio
 import anyio.abc
@@ -55,14 +53,15 @@ from .models import (
 )
 from .orchestrator import new_saga_id
 from .participant import HEADER_SERVICE, HandlerContext, Participant, _Guards
-from .protocols import Inbox, SagaLog
 
 if TYPE_CHECKING:
+    import os
     from types import TracebackType
 
     from opentelemetry.trace import TracerProvider
 
     from .messaging import Broker
+    from .protocols import Inbox, SagaLog
 
 __all__ = ("Choreography", "ChoreographyObserver", "StepEvents")
 
@@ -452,19 +451,8 @@ class ChoreographyObserver:
     ) -> None:
         if not isinstance(flow, Choreography):
             raise TypeError(f"ChoreographyObserver takes a pysaga.Choreography, got {flow!r}")
-        if isinstance(log, os.PathLike):
-            log = "sqlite:///" + quote(os.fspath(log))
-        if isinstance(log, str):
-            self._log: SagaLog = stores.from_url(log)
-            self._owned_log = True
-        elif isinstance(log, SagaLog):
-            self._log = log
-            self._owned_log = False
-        else:
-            raise TypeError(
-                f"log={log!r}: pass a saga log URL ('sqlite:///sagas.db', 'memory://'), a file "
-                "path for a SQLite log, or an object implementing pysaga.SagaLog"
-            )
+        self._log: SagaLog
+        self._log, self._owned_log = stores.log_from(log)
         if check_interval is None:
             check_interval = min(5.0, flow.deadline / 4)
         if not check_interval > 0:

@@ -12,20 +12,20 @@ separate one, for example a script or an admin endpoint::
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Self
-from urllib.parse import quote
 
 from . import stores
 from .errors import SagaNotFoundError
 from .models import ACTIVE_STATUSES, EntryKind, SagaRecord, SagaStatus
-from .protocols import SagaLog
 
 if TYPE_CHECKING:
+    import os
     from collections.abc import Callable, Collection
     from types import TracebackType
+
+    from .protocols import SagaLog
 
 __all__ = ("Inspector", "Timeline", "TimelineEvent")
 
@@ -83,19 +83,8 @@ class _LogUser:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if isinstance(log, os.PathLike):  # a file path: the SQLite log in that file
-            log = "sqlite:///" + quote(os.fspath(log))
-        if isinstance(log, str):
-            self._log: SagaLog = stores.from_url(log)
-            self._owned = True
-        elif isinstance(log, SagaLog):
-            self._log = log
-            self._owned = False
-        else:
-            raise TypeError(
-                f"log={log!r}: pass a saga log URL ('sqlite:///sagas.db', 'memory://'), a "
-                "file path for a SQLite log, or an object implementing pysaga.SagaLog"
-            )
+        self._log: SagaLog
+        self._log, self._owned = stores.log_from(log)
         self._clock = clock
         self._open = not self._owned
 

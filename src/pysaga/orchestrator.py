@@ -26,7 +26,6 @@ import os
 import socket
 import uuid
 from typing import TYPE_CHECKING, Any, Self, TypeVar
-from urllib.parse import quote
 
 import anyio
 import anyio.abc
@@ -54,7 +53,6 @@ from .models import (
     StepState,
     StepStatus,
 )
-from .protocols import SagaLog
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -64,6 +62,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
     from .messaging import Broker
+    from .protocols import SagaLog
 
 from .tracing import Telemetry, telemetry
 
@@ -159,16 +158,7 @@ class Orchestrator:
             self._sagas[saga.name] = saga
         if not lease > 0:
             raise ValueError("lease must be > 0 seconds")
-        if isinstance(log, os.PathLike):  # a file path: the SQLite log in that file
-            log = "sqlite:///" + quote(os.fspath(log))
-        if isinstance(log, str):
-            log = stores.from_url(log)
-        elif not isinstance(log, SagaLog):
-            raise TypeError(
-                f"log={log!r}: pass a saga log URL ('sqlite:///sagas.db', 'memory://'), a "
-                "file path for a SQLite log, or an object implementing pysaga.SagaLog"
-            )
-        self._log: SagaLog = log
+        self._log: SagaLog = stores.log_from(log)[0]
         remote = sorted(
             f"{saga.name}.{step.name}"
             for saga in self._sagas.values()

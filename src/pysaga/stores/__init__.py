@@ -8,13 +8,16 @@ client library is loaded only when it is used.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
+
+from ..protocols import SagaLog
 
 if TYPE_CHECKING:
-    from ..protocols import Inbox, SagaLog
+    from ..protocols import Inbox
 
-__all__ = ("from_url", "inbox_from_url")
+__all__ = ("from_url", "inbox_from_url", "log_from")
 
 _SCHEMES = {
     "memory": ("pysaga.stores.memory", "InMemorySagaLog"),
@@ -47,6 +50,29 @@ def from_url(url: str) -> SagaLog:
     cls = getattr(importlib.import_module(module_name), class_name)
     log: SagaLog = cls.from_url(url)
     return log
+
+
+def log_from(log: str | os.PathLike[str] | SagaLog) -> tuple[SagaLog, bool]:
+    """The saga log that a ``log=`` argument names, and whether it was made here (then its
+    user enters and closes it; a log object passed in belongs to the caller).
+
+    *log* is a URL (:func:`from_url`), a file path (the SQLite log in that file) or an object
+    implementing :class:`~pysaga.SagaLog`.
+
+    Raises:
+        TypeError: *log* is none of these.
+        ValueError: a URL with a scheme pysaga does not know.
+    """
+    if isinstance(log, os.PathLike):
+        log = "sqlite:///" + quote(os.fspath(log))
+    if isinstance(log, str):
+        return from_url(log), True
+    if isinstance(log, SagaLog):
+        return log, False
+    raise TypeError(
+        f"log={log!r}: pass a saga log URL ('sqlite:///sagas.db', 'memory://'), a file path "
+        "for a SQLite log, or an object implementing pysaga.SagaLog"
+    )
 
 
 _INBOXES = {

@@ -30,7 +30,16 @@ if TYPE_CHECKING:
     from .orders import OrderService
     from .read_model import OrderView, ReadModel
 
-__all__ = ("OrderIdTaken", "OrderSettled", "ShopApp", "Style", "UnknownOrder", "take_order")
+__all__ = (
+    "PAYMENTS",
+    "OrderIdTaken",
+    "OrderSettled",
+    "ShopApp",
+    "Style",
+    "UnknownOrder",
+    "cancellation",
+    "take_order",
+)
 
 Style = Literal["orchestrated", "choreographed"]
 
@@ -170,10 +179,7 @@ class ShopApp:
             raise UnknownOrder(order_id)
         if status != "pending":
             raise OrderSettled(order_id, status)
-        cancel = Envelope.of(
-            CancelOrder(order_id=order_id), id=f"{order_id}#cancel", correlation_id=order_id
-        )
-        await self._broker.publish(PAYMENTS, cancel)
+        await self._broker.publish(PAYMENTS, cancellation(order_id))
 
     async def _status(self, order_id: str) -> str | None:
         """Where the order stands now, from the service that decides it if it runs here (else
@@ -226,6 +232,14 @@ class ShopApp:
     def stock_levels(self) -> dict[str, int]:
         """Units on the shelf, by article."""
         return self._read_model.stock_levels()
+
+
+def cancellation(order_id: str) -> Envelope:
+    """The cancellation of *order_id*, for the payment service (:data:`PAYMENTS`). Its id is
+    made from the order id, so asking twice is one cancellation: the inbox drops the copy."""
+    return Envelope.of(
+        CancelOrder(order_id=order_id), id=f"{order_id}#cancel", correlation_id=order_id
+    )
 
 
 async def take_order(broker: Broker, orders: OrderService, order: Order) -> None:

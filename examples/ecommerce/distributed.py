@@ -45,10 +45,10 @@ import anyio
 from pysaga import ChoreographyObserver, ConcurrencyError, Envelope, Orchestrator
 from pysaga.brokers import from_url
 
-from .app import PAYMENTS, ShopApp, take_order
+from .app import PAYMENTS, ShopApp, cancellation, take_order
 from .database import open_database
 from .flows import PlaceOrder, place_order, purchase
-from .messages import PLACE, UPDATES, CancelOrder, Order
+from .messages import PLACE, UPDATES, Order
 from .orders import OrderService, order_participant
 from .payments import PaymentService, payment_participant
 from .read_model import Projection, ReadModel
@@ -227,9 +227,7 @@ async def cancel(broker_url: str, order_ids: Sequence[str], prefix: str = "") ->
     paid. ``query`` tells which, once the sagas have ended."""
     async with connect(broker_url, prefix) as broker:
         for order_id in order_ids:
-            message = CancelOrder(order_id=order_id)
-            envelope = Envelope.of(message, id=f"{order_id}#cancel", correlation_id=order_id)
-            await broker.publish(PAYMENTS, envelope)
+            await broker.publish(PAYMENTS, cancellation(order_id))
             print(f"{order_id} cancel requested", flush=True)
 
 

@@ -14,6 +14,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -114,6 +115,22 @@ def postgres_dsn() -> str:
             "pg_ctlcluster <version> main start (or set PYSAGA_POSTGRES_DSN)",
         )
     return services.POSTGRES_DSN
+
+
+@pytest.fixture
+async def postgres_database(postgres_dsn: str) -> AsyncIterator[str]:
+    """The URL of a PostgreSQL database of this test's own (for processes that make their
+    schemas in it), dropped afterwards."""
+    import asyncpg
+
+    name = f"pysaga_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        yield urlunsplit(urlsplit(postgres_dsn)._replace(path=f"/{name}"))
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.close()
 
 
 @pytest.fixture

@@ -8,11 +8,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -26,16 +24,9 @@ SNIPPETS = ROOT / "docs" / "snippets"
 
 
 @pytest.fixture
-async def database(postgres_dsn: str) -> AsyncIterator[str]:
-    """A database of this test's own, dropped afterwards."""
-    name = f"pysaga_tutorial_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(postgres_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-        yield urlunsplit(urlsplit(postgres_dsn)._replace(path=f"/{name}"))
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    finally:
-        await admin.close()
+def database(postgres_database: str) -> str:
+    """A database of this test's own (the parts make their schemas in it)."""
+    return postgres_database
 
 
 def run(role: str, broker: str, database: str) -> subprocess.CompletedProcess[str]:

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
-import asyncpg
 import httpx
 import pytest
 from examples.ecommerce.database import Database, open_database
@@ -33,29 +30,17 @@ from examples.ecommerce.stock import StockService
 
 from pysaga import SagaRecord, stores
 
+from ..services import free_port
+
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def database(postgres_dsn: str) -> AsyncIterator[str]:
-    """A database of this test's own (the parts make their schemas in it), dropped after."""
-    name = f"pysaga_shop_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(postgres_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-        yield urlunsplit(urlsplit(postgres_dsn)._replace(path=f"/{name}"))
-        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    finally:
-        await admin.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def database(postgres_database: str) -> str:
+    """A database of this test's own (the parts make their schemas in it)."""
+    return postgres_database
 
 
 def shop(*args: str) -> list[str]:

@@ -23,6 +23,7 @@ from examples.ecommerce.shop import CATALOG, Shop, open_shop
 from pysaga import Envelope
 
 from ..docs.test_snippets import load, pasted_output
+from ..services import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -311,13 +312,6 @@ async def test_the_docs_snippet_prints_what_the_page_shows(
     snippet = load("shop_http", monkeypatch)
     await snippet.main(base_url)
     assert capsys.readouterr().out == pasted_output("shop_http")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.mark.slow

@@ -190,9 +190,15 @@ async def open_shop(
             broker = await connect("orders")  # the application layer's, in the order service
             # The read side first, so that it hears every update from the first one on.
             await stack.enter_async_context(Projection(read_model, await connect("read-model")))
-            for level in await stock.restock({sku: units for sku, (_, units) in CATALOG.items()}):
+            opening = await stock.restock({sku: units for sku, (_, units) in CATALOG.items()})
+            for level in opening:
                 envelope = Envelope.of(level, id=f"restock-{level.sku}-{level.version}")
                 await broker.publish(UPDATES, envelope)
+            # The shop opens once its read side knows the shelves: a first query answers them.
+            shelves = {level.sku: level.on_hand for level in opening}
+            with anyio.fail_after(10):
+                while read_model.stock_levels() != shelves:  # noqa: ASYNC110
+                    await anyio.sleep(0.005)
             await payments.open_accounts(CUSTOMERS)
             for participant in (
                 order_participant(

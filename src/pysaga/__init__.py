@@ -31,6 +31,7 @@ from .errors import OperatorActionRefused as OperatorActionRefused
 from .errors import PysagaError as PysagaError
 from .errors import RemoteStepError as RemoteStepError
 from .errors import SagaDefinitionError as SagaDefinitionError
+from .errors import SagaIdTaken as SagaIdTaken
 from .errors import SagaNotFoundError as SagaNotFoundError
 from .errors import SagaNotRegisteredError as SagaNotRegisteredError
 from .errors import SchemaVersionError as SchemaVersionError
@@ -40,6 +41,7 @@ from .errors import UnknownMessageType as UnknownMessageType
 from .inspection import Inspector as Inspector
 from .inspection import Timeline as Timeline
 from .inspection import TimelineEvent as TimelineEvent
+from .interceptors import StepCall as StepCall
 from .messaging import Broker as Broker
 from .messaging import DeadLetter as DeadLetter
 from .messaging import Envelope as Envelope
@@ -98,6 +100,7 @@ __all__ = (
     "Retry",
     "Saga",
     "SagaDefinitionError",
+    "SagaIdTaken",
     "SagaLog",
     "SagaNotFoundError",
     "SagaNotRegisteredError",
@@ -107,6 +110,7 @@ __all__ = (
     "SagaUpdate",
     "SchemaVersionError",
     "Step",
+    "StepCall",
     "StepContext",
     "StepError",
     "StepEvents",

@@ -9,7 +9,8 @@ naturally catch a builtin, the error also derives from it::
     ├── SagaNotFoundError (LookupError)
     ├── StoreError                        the saga log failed
     │   ├── ConcurrencyError              someone else wrote the saga first (optimistic version)
-    │   │   └── LeaseLost                 this orchestrator no longer holds the saga's lease
+    │   │   ├── LeaseLost                 this orchestrator no longer holds the saga's lease
+    │   │   └── SagaIdTaken               a saga with this id exists, with other data
     │   └── SchemaVersionError            the log's schema is newer than this library
     ├── StepError                         raised *by user code* inside a step
     │   ├── BusinessError                 "no" for a business reason: never retried, compensate now
@@ -46,6 +47,7 @@ __all__ = (
     "PysagaError",
     "RemoteStepError",
     "SagaDefinitionError",
+    "SagaIdTaken",
     "SagaNotFoundError",
     "SagaNotRegisteredError",
     "SchemaVersionError",
@@ -123,6 +125,37 @@ class LeaseLost(ConcurrencyError):
     def owner(self) -> str:
         """The orchestrator that lost the lease."""
         return self._owner
+
+
+class SagaIdTaken(ConcurrencyError):
+    """A saga was started under an id that a different saga (another definition, or other
+    data) already has.
+
+    Starting the *same* saga again under its id is not an error with
+    ``on_conflict="use_existing"``: that returns the existing saga.
+    """
+
+    def __init__(self, saga_id: str, differences: list[str]) -> None:
+        if differences:
+            message = (
+                f"a saga with id {saga_id!r} exists, and it is a different saga: "
+                f"{'; '.join(differences)}. Use another id, or start the same saga with the "
+                "same data to get the existing one"
+            )
+        else:
+            message = (
+                f"a saga with id {saga_id!r} exists already; pass on_conflict='use_existing' "
+                "to get it instead (a retried start is then safe)"
+            )
+        super().__init__(saga_id, message)
+        self._differences = tuple(differences)
+
+    @property
+    def differences(self) -> tuple[str, ...]:
+        """What differs between the saga asked for and the one under the id, one line each
+        (``"data field 'qty': 2 in the log, 3 asked"``); empty when it is the same saga
+        (started again without ``on_conflict="use_existing"``)."""
+        return self._differences
 
 
 class SchemaVersionError(StoreError):

@@ -206,6 +206,12 @@ class StepState:
             resumed after a restart keeps its original limit.
         retry_at: After a failed attempt that will be retried: when the next attempt may
             start, so a restart waits out the rest of the backoff instead of starting over.
+        failure: The last failure of the action (or, once compensating, of the
+            compensation), kept while the step is ``FAILED`` or ``COMPENSATION_FAILED``: for
+            a compensation that gave up, the error an operator has to look at, kept beside
+            the saga's own ``failure`` (the reason it turned back) rather than over it.
+
+    A state is never changed in place: each transition makes a new one.
     """
 
     status: StepStatus
@@ -213,6 +219,7 @@ class StepState:
     failures: int = 0
     timeout_at: float | None = None
     retry_at: float | None = None
+    failure: Failure | None = None
 
 
 @dataclass(slots=True)
@@ -232,7 +239,10 @@ class SagaRecord:
         deadline_at: When the saga must have passed its pivot, if it has a deadline.
         created_at: When the saga was started.
         updated_at: When the row was last written.
-        failure: Why the saga turned back or failed, if it did.
+        failure: Why the saga turned back (the step's error, a deadline, an operator's abort),
+            or why it failed going forward (a step after the pivot, a pivot in doubt). A
+            compensation that gives up later does not replace it: see
+            :attr:`compensation_failure`.
     """
 
     saga_id: str
@@ -248,6 +258,37 @@ class SagaRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     failure: Failure | None = None
+
+    @property
+    def compensation_failure(self) -> Failure | None:
+        """The error of the compensation that gave up, when the saga is stuck on one;
+        ``None`` otherwise."""
+        return compensation_failure(self.steps)
+
+    def apply(self, update: SagaUpdate) -> None:
+        """Fold *update* into this record, as every saga log does when it writes one.
+
+        The revision is the log's to count and is left alone; ``updated_at`` becomes the time
+        of the update's last entry.
+        """
+        if update.status is not None:
+            self.status = update.status
+        if update.steps:
+            self.steps.update(update.steps)
+        if update.data is not None:
+            self.data = update.data
+        if update.failure is not None:
+            self.failure = update.failure
+        if update.entries:
+            self.updated_at = update.entries[-1].at
+
+
+def compensation_failure(steps: Mapping[str, StepState]) -> Failure | None:
+    """The failure of the compensation that gave up among *steps*, if one did."""
+    for state in steps.values():
+        if state.status is StepStatus.COMPENSATION_FAILED:
+            return state.failure  # the saga stops at the first compensation that gives up
+    return None
 
 
 @dataclass(slots=True)
@@ -268,6 +309,16 @@ class SagaUpdate:
     data: str | None = None
     failure: Failure | None = None
 
+    def then(self, later: SagaUpdate) -> SagaUpdate:
+        """This update followed by *later*, as one write."""
+        return SagaUpdate(
+            entries=[*self.entries, *later.entries],
+            status=later.status if later.status is not None else self.status,
+            steps={**self.steps, **later.steps} if later.steps else self.steps,
+            data=later.data if later.data is not None else self.data,
+            failure=later.failure if later.failure is not None else self.failure,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class SagaOutcome(Generic[D]):
@@ -279,6 +330,8 @@ class SagaOutcome(Generic[D]):
         status: COMPLETED, COMPENSATED or FAILED (or RESOLVED, read back from the log).
         data: The saga's data at the end, as the saga's pydantic model.
         failure: Why it turned back or failed; ``None`` when it completed.
+        compensation_failure: When it is FAILED because a compensation gave up: that
+            compensation's error (``failure`` still says why the saga turned back).
     """
 
     saga_id: str
@@ -286,6 +339,7 @@ class SagaOutcome(Generic[D]):
     status: SagaStatus
     data: D
     failure: Failure | None = None
+    compensation_failure: Failure | None = None
 
     @property
     def ok(self) -> bool:

@@ -21,46 +21,49 @@ claimed the saga, which stops the old holder from touching it again.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
 import uuid
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 import anyio
 import anyio.abc
 from pydantic import BaseModel, ValidationError
 
 from . import _clock, stores
+from . import _transitions as _machine
 from ._engine import Run as _Run
-from ._engine import timeout_at as _timeout_at
+from ._engine import Steps as _Steps
+from ._engine import first_timeouts as _first_timeouts
 from ._remote import Requester as _Requester
 from .definition import Saga
 from .errors import (
     ConcurrencyError,
     LeaseLost,
+    SagaIdTaken,
     SagaNotFoundError,
     SagaNotRegisteredError,
 )
+from .interceptors import chain as _chain
 from .models import (
     ACTIVE_STATUSES,
     OBSERVER_PREFIX,
-    EntryKind,
     LogEntry,
     SagaOutcome,
     SagaRecord,
     SagaStatus,
-    StepState,
-    StepStatus,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
     from types import TracebackType
 
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
+    from .interceptors import Interceptor, Invoke
     from .messaging import Broker
     from .protocols import SagaLog
 
@@ -128,6 +131,8 @@ class Orchestrator:
             ``"amqp://..."``, ``"kafka://..."``), which the orchestrator opens and closes, or
             a :class:`~pysaga.Broker` object that the caller has entered. Needed only when a
             saga has remote steps.
+        interceptors: Wrap every attempt of every step and compensation, outermost first
+            (see :mod:`pysaga.interceptors`); tracing is added inside them.
 
     Use it as an async context manager, or run :meth:`serve` in a task group::
 
@@ -147,6 +152,7 @@ class Orchestrator:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         broker: str | Broker | None = None,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self._sagas: dict[str, Saga[Any]] = {}
         for saga in sagas:
@@ -188,6 +194,16 @@ class Orchestrator:
             if tracer_provider is not None or meter_provider is not None
             else telemetry
         )
+        self._interceptors = tuple(interceptors)
+        for interceptor in self._interceptors:
+            if not callable(interceptor):
+                raise TypeError(
+                    f"interceptors=[...] takes 'async def f(call, proceed)' functions, got "
+                    f"{interceptor!r}"
+                )
+        # How runs call each saga's steps: through the interceptors, and through tracing too
+        # while an SDK is installed (checked once per run).
+        self._calls: dict[tuple[str, bool], _Steps] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._running: dict[str, _Run[Any]] = {}
@@ -373,10 +389,43 @@ class Orchestrator:
         except Exception:
             logger.warning("orchestrator %s: claim failed; will retry", self.owner, exc_info=True)
 
-    def _new_run(self, saga: Saga[DataT], record: SagaRecord, data: DataT) -> _Run[DataT]:
-        run = _Run(self._log, self.owner, saga, record, data, self._telemetry)
-        run.requester = self._requester
-        return run
+    def _new_run(
+        self, saga: Saga[DataT], record: SagaRecord, data: DataT, *, created: bool = False
+    ) -> _Run[DataT]:
+        traced = self._telemetry.active
+        steps = self._calls.get((saga.name, traced))
+        if steps is None:
+            steps = self._calls[saga.name, traced] = self._steps_of(saga, traced=traced)
+        return _Run(self._log, self.owner, saga, steps, record, data, created=created)
+
+    def _steps_of(self, saga: Saga[Any], *, traced: bool) -> _Steps:
+        """How runs of *saga* call its steps: each step's own call (local, or a command sent
+        over the broker), wrapped in the interceptors."""
+        interceptors = list(self._interceptors)
+        if traced:
+            interceptors.append(self._telemetry.trace_attempt)
+        steps: _Steps = {}
+        for step in saga.steps:
+            if step.remote is not None:
+                assert self._requester is not None  # checked when the orchestrator was made
+                action: Invoke = self._requester.invoker(step.remote, compensating=False)
+                undo: Invoke | None = (
+                    self._requester.invoker(step.remote, compensating=True)
+                    if step.compensation is not None
+                    else None
+                )
+            else:
+                action = _local(step.action, step.wants_context)
+                undo = (
+                    _local(step.compensation, step.compensation_wants_context)
+                    if step.compensation is not None
+                    else None
+                )
+            steps[step.name] = (
+                _chain(step, action, interceptors),
+                None if undo is None else _chain(step, undo, interceptors),
+            )
+        return steps
 
     def _launch(self, run: _Run[Any]) -> None:
         if self._tg is None:
@@ -459,7 +508,7 @@ class Orchestrator:
         driving = self._driving.setdefault(run.saga_id, _Driving())
         try:
             with driving.scope:
-                outcome = await run.drive()
+                outcome = await self._drive_one(run)
             if driving.scope.cancelled_caught:
                 self._taken_over(run)
         except LeaseLost as exc:
@@ -506,6 +555,7 @@ class Orchestrator:
         data: DataT | Mapping[str, Any],
         *,
         saga_id: str | None = None,
+        on_conflict: Literal["raise", "use_existing"] = "raise",
     ) -> str:
         """Record a new saga in the log and start running it; return its id at once.
 
@@ -514,59 +564,84 @@ class Orchestrator:
             data: The saga's input: an instance of its data model, or a mapping validated
                 into one.
             saga_id: Your own id for the saga (default: :func:`new_saga_id`, a time-ordered
-                UUID). Starting the same id twice fails, which makes a retried request safe.
+                UUID).
+            on_conflict: What to do when a saga with *saga_id* exists already: ``"raise"``
+                (:class:`~pysaga.SagaIdTaken`), or ``"use_existing"``: return its id when it is
+                the same saga with the same data (and raise ``SagaIdTaken``, naming what
+                differs, when it is not). With ``"use_existing"``, a ``start()`` that failed
+                with :class:`~pysaga.StoreError` (the write may or may not have landed) can
+                always be retried with the same id.
 
         Raises:
             pydantic.ValidationError: *data* does not fit the saga's data model (nothing is
                 written).
-            ConcurrencyError: a saga with *saga_id* exists already.
+            SagaIdTaken: a saga with *saga_id* exists already (see *on_conflict*).
             SagaNotRegisteredError: *saga* was not given to this orchestrator.
+            StoreError: the saga log failed; the saga may or may not be in it.
         """
-        run = await self._create(saga, data, saga_id)
-        self._launch(run)
-        return run.saga_id
+        run = await self._create(saga, data, saga_id, on_conflict)
+        if run is not None:
+            self._launch(run)
+            return run.saga_id
+        assert saga_id is not None
+        return saga_id
 
     async def _create(
-        self, saga: Saga[DataT], data: DataT | Mapping[str, Any], saga_id: str | None
-    ) -> _Run[DataT]:
-        """Validate the input, write the new saga to the log, and return its driver."""
+        self,
+        saga: Saga[DataT],
+        data: DataT | Mapping[str, Any],
+        saga_id: str | None,
+        on_conflict: str,
+    ) -> _Run[DataT] | None:
+        """Validate the input, write the new saga to the log, and return its driver; or
+        ``None`` when the saga exists already and *on_conflict* says to use it."""
         definition = self._registered(saga)
         model = definition.data_type.model_validate(data)
+        if on_conflict not in ("raise", "use_existing"):
+            raise ValueError(f"on_conflict={on_conflict!r}: use 'raise' or 'use_existing'")
         if self._tg is None:
             raise RuntimeError(
                 "the Orchestrator is not running; use 'async with Orchestrator(...) as orch:'"
             )
         now = _clock.now()
-        # The first stage's intent is written with the saga itself: one commit fewer, and
-        # still before the step runs.
-        first = definition.stages[0]
         record = SagaRecord(
-            saga_id=saga_id or new_saga_id(),
-            name=definition.name,
-            version=definition.version,
-            status=SagaStatus.RUNNING,
-            data=model.model_dump_json(),
+            saga_id or new_saga_id(),
+            definition.name,
+            definition.version,
+            SagaStatus.RUNNING,
+            model.model_dump_json(),
             owner=self.owner,
             lease_expires_at=now + self.lease,
             deadline_at=now + definition.deadline if definition.deadline else None,
             created_at=now,
             updated_at=now,
-            steps={
-                step.name: StepState(
-                    StepStatus.STARTED, 1, 0, _timeout_at(step, now, definition.deadline)
-                )
-                for step in first
-            },
         )
-        entries = [LogEntry(EntryKind.SAGA_STARTED, at=now, owner=self.owner)]
-        entries.extend(
-            LogEntry(EntryKind.STEP_STARTED, at=now, step=step.name, attempt=1, owner=self.owner)
-            for step in first
-        )
-        await self._log.create(record, entries)
-        run = self._new_run(definition, record, model)
-        run.fresh_intents.update(step.name for step in first)
-        return run
+        # The first stage's intents are written with the saga itself: one commit fewer, and
+        # still before the steps run.
+        entries = _machine.start(record, _first_timeouts(definition, now), at=now, owner=self.owner)
+        try:
+            await self._log.create(record, entries)
+        except ConcurrencyError:
+            existing = await self._log.get(record.saga_id)
+            if existing is None:  # pragma: no cover - a saga is never deleted
+                raise
+            differences = _differences(existing, record)
+            if differences or on_conflict == "raise":
+                raise SagaIdTaken(record.saga_id, differences) from None
+            self._adopt(existing)
+            return None
+        return self._new_run(definition, record, model, created=True)
+
+    def _adopt(self, record: SagaRecord) -> None:
+        """A saga asked for again exists: drive it here if it is this orchestrator's and no
+        run here drives it (its creation landed although the log reported a failure)."""
+        if (
+            record.owner == self.owner
+            and record.status in ACTIVE_STATUSES
+            and record.saga_id not in self._running
+            and record.saga_id not in self._driving
+        ):
+            self._resume(record)
 
     async def run(
         self,
@@ -574,25 +649,31 @@ class Orchestrator:
         data: DataT | Mapping[str, Any],
         *,
         saga_id: str | None = None,
+        on_conflict: Literal["raise", "use_existing"] = "raise",
     ) -> SagaOutcome[DataT]:
         """Start a saga and wait for its outcome (COMPLETED, COMPENSATED or FAILED).
 
         The saga runs in the calling task (no hand-off). If the caller is cancelled, the saga
         is not: it goes on in the orchestrator's background from where it was, and
-        :meth:`wait` can still collect its outcome.
+        :meth:`wait` can still collect its outcome. With ``on_conflict="use_existing"`` and a
+        *saga_id* that exists (with the same data), it waits for that saga's outcome.
 
         Raises:
             pydantic.ValidationError: *data* does not fit the saga's data model (nothing is
                 written).
+            SagaIdTaken: a saga with *saga_id* exists already (see :meth:`start`).
             StoreError: the saga log failed; the saga stays in the log and is resumed later.
         """
-        run = await self._create(saga, data, saga_id)
+        run = await self._create(saga, data, saga_id, on_conflict)
+        if run is None:
+            assert saga_id is not None
+            return await self.wait(saga_id)
         self._track(run)
         driving = self._driving[run.saga_id]
         handed_off = False
         try:
             with driving.scope:
-                return await run.drive()
+                return await self._drive_one(run)
             self._taken_over(run)  # the scope was cancelled: a new run here goes on
         except LeaseLost as exc:
             logger.warning("%s", exc)
@@ -616,6 +697,15 @@ class Orchestrator:
                 self._untrack(run.saga_id)
                 self._stop_driving(run.saga_id)
         return await self.wait(run.saga_id)  # whoever drives it now finishes it
+
+    def _drive_one(self, run: _Run[DataT]) -> Awaitable[SagaOutcome[DataT]]:
+        """Drive *run*, in the saga's span while an SDK takes spans or metrics."""
+        if not self._telemetry.active:
+            return run.drive()
+        record = run.record
+        return self._telemetry.observe_saga(
+            record.saga_id, record.name, record.version, record.created_at, run.drive
+        )
 
     async def wait(self, saga_id: str, *, poll_interval: float = 0.1) -> SagaOutcome[Any]:
         """Wait until the saga *saga_id* ends and return its outcome.
@@ -660,4 +750,41 @@ class Orchestrator:
         data: Any = (
             saga.data_type.model_validate_json(record.data) if saga is not None else record.data
         )
-        return SagaOutcome(record.saga_id, record.name, record.status, data, record.failure)
+        return SagaOutcome(
+            record.saga_id,
+            record.name,
+            record.status,
+            data,
+            record.failure,
+            record.compensation_failure,
+        )
+
+
+def _local(fn: Callable[..., Awaitable[Any]], wants_context: bool) -> Invoke:
+    """A local step's (or compensation's) own call, as ``invoke(data, ctx)``."""
+    if wants_context:
+        return fn
+
+    async def without_context(data: Any, ctx: Any) -> Any:
+        return await fn(data)
+
+    return without_context
+
+
+def _differences(existing: SagaRecord, asked: SagaRecord) -> list[str]:
+    """What differs between a saga in the log and one asked for under the same id."""
+    if (existing.name, existing.version) != (asked.name, asked.version):
+        return [
+            f"the log has {existing.name!r} version {existing.version}, "
+            f"not {asked.name!r} version {asked.version}"
+        ]
+    before, after = json.loads(existing.data), json.loads(asked.data)
+    return [
+        f"data field {field!r}: {before.get(field, '(missing)')!r} in the log, "
+        f"{after.get(field, '(missing)')!r} asked"
+        for field in sorted(set(before) | set(after))
+        if before.get(field, _MISSING) != after.get(field, _MISSING)
+    ]
+
+
+_MISSING = object()

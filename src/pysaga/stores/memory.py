@@ -78,16 +78,10 @@ class InMemorySagaLog(_InProcess):
         return self._apply(rec, update)
 
     def _apply(self, rec: SagaRecord, update: SagaUpdate) -> int:
-        if update.status is not None:
-            rec.status = update.status
-        if update.steps:
-            rec.steps.update(update.steps)
-        if update.data is not None:
-            rec.data = update.data
-        if update.failure is not None:
-            rec.failure = update.failure
+        rec.apply(update)
         rec.revision += 1
-        rec.updated_at = update.entries[-1].at if update.entries else time.time()
+        if not update.entries:
+            rec.updated_at = time.time()
         self._history[rec.saga_id].extend(update.entries)
         return rec.revision
 

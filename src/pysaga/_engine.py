@@ -26,10 +26,12 @@ from .errors import DeadlineExceeded
 from .models import (
     EntryKind,
     Failure,
+    LogEntry,
     SagaOutcome,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
+    StepState,
     StepStatus,
 )
 
@@ -111,7 +113,7 @@ class Run(Generic[DataT]):
         self.saga_id = record.saga_id
         self.data = data
         self._fresh: set[str] = set(record.steps) if created else set()
-        self._pending: SagaUpdate | None = None
+        self._pending: list[SagaUpdate] = []
         self._lock: anyio.Lock | None = None
         self._turned_back: Failure | None = None
         """Why the saga turned back, once known: what its compensations are told."""
@@ -137,8 +139,7 @@ class Run(Generic[DataT]):
     def _stage(self, update: SagaUpdate) -> None:
         """Apply an outcome now, and write it with the next write."""
         self.record.apply(update)
-        pending = self._pending
-        self._pending = update if pending is None else pending.then(update)
+        self._pending.append(update)
 
     async def _write(self, update: SagaUpdate) -> None:
         """Write *update*, after whatever is staged, and apply it to the record."""
@@ -151,17 +152,19 @@ class Run(Generic[DataT]):
     async def _write_now(self, update: SagaUpdate) -> None:
         # Take the staged outcomes *before* the write is awaited: a parallel branch may stage
         # its own while this write is in flight, and that one must go with the next write.
-        pending, self._pending = self._pending, None
-        written = update if pending is None else pending.then(update)
+        pending = self._pending
+        if pending:
+            self._pending = []
+            written = _joined(pending, update)
+        else:
+            written = update
         record = self.record
         try:
             record.revision = await self.log.update(
                 self.saga_id, written, revision=record.revision, owner=self.owner
             )
         except BaseException:
-            if pending is not None:  # still to be written, before what was staged since
-                later = self._pending
-                self._pending = pending if later is None else pending.then(later)
+            self._pending[:0] = pending  # still to be written, before what was staged since
             raise
         record.apply(update)
 
@@ -192,8 +195,9 @@ class Run(Generic[DataT]):
 
     async def _forward(self) -> None:
         saga = self.saga
+        at = 0
         while True:
-            todo = machine.next_stage(self.record, saga)
+            at, todo = machine.next_stage(self.record, saga, at)
             if todo is None:
                 await self._write(machine.completed(self.record, at=_clock.now(), owner=self.owner))
                 return
@@ -548,6 +552,26 @@ def _timed_out(step: Step[Any], ctx: StepContext, limit: float | None) -> Timeou
 
 def _deadline_error() -> DeadlineExceeded:
     return DeadlineExceeded("the saga's deadline passed before it got past its pivot")
+
+
+def _joined(staged: list[SagaUpdate], update: SagaUpdate) -> SagaUpdate:
+    """The staged outcomes and *update*, as one write."""
+    entries: list[LogEntry] = []
+    steps: dict[str, StepState] = {}
+    status: SagaStatus | None = None
+    data: str | None = None
+    failure: Failure | None = None
+    for part in (*staged, update):
+        entries.extend(part.entries)
+        if part.steps:
+            steps.update(part.steps)
+        if part.status is not None:
+            status = part.status
+        if part.data is not None:
+            data = part.data
+        if part.failure is not None:
+            failure = part.failure
+    return SagaUpdate(entries, status, steps, data, failure)
 
 
 def _also(failure: Failure | None) -> str:

@@ -97,15 +97,24 @@ def start(
 # -- going forward -------------------------------------------------------------------------------
 
 
-def next_stage(record: SagaRecord, saga: Saga[Any]) -> tuple[Step[Any], ...] | None:
-    """The steps of the first stage that has not fully succeeded, or ``None`` when every step
-    succeeded. Only those of its steps that did not succeed are returned."""
+def next_stage(
+    record: SagaRecord, saga: Saga[Any], start: int = 0
+) -> tuple[int, tuple[Step[Any], ...] | None]:
+    """The first stage (from stage *start* on) that has not fully succeeded: its index and
+    those of its steps that did not succeed; ``None`` for the steps when every step did."""
     steps = record.steps
-    for stage in saga.stages:
+    stages = saga.stages
+    for index in range(start, len(stages)):
+        stage = stages[index]
+        if len(stage) == 1:
+            state = steps.get(stage[0].name)
+            if state is None or state.status is not StepStatus.SUCCEEDED:
+                return index, stage
+            continue
         todo = tuple(s for s in stage if _status(steps, s.name) is not StepStatus.SUCCEEDED)
         if todo:
-            return todo
-    return None
+            return index, todo
+    return len(stages), None
 
 
 def deadline_applies(record: SagaRecord, saga: Saga[Any]) -> bool:

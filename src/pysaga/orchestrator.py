@@ -90,13 +90,36 @@ def new_saga_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+class _Latch:
+    """A one-shot event whose waitable is made only when someone waits before it is set
+    (most never are waited on: one per saga run is on the hot path)."""
+
+    __slots__ = ("_event", "is_set")
+
+    def __init__(self) -> None:
+        self.is_set = False
+        self._event: anyio.Event | None = None
+
+    def set(self) -> None:
+        self.is_set = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        if self.is_set:
+            return
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
+
 class _Completion:
     """How waiters learn that a saga driven in the background ended, and how."""
 
     __slots__ = ("event", "outcome")
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
+        self.event = _Latch()
         self.outcome: SagaOutcome[Any] | None = None
 
 
@@ -107,7 +130,7 @@ class _Driving:
 
     def __init__(self) -> None:
         self.scope = anyio.CancelScope()
-        self.ended = anyio.Event()
+        self.ended = _Latch()
 
 
 class Orchestrator:
@@ -212,7 +235,7 @@ class Orchestrator:
         self._quarantined: set[str] = set()
         self._abandoned: set[str] = set()  # stopped driving them; their release failed
         self._unknown: set[tuple[str, int]] = set()
-        self._idle = anyio.Event()
+        self._idle = _Latch()
         self._idle.set()
 
     def __repr__(self) -> str:
@@ -440,8 +463,8 @@ class Orchestrator:
         """Count *run* as in flight here (the drain on exit waits for it)."""
         self._running[run.saga_id] = run
         self._driving.setdefault(run.saga_id, _Driving())
-        if self._idle.is_set():
-            self._idle = anyio.Event()
+        if self._idle.is_set:
+            self._idle = _Latch()
 
     def _untrack(self, saga_id: str) -> None:
         self._running.pop(saga_id, None)

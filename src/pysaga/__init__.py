@@ -10,7 +10,6 @@ import contextlib as _contextlib
 
 from ._version import __version__ as __version__
 from .choreography import Choreography as Choreography
-from .choreography import ChoreographyObserver as ChoreographyObserver
 from .choreography import StepEvents as StepEvents
 from .definition import RemoteCall as RemoteCall
 from .definition import Retry as Retry
@@ -52,6 +51,7 @@ from .models import SagaStatus as SagaStatus
 from .models import SagaUpdate as SagaUpdate
 from .models import StepState as StepState
 from .models import StepStatus as StepStatus
+from .observer import ChoreographyObserver as ChoreographyObserver
 from .operations import Operator as Operator
 from .orchestrator import Orchestrator as Orchestrator
 from .orchestrator import new_saga_id as new_saga_id

@@ -12,7 +12,6 @@ from ._version import __version__ as __version__
 from .choreography import Choreography as Choreography
 from .choreography import StepEvents as StepEvents
 from .definition import RemoteCall as RemoteCall
-from .definition import Retry as Retry
 from .definition import Saga as Saga
 from .definition import Step as Step
 from .definition import StepContext as StepContext
@@ -57,6 +56,7 @@ from .orchestrator import Orchestrator as Orchestrator
 from .orchestrator import new_saga_id as new_saga_id
 from .participant import HandlerContext as HandlerContext
 from .participant import Participant as Participant
+from .policies import Retry as Retry
 from .protocols import Inbox as Inbox
 from .protocols import InboxRecord as InboxRecord
 from .protocols import InboxTransaction as InboxTransaction

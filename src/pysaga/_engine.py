@@ -15,7 +15,7 @@ import anyio
 from pydantic import BaseModel
 
 from . import _clock
-from .definition import Action, Retry, Saga, Step, StepContext, StepKind
+from .definition import Action, Saga, Step, StepContext, StepKind
 from .errors import DeadlineExceeded
 from .models import (
     EntryKind,
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
     from ._remote import Requester
+    from .policies import Retry
     from .protocols import SagaLog
     from .tracing import Instruments
 

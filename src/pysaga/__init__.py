@@ -50,10 +50,10 @@ from .models import SagaStatus as SagaStatus
 from .models import SagaUpdate as SagaUpdate
 from .models import StepState as StepState
 from .models import StepStatus as StepStatus
+from .models import new_saga_id as new_saga_id
 from .observer import ChoreographyObserver as ChoreographyObserver
 from .operations import Operator as Operator
 from .orchestrator import Orchestrator as Orchestrator
-from .orchestrator import new_saga_id as new_saga_id
 from .participant import HandlerContext as HandlerContext
 from .participant import Participant as Participant
 from .policies import Retry as Retry

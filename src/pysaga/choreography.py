@@ -29,10 +29,8 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 from pydantic import BaseModel
 
 from .errors import SagaDefinitionError
-from .messaging import Envelope, message_type
-from .models import EntryKind, LogEntry
-from .orchestrator import new_saga_id
-from .participant import HEADER_SERVICE
+from .messaging import HEADER_SERVICE, Envelope, message_type
+from .models import EntryKind, LogEntry, new_saga_id
 
 if TYPE_CHECKING:
     from .messaging import Broker

@@ -20,7 +20,7 @@ import anyio.abc
 from . import _clock, stores
 from .choreography import Choreography, _Meaning
 from .errors import ConcurrencyError, DecodeError, LeaseLost
-from .messaging import message_type
+from .messaging import HEADER_SERVICE, message_type
 from .models import (
     ACTIVE_STATUSES,
     OBSERVER_PREFIX,
@@ -33,7 +33,7 @@ from .models import (
     StepState,
     StepStatus,
 )
-from .participant import HEADER_SERVICE, HandlerContext, Participant, _Guards
+from .participant import HandlerContext, Participant, _Guards
 
 if TYPE_CHECKING:
     import os

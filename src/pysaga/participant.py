@@ -52,6 +52,7 @@ from .errors import BusinessError, DecodeError, SagaDefinitionError, UnknownMess
 from .messaging import (
     HEADER_FAILURE,
     HEADER_IDEMPOTENCY_KEY,
+    HEADER_SERVICE,
     HEADER_STEP,
     Broker,
     Done,
@@ -81,8 +82,6 @@ logger = logging.getLogger("pysaga.participant")
 
 C = TypeVar("C", bound=BaseModel)
 
-HEADER_SERVICE = "x-pysaga-service"
-"""The header naming the service that published an event (set by ``ctx.publish``)."""
 _HandlerT = TypeVar("_HandlerT", bound=Callable[..., Awaitable[Any]])
 
 

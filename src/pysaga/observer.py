@@ -18,6 +18,7 @@ import anyio
 import anyio.abc
 
 from . import _clock, stores
+from ._keyed_lock import KeyedLock
 from .choreography import Choreography, _Meaning
 from .errors import ConcurrencyError, DecodeError, LeaseLost
 from .messaging import HEADER_SERVICE, message_type
@@ -33,7 +34,7 @@ from .models import (
     StepState,
     StepStatus,
 )
-from .participant import HandlerContext, Participant, _Guards
+from .participant import HandlerContext, Participant
 
 if TYPE_CHECKING:
     import os
@@ -121,7 +122,7 @@ class ChoreographyObserver:
         self.check_interval = check_interval
         self.owner = OBSERVER_PREFIX + flow.name
         """The owner the observer writes its sagas as (the same for every observer of it)."""
-        self._guards = _Guards()
+        self._guards = KeyedLock()
         self._participant = Participant(
             f"pysaga.observer.{flow.name}",
             broker=broker,

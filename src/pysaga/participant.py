@@ -48,6 +48,7 @@ from opentelemetry import propagate
 from pydantic import BaseModel
 
 from . import stores
+from ._keyed_lock import KeyedLock
 from .errors import BusinessError, DecodeError, SagaDefinitionError, UnknownMessageType
 from .messaging import (
     HEADER_FAILURE,
@@ -189,26 +190,6 @@ class _Route:
     """The choreographed flow of an event handler; ``None`` for a command handler."""
 
 
-class _Guards:
-    """Handles messages with one key in turn: the second waits for the first to finish (a
-    second copy then finds its reply in the inbox). Costs two dictionary operations when
-    nothing else holds the key."""
-
-    def __init__(self) -> None:
-        self._busy: dict[str, list[anyio.Event]] = {}
-
-    async def acquire(self, key: str) -> None:
-        while (waiters := self._busy.get(key)) is not None:
-            event = anyio.Event()
-            waiters.append(event)
-            await event.wait()
-        self._busy[key] = []
-
-    def release(self, key: str) -> None:
-        for event in self._busy.pop(key, ()):
-            event.set()
-
-
 class _RollBack(Exception):
     """Leaves a handler's savepoint (a refusal) or its transaction (a technical failure) so
     that it rolls back."""
@@ -293,7 +274,7 @@ class Participant:
         self._own_event_groups = False
         """Consume event destinations in their own groups (the choreography observer does)."""
         self._subscriptions: list[Subscription] = []
-        self._guards = _Guards()
+        self._guards = KeyedLock()
         self._telemetry = Telemetry(tracer_provider) if tracer_provider else telemetry
         self._stack: contextlib.AsyncExitStack | None = None
         self._broker: Broker | None = None

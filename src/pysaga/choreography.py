@@ -24,18 +24,19 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from pydantic import BaseModel
 
 from .errors import SagaDefinitionError
 from .messaging import HEADER_SERVICE, Envelope, message_type
-from .models import EntryKind, LogEntry, new_saga_id
+from .models import new_saga_id
 
 if TYPE_CHECKING:
     from .messaging import Broker
 
-__all__ = ("Choreography", "StepEvents")
+__all__ = ("Choreography", "EventMeaning", "MeaningKind", "StepEvents")
 
 EventTypes: TypeAlias = type[BaseModel] | Sequence[type[BaseModel]]
 """One event model, or several."""
@@ -44,7 +45,11 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 """What a flow name and an event type name may be: they make destination names, which every
 broker accepts in this form."""
 
-_Kind: TypeAlias = Literal["start", "done", "failed", "compensated", "completes", "compensates"]
+MeaningKind: TypeAlias = Literal[
+    "start", "done", "failed", "compensated", "completes", "compensates"
+]
+"""What an event does in a flow: ``start``, ``completes`` and ``compensates`` begin and end a
+saga; ``done``, ``failed`` and ``compensated`` mark one step's outcome."""
 
 
 class StepEvents:
@@ -100,10 +105,17 @@ class StepEvents:
 
 
 @dataclass(frozen=True, slots=True)
-class _Meaning:
-    """What hearing one event type means for the saga."""
+class EventMeaning:
+    """What hearing one event type means for a saga of the flow (see
+    :attr:`Choreography.meanings`).
 
-    kind: _Kind
+    Attributes:
+        kind: What the event does: starts or ends the saga, or marks a step's outcome.
+        model: The event's model class.
+        step: The step whose outcome it marks; ``None`` for a starting or ending event.
+    """
+
+    kind: MeaningKind
     model: type[BaseModel]
     step: str | None = None
 
@@ -205,12 +217,12 @@ class Choreography:
                 "completed (OrderCompleted, say)"
             )
         self.steps: Mapping[str, StepEvents] = dict(steps or {})
-        self._meanings: dict[str, _Meaning] = {}
-        self._add(where, _Meaning("start", starts))
+        self._meanings: dict[str, EventMeaning] = {}
+        self._add(where, EventMeaning("start", starts))
         for model in self.completes:
-            self._add(where, _Meaning("completes", model))
+            self._add(where, EventMeaning("completes", model))
         for model in self.compensates:
-            self._add(where, _Meaning("compensates", model))
+            self._add(where, EventMeaning("compensates", model))
         for step, events in self.steps.items():
             if not isinstance(step, str) or not step:
                 raise SagaDefinitionError(
@@ -227,7 +239,7 @@ class Choreography:
                 ("compensated", events.compensated),
             ):
                 for model in models:
-                    self._add(where, _Meaning(kind, model, step))  # type: ignore[arg-type]
+                    self._add(where, EventMeaning(kind, model, step))  # type: ignore[arg-type]
         turns_back = [
             m.model.__name__ for m in self._meanings.values() if m.kind in ("failed", "compensated")
         ]
@@ -237,7 +249,7 @@ class Choreography:
                 "no event that ends it compensated; add one (OrderRejected, say)"
             )
 
-    def _add(self, where: str, meaning: _Meaning) -> None:
+    def _add(self, where: str, meaning: EventMeaning) -> None:
         kind = message_type(meaning.model)
         if not _NAME.fullmatch(kind):
             raise SagaDefinitionError(
@@ -265,6 +277,11 @@ class Choreography:
     def events(self) -> Mapping[str, type[BaseModel]]:
         """Every event type of the flow, by message type name."""
         return {kind: meaning.model for kind, meaning in self._meanings.items()}
+
+    @property
+    def meanings(self) -> Mapping[str, EventMeaning]:
+        """What each event type of the flow means for a saga, by message type name."""
+        return MappingProxyType(self._meanings)
 
     def to_mermaid(self) -> str:
         """The flow as a mermaid flowchart of its events: the happy path from the starting
@@ -331,28 +348,8 @@ class Choreography:
         await broker.publish(self.destination(type(event)), envelope)
         return saga_id
 
-    def _meaning(self, kind: str) -> _Meaning:
-        return self._meanings[kind]
 
-    def _describe(self, entry: LogEntry) -> str:
-        """Which event an entry the observer wrote records, in words."""
-        kinds: dict[EntryKind, _Kind] = {
-            EntryKind.SAGA_STARTED: "start",
-            EntryKind.STEP_SUCCEEDED: "done",
-            EntryKind.STEP_FAILED: "failed",
-            EntryKind.COMPENSATION_SUCCEEDED: "compensated",
-        }
-        kind = kinds.get(entry.kind)
-        names = [
-            m.model.__name__
-            for m in self._meanings.values()
-            if m.kind == kind and m.step == entry.step
-        ]
-        what = " or ".join(names) if names else entry.kind.value
-        return f"{what} (step {entry.step!r})" if entry.step else what
-
-
-def _said(meaning: _Meaning) -> str:
+def _said(meaning: EventMeaning) -> str:
     if meaning.step is None:
         return {"start": "starts=", "completes": "completes=", "compensates": "compensates="}[
             meaning.kind

@@ -19,7 +19,7 @@ import anyio.abc
 
 from . import _clock, stores
 from ._keyed_lock import KeyedLock
-from .choreography import Choreography, _Meaning
+from .choreography import Choreography, EventMeaning, MeaningKind
 from .errors import ConcurrencyError, DecodeError, LeaseLost
 from .messaging import HEADER_SERVICE, message_type
 from .models import (
@@ -130,8 +130,8 @@ class ChoreographyObserver:
             concurrency=concurrency,
             tracer_provider=tracer_provider,
             flows=[flow],
+            event_groups="destination",
         )
-        self._participant._own_event_groups = True
         for model in flow.events.values():
             self._participant.on(model, flow=flow)(self._heard)
         self._stack: contextlib.AsyncExitStack | None = None
@@ -185,7 +185,7 @@ class ChoreographyObserver:
                 "carries no saga id (correlation id), so no saga can record it; publish a "
                 "flow's events from its handlers (ctx.publish) or with Choreography.start()"
             )
-        meaning = self.flow._meaning(message_type(type(event)))
+        meaning = self.flow.meanings[message_type(type(event))]
         source = ctx.headers.get(HEADER_SERVICE)
         await self._guards.acquire(saga_id)
         try:
@@ -194,7 +194,7 @@ class ChoreographyObserver:
             self._guards.release(saga_id)
 
     async def _record(
-        self, saga_id: str, meaning: _Meaning, event: BaseModel, source: str | None
+        self, saga_id: str, meaning: EventMeaning, event: BaseModel, source: str | None
     ) -> None:
         """Write what *event* means to the saga's record: create it, or update it at the
         revision read, reading again when another observer wrote in between."""
@@ -257,7 +257,7 @@ class ChoreographyObserver:
     def _change(
         self,
         record: SagaRecord,
-        meaning: _Meaning,
+        meaning: EventMeaning,
         event: BaseModel,
         source: str | None,
         now: float,
@@ -423,7 +423,7 @@ class ChoreographyObserver:
         else:
             when = _dt.datetime.fromtimestamp(last.at, _dt.UTC).isoformat(timespec="milliseconds")
             source = f" from {last.owner}" if last.owner else ""
-            event = self.flow._describe(last)
+            event = _describe(self.flow, last)
             said = f"the last event heard was {event}{source} at {when}, and none came after it"
             details = {"last_event": event, "last_heard_at": last.at, "from": last.owner}
         details["deadline"] = self.flow.deadline
@@ -441,6 +441,22 @@ class ChoreographyObserver:
 
 def _by_operator(kind: EntryKind) -> bool:
     return bool(getattr(kind, "is_operator_action", False))
+
+
+def _describe(flow: Choreography, entry: LogEntry) -> str:
+    """Which event of *flow* an entry the observer wrote records, in words."""
+    kinds: dict[EntryKind, MeaningKind] = {
+        EntryKind.SAGA_STARTED: "start",
+        EntryKind.STEP_SUCCEEDED: "done",
+        EntryKind.STEP_FAILED: "failed",
+        EntryKind.COMPENSATION_SUCCEEDED: "compensated",
+    }
+    kind = kinds.get(entry.kind)
+    names = [
+        m.model.__name__ for m in flow.meanings.values() if m.kind == kind and m.step == entry.step
+    ]
+    what = " or ".join(names) if names else entry.kind.value
+    return f"{what} (step {entry.step!r})" if entry.step else what
 
 
 def _failure(step: str | None, event: BaseModel, source: str | None) -> Failure:

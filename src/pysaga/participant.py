@@ -39,7 +39,7 @@ import time
 import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -224,6 +224,13 @@ class Participant:
         tracer_provider: Where spans go (default: the global OpenTelemetry provider).
         flows: The choreographed flows (:class:`~pysaga.Choreography`) whose events this
             service reacts to with :meth:`on`.
+        event_groups: The consumer group the service reads its events' destinations in.
+            ``"service"`` (the default): its own, *group*, so every service that reacts to
+            an event gets a copy and the copies of one service share them. ``"destination"``:
+            the destination's own group, which the broker keeps from the first publish on,
+            so events published before the service first ran wait for it; every reader in
+            that group shares the events, so only one kind of service per flow may read so
+            (the :class:`~pysaga.ChoreographyObserver` does).
 
     Example::
 
@@ -250,6 +257,7 @@ class Participant:
         relay_grace: float = 5.0,
         tracer_provider: TracerProvider | None = None,
         flows: Iterable[Choreography] = (),
+        event_groups: Literal["service", "destination"] = "service",
     ) -> None:
         if not isinstance(service, str) or not service:
             raise ValueError("a participant needs a service name, like Participant('stock')")
@@ -257,6 +265,11 @@ class Participant:
             raise ValueError(f"relay_interval must be positive, got {relay_interval!r}")
         if not relay_grace >= 0:
             raise ValueError(f"relay_grace must not be negative, got {relay_grace!r}")
+        if event_groups not in ("service", "destination"):
+            raise ValueError(
+                f"event_groups is 'service' (each service its own group, the default) or "
+                f"'destination' (the destination's own group), got {event_groups!r}"
+            )
         self.service = service
         self.group = group or service
         self.concurrency = concurrency
@@ -271,8 +284,7 @@ class Participant:
         self._transactional = self._inbox if isinstance(self._inbox, TransactionalInbox) else None
         self._routes: dict[str, _Route] = {}
         self._flows: tuple[Choreography, ...] = tuple(flows)
-        self._own_event_groups = False
-        """Consume event destinations in their own groups (the choreography observer does)."""
+        self.event_groups = event_groups
         self._subscriptions: list[Subscription] = []
         self._guards = KeyedLock()
         self._telemetry = Telemetry(tracer_provider) if tracer_provider else telemetry
@@ -459,7 +471,7 @@ class Participant:
                 subscription = await broker.subscribe(
                     route.flow.destination(route.model),
                     self.handle_message,
-                    group=None if self._own_event_groups else self.group,
+                    group=None if self.event_groups == "destination" else self.group,
                     concurrency=self.concurrency,
                 )
                 self._subscriptions.append(subscription)

@@ -22,7 +22,7 @@ import getpass
 from typing import TYPE_CHECKING
 
 from .errors import ConcurrencyError, OperatorActionRefused, SagaNotFoundError
-from .inspection import _LogUser
+from .inspection import LogAccess
 from .models import (
     EntryKind,
     Failure,
@@ -55,7 +55,7 @@ def default_operator() -> str:
         return "unknown"
 
 
-class Operator(_LogUser):
+class Operator(LogAccess):
     """Retries, aborts and resolves sagas in a saga log, for a person who decided to.
 
     Give it the log the orchestrators use, as for :class:`~pysaga.Inspector`: a URL (or a

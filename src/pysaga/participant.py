@@ -86,6 +86,17 @@ C = TypeVar("C", bound=BaseModel)
 _HandlerT = TypeVar("_HandlerT", bound=Callable[..., Awaitable[Any]])
 
 
+class _Published:
+    """The events a handler published with ``ctx.publish``, in order. The participant hands
+    one to the handler's context and, once the handler returned, sends them (or writes them
+    to the outbox in the handler's transaction)."""
+
+    __slots__ = ("events",)
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Envelope]] = []
+
+
 @dataclass(frozen=True, slots=True)
 class HandlerContext:
     """What a command handler is told about the message it handles.
@@ -121,7 +132,7 @@ class HandlerContext:
     headers: Mapping[str, str]
     transaction: Any = None
     failure: Failure | None = None
-    _events: list[tuple[str, Envelope]] = field(default_factory=list, repr=False, compare=False)
+    _published: _Published = field(default_factory=_Published, repr=False, compare=False)
     _flow: Choreography | None = field(default=None, repr=False, compare=False)
 
     @overload
@@ -172,12 +183,12 @@ class HandlerContext:
             )
         envelope = Envelope.of(
             message,
-            id=f"{self.message_id}#event-{len(self._events) + 1}",
+            id=f"{self.message_id}#event-{len(self._published.events) + 1}",
             correlation_id=self.saga_id,
             causation_id=self.message_id,
             headers={HEADER_SERVICE: self.service},
         )
-        self._events.append((destination, envelope))
+        self._published.events.append((destination, envelope))
 
 
 @dataclass(frozen=True, slots=True)
@@ -607,7 +618,10 @@ class Participant:
                 envelope.type,
             )
             return record
-        ctx = self._context(envelope, flow=route.flow, compensation=route.compensation)
+        published = _Published()
+        ctx = self._context(
+            envelope, flow=route.flow, compensation=route.compensation, published=published
+        )
         try:
             reply = await self._call_handler(route, command, envelope, ctx)
         except DecodeError:
@@ -616,7 +630,7 @@ class Participant:
             await self._technical_failure(envelope, exc)
             return None
         if not isinstance(reply, Refused):
-            for destination, event in ctx._events:
+            for destination, event in published.events:
                 await self._broker_or_fail().publish(destination, event)
         fresh = _record(reply)
         record = await self._inbox.put(self.service, envelope.id, fresh)
@@ -650,8 +664,13 @@ class Participant:
                 key = envelope.headers.get(HEADER_IDEMPOTENCY_KEY)
                 if route.compensation and key:
                     await tx.add(command_id(key), _record(_LATE_REFUSAL))
+                published = _Published()
                 ctx = self._context(
-                    envelope, tx.connection, route.flow, compensation=route.compensation
+                    envelope,
+                    tx.connection,
+                    route.flow,
+                    compensation=route.compensation,
+                    published=published,
                 )
                 try:
                     async with tx.savepoint():
@@ -659,13 +678,13 @@ class Participant:
                         if isinstance(reply, Refused):
                             raise _RollBack  # undo the handler's writes, keep the refusal
                 except _RollBack:
-                    ctx._events.clear()
+                    published.events.clear()
                 except DecodeError:
                     raise
                 except Exception as exc:
                     failure = exc
                     raise _RollBack from None
-                events = ctx._events
+                events = published.events
                 if events and self._telemetry.tracer is not None:
                     events = [(d, _traced(e)) for d, e in events]
                 outbox = [(OutboxMessage(d, e.encode()), d, e) for d, e in events]
@@ -773,6 +792,7 @@ class Participant:
         flow: Choreography | None = None,
         *,
         compensation: bool = False,
+        published: _Published,
     ) -> HandlerContext:
         return HandlerContext(
             service=self.service,
@@ -783,6 +803,7 @@ class Participant:
             headers=envelope.headers,
             transaction=transaction,
             failure=self._failure(envelope) if compensation and flow is None else None,
+            _published=published,
             _flow=flow,
         )
 

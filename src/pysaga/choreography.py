@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 from pydantic import BaseModel
 
+from ._mermaid import choreography_to_mermaid
 from .errors import SagaDefinitionError
 from .messaging import HEADER_SERVICE, Envelope, message_type
 from .models import new_saga_id
@@ -288,8 +289,6 @@ class Choreography:
         event through each step's ``done`` event to the completing one, each step's ``failed``
         event, and (dotted) the way back through the ``compensated`` events to the
         compensating end. Paste it into a markdown ```` ```mermaid ```` block."""
-        from ._mermaid import choreography_to_mermaid
-
         return choreography_to_mermaid(self)
 
     def declares(self, event: type[BaseModel]) -> bool:

@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from pydantic import BaseModel
 
+from ._mermaid import saga_to_mermaid
 from .errors import SagaDefinitionError
 from .policies import COMPENSATION_RETRY, DEFAULT_RETRY, RETRIABLE_RETRY, Retry
 
@@ -637,8 +638,6 @@ class Saga(Generic[DataT]):
         Shapes: a rectangle is a compensatable step, a hexagon the pivot, a rounded box a
         retriable step, a parallelogram a compensation.
         """
-        from ._mermaid import saga_to_mermaid
-
         return saga_to_mermaid(self)
 
 

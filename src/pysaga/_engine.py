@@ -38,8 +38,9 @@ from .models import (
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .definition import Retry, Saga, Step
+    from .definition import Saga, Step
     from .interceptors import Invoke
+    from .policies import Retry
     from .protocols import SagaLog
 
 __all__ = ("Run", "Steps", "failure_of", "timeout_at")

@@ -6,10 +6,21 @@ from __future__ import annotations
 import itertools
 from typing import TYPE_CHECKING, Any
 
+from .messaging import message_type
+from .models import SagaStatus, StepStatus
+
 if TYPE_CHECKING:
     from .choreography import Choreography
     from .definition import Saga, Step
     from .models import SagaRecord
+
+__all__ = (
+    "PROGRESS_CLASSES",
+    "choreography_to_mermaid",
+    "mark_progress",
+    "progress_of",
+    "saga_to_mermaid",
+)
 
 
 def _node_id(prefix: str, index: int) -> str:
@@ -17,14 +28,14 @@ def _node_id(prefix: str, index: int) -> str:
 
 
 def _shape(step: Step[Any]) -> str:
-    from .definition import StepKind
-
+    # step.kind is a StepKind, a string enum; compared by value so that drawing needs no
+    # runtime import of the declaration module (which imports this one to draw)
     label = step.name.replace('"', "'")
     if step.remote is not None:
         label += f" @ {step.remote.service}"
-    if step.kind is StepKind.PIVOT:
+    if step.kind == "pivot":
         return f'{{{{"{label} (pivot)"}}}}'
-    if step.kind is StepKind.RETRIABLE:
+    if step.kind == "retriable":
         return f'("{label} (retriable)")'
     return f'["{label}"]'
 
@@ -98,8 +109,6 @@ def progress_of(saga: Saga[Any], record: SagaRecord) -> dict[str, str]:
     """Each node of *saga*'s chart that *record* (a saga of that definition) has a state
     for, and its class: ``done``, ``running``, ``failed``, ``compensated`` or ``pending``
     (still to come). Steps are ``s<i>``, compensations ``c<i>``."""
-    from .models import SagaStatus, StepStatus
-
     active = not record.status.is_terminal
     marks: dict[str, str] = {}
     for step in saga.steps:
@@ -153,8 +162,6 @@ def choreography_to_mermaid(flow: Choreography) -> str:
     through the ``compensated`` events of the steps done before it, latest first, to the
     compensating end.
     """
-    from .messaging import message_type
-
     ids: dict[str, str] = {}
     lines = ["flowchart LR"]
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from .protocols import SagaLog
 
-__all__ = ("Inspector", "Timeline", "TimelineEvent")
+__all__ = ("Inspector", "LogAccess", "Timeline", "TimelineEvent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +73,9 @@ class Timeline:
         return self.events[-1].at - self.events[0].at
 
 
-class _LogUser:
-    """What the inspector and the operator share: a saga log given as a URL (opened and closed
-    by ``async with``) or as an open log object (used as it is), and a clock."""
+class LogAccess:
+    """The base the inspector and the operator share: a saga log given as a URL (opened and
+    closed by ``async with``) or as an open log object (used as it is), and a clock."""
 
     def __init__(
         self,
@@ -122,7 +122,7 @@ class _LogUser:
         return self._log
 
 
-class Inspector(_LogUser):
+class Inspector(LogAccess):
     """Answers questions about the sagas in a saga log, without changing anything.
 
     Give it the log an orchestrator uses. A URL (or a file path, for SQLite) is opened by the

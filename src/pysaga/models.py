@@ -8,8 +8,11 @@ saga *data* is a pydantic model; the log keeps it as JSON text.
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from . import _clock
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -24,9 +27,24 @@ __all__ = (
     "SagaUpdate",
     "StepState",
     "StepStatus",
+    "new_saga_id",
 )
 
 D = TypeVar("D")
+
+
+def new_saga_id() -> str:
+    """A new saga id: a UUID in the version 7 layout (48-bit millisecond time, then 74
+    random bits), so that ids sort by creation time.
+
+    Time-ordered ids keep the saga log's B-trees appending at their right edge instead of
+    touching a random page per write, which makes group commit several times cheaper.
+    """
+    value = int(_clock.now() * 1000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class SagaStatus(enum.StrEnum):

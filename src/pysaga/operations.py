@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from . import _transitions as _machine
 from ._optimistic import until_written
 from .errors import SagaNotFoundError
-from .inspection import _LogUser
+from .inspection import LogAccess
 from .models import EntryKind, Failure, LogEntry, SagaRecord, SagaUpdate
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def default_operator() -> str:
         return "unknown"
 
 
-class Operator(_LogUser):
+class Operator(LogAccess):
     """Retries, aborts and resolves sagas in a saga log, for a person who decided to.
 
     Give it the log the orchestrators use, as for :class:`~pysaga.Inspector`: a URL (or a

@@ -23,8 +23,7 @@ from pysaga import (
     StepStatus,
 )
 from pysaga.brokers.memory import MemoryBroker
-from pysaga.messaging import Broker, Envelope
-from pysaga.participant import HEADER_SERVICE
+from pysaga.messaging import HEADER_SERVICE, Broker, Envelope
 from pysaga.stores.memory import InMemorySagaLog
 from pysaga.stores.sqlite import SQLiteSagaLog
 

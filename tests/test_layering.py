@@ -33,9 +33,6 @@ KNOWN_OFFENDERS: dict[str, str] = {
     # Known private-name offenders: "importer: imported name" -> why it is allowed for now.
     # Empty this as they are fixed; an entry that no longer matches anything fails the test.
     # (No import cycle is allowed at all.)
-    "pysaga.testing._world: pysaga.cli._timeline_text": (
-        "the test kit borrows the CLI's timeline text; it moves to a rendering module that both use"
-    ),
 }
 
 

@@ -29,6 +29,7 @@ EXPECTED = (
     "InboxRecord",
     "InboxTransaction",
     "Inspector",
+    "InvalidURLError",
     "LeaseLost",
     "LogEntry",
     "MessagingError",

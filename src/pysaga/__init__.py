@@ -26,6 +26,7 @@ from .errors import BusinessError as BusinessError
 from .errors import ConcurrencyError as ConcurrencyError
 from .errors import DeadlineExceeded as DeadlineExceeded
 from .errors import DecodeError as DecodeError
+from .errors import InvalidURLError as InvalidURLError
 from .errors import LeaseLost as LeaseLost
 from .errors import MessagingError as MessagingError
 from .errors import OperatorActionRefused as OperatorActionRefused
@@ -101,6 +102,7 @@ __all__ = (
     "InboxRecord",
     "InboxTransaction",
     "Inspector",
+    "InvalidURLError",
     "LeaseLost",
     "LogEntry",
     "MessagingError",

@@ -7,6 +7,7 @@ naturally catch a builtin, the error also derives from it::
     ├── SagaDefinitionError (TypeError)   a saga or step was declared wrongly
     ├── SagaNotRegisteredError (LookupError)
     ├── SagaNotFoundError (LookupError)
+    ├── InvalidURLError (ValueError)      a saga log URL is malformed or names no known log
     ├── StoreError                        the saga log failed
     │   ├── ConcurrencyError              someone else wrote the saga first (optimistic version)
     │   │   ├── LeaseLost                 this orchestrator no longer holds the saga's lease
@@ -41,6 +42,7 @@ __all__ = (
     "ConcurrencyError",
     "DeadlineExceeded",
     "DecodeError",
+    "InvalidURLError",
     "LeaseLost",
     "MessagingError",
     "OperatorActionRefused",
@@ -84,6 +86,16 @@ class SagaNotFoundError(PysagaError, LookupError):
     def saga_id(self) -> str:
         """The id that was looked up."""
         return self._saga_id
+
+
+class InvalidURLError(PysagaError, ValueError):
+    """A saga log URL (a ``log=`` argument, ``--log``) cannot be used as written: an unknown
+    scheme, a bare name that is not a ``.db``/``.sqlite`` file, a port that is not a number,
+    an unknown option or a bad option value.
+
+    Raised before anything is opened or imported; the message says what is wrong and shows
+    the forms pysaga reads. A password in the URL is hidden in the message.
+    """
 
 
 class StoreError(PysagaError):

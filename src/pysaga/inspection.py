@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
 from . import stores
 from .errors import SagaNotFoundError
@@ -75,7 +75,12 @@ class Timeline:
 
 class LogAccess:
     """The base the inspector and the operator share: a saga log given as a URL (opened and
-    closed by ``async with``) or as an open log object (used as it is), and a clock."""
+    closed by ``async with``) or as an open log object (used as it is), and a clock.
+
+    A log opened from a URL must exist already: neither creates one. The inspector opens it
+    read-only."""
+
+    _read_only: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -84,7 +89,7 @@ class LogAccess:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._log: SagaLog
-        self._log, self._owned = stores.log_from(log)
+        self._log, self._owned = stores.log_from(log, create=False, read_only=self._read_only)
         self._clock = clock
         self._open = not self._owned
 
@@ -126,19 +131,23 @@ class Inspector(LogAccess):
     """Answers questions about the sagas in a saga log, without changing anything.
 
     Give it the log an orchestrator uses. A URL (or a file path, for SQLite) is opened by the
-    inspector: use it as ``async with Inspector(url) as inspector:``, which opens the log and
-    closes it at the end. A log object is used as it is: the inspector neither enters nor
-    closes it, so an orchestrator's open log (``orchestrator.log``) can be shared.
+    inspector, read-only: use it as ``async with Inspector(url) as inspector:``, which opens
+    the log and closes it at the end. Opening creates nothing: a SQLite file that does not
+    exist, or a PostgreSQL schema without the log's tables, fails with
+    :class:`~pysaga.StoreError` saying so. A log object is used as it is: the inspector
+    neither enters nor closes it, so an orchestrator's open log (``orchestrator.log``) can be
+    shared.
 
     Args:
-        log: A saga log URL (``"sqlite:///sagas.db"``, ``"memory://"``), a file path for a
-            SQLite log, or an object implementing :class:`~pysaga.SagaLog`.
+        log: A saga log URL (``"sqlite:///sagas.db"``, ``"postgresql://..."``), a file path
+            for a SQLite log (``"sagas.db"``), or an object implementing
+            :class:`~pysaga.SagaLog`.
         clock: Returns the current time in seconds since the epoch; ages such as
             ``older_than`` and ``no_progress_for`` are measured against it.
 
     Raises:
         TypeError: *log* is none of the above.
-        ValueError: *log* is a URL with a scheme pysaga does not know.
+        InvalidURLError: *log* is a malformed URL, or one with a scheme pysaga does not know.
     """
 
     async def stuck(

@@ -52,7 +52,9 @@ class Operator(LogAccess):
 
     Give it the log the orchestrators use, as for :class:`~pysaga.Inspector`: a URL (or a
     file path, for SQLite) that ``async with Operator(url) as operator:`` opens and closes,
-    or an open log object used as it is (``orchestrator.log``).
+    or an open log object used as it is (``orchestrator.log``). A log opened from a URL must
+    exist: a missing SQLite file or PostgreSQL log fails with :class:`~pysaga.StoreError`
+    instead of being created empty.
 
     Args:
         log: A saga log URL (``"sqlite:///sagas.db"``, ``"postgresql://..."``), a file path
@@ -61,8 +63,10 @@ class Operator(LogAccess):
 
     Raises:
         TypeError: *log* is none of the above.
-        ValueError: *log* is a URL with a scheme pysaga does not know.
+        InvalidURLError: *log* is a malformed URL, or one with a scheme pysaga does not know.
     """
+
+    _read_only = False
 
     async def retry(self, saga_id: str, *, reason: str, by: str | None = None) -> SagaRecord:
         """Send a FAILED saga back to work, with a fresh retry budget.

@@ -125,9 +125,10 @@ class Orchestrator:
 
     Args:
         sagas: The saga definitions this orchestrator may run and resume.
-        log: A saga log URL (``"sqlite:///sagas.db"``, ``"memory://"``), a file path
-            (``pathlib.Path``: a SQLite log in that file), or a :class:`~pysaga.SagaLog`
-            object. Entering the orchestrator enters the log.
+        log: A saga log URL (``"sqlite:///sagas.db"``, ``"postgresql://..."``,
+            ``"memory://"``), a SQLite file path (``"sagas.db"``, a ``pathlib.Path``), or a
+            :class:`~pysaga.SagaLog` object. Entering the orchestrator enters the log; one
+            opened from a URL or path is created if missing (logged at INFO, with where).
         lease: Seconds a saga stays claimed by this orchestrator without a renewal. After a
             crash, its sagas are resumed by another orchestrator (or this one, restarted)
             once their lease has run out.

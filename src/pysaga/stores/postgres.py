@@ -51,6 +51,7 @@ from ._postgres import (
     RELEASE_TIMEOUT,
     PostgresOptions,
     apply_schema,
+    check_schema,
     check_schema_name,
     is_connection_error,
     open_pool,
@@ -253,13 +254,25 @@ class PostgresSagaLog:
         pool_size: The most connections the log opens; overrides the URL's ``pool_size``.
             Default 8. Writes use one connection at a time (group commit); the others serve
             reads and lease upkeep.
+        create: Whether opening the log creates its schema and tables when they are missing
+            (default; a writer such as an orchestrator does). ``False`` opens an existing log
+            only and fails when there is none, changing nothing.
+        read_only: Whether the log is only read: nothing is created, and the server refuses
+            every write on its connections (an :class:`~pysaga.Inspector` opens it so).
 
     Raises:
-        ValueError: a bad URL, schema name or pool size.
+        InvalidURLError: a malformed URL (a port that is not a number, an unknown option).
+        ValueError: a bad schema name or pool size.
     """
 
     def __init__(
-        self, dsn: str, *, schema: str | None = None, pool_size: int | None = None
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        pool_size: int | None = None,
+        create: bool = True,
+        read_only: bool = False,
     ) -> None:
         options = parse_url(dsn)
         if schema is not None:
@@ -269,17 +282,20 @@ class PostgresSagaLog:
                 raise ValueError(f"pool_size={pool_size}: a pool needs at least 1 connection")
             options = PostgresOptions(options.dsn, options.schema, pool_size)
         self.options = options
+        self._creates = create and not read_only
+        self.read_only = read_only
         self._pool: asyncpg.Pool[Any] | None = None
         self._commits: GroupCommit[_Write] = GroupCommit(self._flush)
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresSagaLog:
+    def from_url(cls, url: str, *, create: bool = True, read_only: bool = False) -> PostgresSagaLog:
         """Build from ``postgresql://user:password@host:5432/database?schema=pysaga&pool_size=8``.
 
         ``schema`` (default ``public``) and ``pool_size`` (default 8) are pysaga's options;
-        every other query option goes to the PostgreSQL client.
+        the client's connection options (``sslmode=require``, say) go to the PostgreSQL
+        client; any other option is refused. *create* and *read_only* are as in the class.
         """
-        return cls(url)
+        return cls(url, create=create, read_only=read_only)
 
     @property
     def schema(self) -> str:
@@ -304,14 +320,17 @@ class PostgresSagaLog:
     async def __aenter__(self) -> Self:
         if self._pool is not None:
             raise RuntimeError(f"{self!r} is already open; enter it once")
-        pool = await open_pool(self.options, what="saga log")
+        where = redact(self.options.dsn)
+        pool = await open_pool(self.options, what="saga log", read_only=self.read_only)
         try:
-            await apply_schema(pool, self.schema, _COMPONENT, MIGRATIONS)
+            if self._creates:
+                await apply_schema(pool, self.schema, _COMPONENT, MIGRATIONS, where=where)
+            else:
+                await check_schema(pool, self.schema, _COMPONENT, MIGRATIONS, where=where)
         except CLIENT_ERRORS as exc:
             pool.terminate()
             raise StoreError(
-                f"cannot set up the PostgreSQL saga log in schema {self.schema!r} at "
-                f"{redact(self.options.dsn)}: {exc}"
+                f"cannot set up the PostgreSQL saga log in schema {self.schema!r} at {where}: {exc}"
             ) from exc
         except BaseException:
             pool.terminate()
@@ -326,7 +345,8 @@ class PostgresSagaLog:
         statements (several milliseconds), and a saga's first write should not."""
         try:
             async with self._connection() as conn:
-                await conn.fetch(_WRITE_BATCH, *([[]] * 30))
+                if not self.read_only:  # the server refuses even an empty write then
+                    await conn.fetch(_WRITE_BATCH, *([[]] * 30))
                 await conn.fetchrow(_GET, "")
         except CLIENT_ERRORS as exc:
             await self.aclose()

@@ -17,13 +17,13 @@ drive sagas at a time on SQLite; to run several, use the PostgreSQL log.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -44,9 +44,10 @@ from ._codec import (
     record_from_row,
 )
 from ._group_commit import GroupCommit, PendingWrite
+from ._urls import Synchronous
+from ._urls import parse_sqlite_url as parse_url
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Callable, Collection, Sequence
     from types import TracebackType
 
@@ -58,7 +59,6 @@ SCHEMA_VERSION = 1
 """The schema this version writes. A file with a newer schema is refused."""
 
 _T = TypeVar("_T")
-Synchronous = Literal["normal", "full"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pysaga_schema (
@@ -122,39 +122,6 @@ _INTERVENE = (
 )
 
 
-def parse_url(url: str) -> tuple[str, Synchronous, float]:
-    """Read ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (query options
-    ``synchronous=normal|full`` and ``busy_timeout=<seconds>``).
-
-    Returns:
-        The file path, the synchronous setting and the busy timeout.
-    """
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "sqlite":
-        raise ValueError(f"not a sqlite URL: {url!r}")
-    path = unquote(parts.path)
-    if parts.netloc == ":memory:" or path == "/:memory:":
-        path = ":memory:"
-    elif path.startswith("/"):
-        path = path[1:]  # sqlite:///rel -> "rel"; sqlite:////abs -> "/abs"
-    if not path:
-        raise ValueError(
-            f"sqlite URL {url!r} names no file; write 'sqlite:///sagas.db' (relative) or "
-            "'sqlite:////var/lib/app/sagas.db' (absolute)"
-        )
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(query) - {"synchronous", "busy_timeout"}
-    if unknown:
-        raise ValueError(
-            f"sqlite URL {url!r}: unknown option(s) {sorted(unknown)}; "
-            "known: synchronous, busy_timeout"
-        )
-    sync = query.get("synchronous", "normal").lower()
-    if sync not in ("normal", "full"):
-        raise ValueError(f"sqlite URL {url!r}: synchronous must be 'normal' or 'full'")
-    return path, "full" if sync == "full" else "normal", float(query.get("busy_timeout", 5.0))
-
-
 def open_database(
     path: str,
     synchronous: Synchronous,
@@ -163,8 +130,11 @@ def open_database(
     *,
     what: str,
     any_thread: bool = False,
+    create: bool = True,
+    read_only: bool = False,
 ) -> sqlite3.Connection:
-    """Open a WAL-mode SQLite file (creating its directory) and run *setup* on it.
+    """Open a WAL-mode SQLite file (creating it and its directory) and run *setup* on it. A
+    file created here is logged at INFO, with its absolute path.
 
     Args:
         path: The file, or ``":memory:"``.
@@ -173,19 +143,51 @@ def open_database(
         setup: Creates or checks the schema.
         what: What the file holds, for the error message.
         any_thread: Whether the connection may be used from a worker thread too.
+        create: Whether a missing file (and its directory) is created; else it must exist.
+        read_only: Whether the connection refuses writes (``PRAGMA query_only``); the file
+            must exist, and nothing is created.
 
     Raises:
-        StoreError: the file cannot be opened or set up.
+        StoreError: the file does not exist (and may not be created), or cannot be opened or
+            set up.
     """
+    target, uri, new = path, False, False
     if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(
-        path, isolation_level=None, check_same_thread=not any_thread, timeout=busy_timeout
-    )
+        if create and not read_only:
+            new = not Path(path).exists()
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        elif not Path(path).is_file():
+            where = "" if Path(path).is_absolute() else f" (relative to {os.getcwd()!r})"
+            raise StoreError(
+                f"no SQLite {what} at {path!r}: the file does not exist{where}; check the "
+                "path ('sqlite:////abs/path.db' names an absolute one)"
+            )
+        else:
+            # mode=rw never creates the file (a missing one fails to open)
+            target, uri = Path(path).absolute().as_uri() + "?mode=rw", True
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn = sqlite3.connect(
+            target,
+            uri=uri,
+            isolation_level=None,
+            check_same_thread=not any_thread,
+            timeout=busy_timeout,
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the SQLite {what} {path!r}: {exc}") from exc
+    try:
+        if read_only:
+            # a reader neither writes nor switches the journal mode: a WAL file is read as it
+            # is, and an orchestrator's writes remain visible to it
+            conn.execute("PRAGMA query_only=ON")
+        elif create:
+            conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        setup(conn)
+        setup(conn)  # checks an existing file before anything is written to it
+        if not create and not read_only:
+            conn.execute("PRAGMA journal_mode=WAL")
+        if new:
+            logger.info("created a new SQLite %s at %s", what, Path(path).absolute())
     except sqlite3.Error as exc:
         conn.close()
         raise StoreError(f"cannot open the SQLite {what} {path!r}: {exc}") from exc
@@ -213,10 +215,16 @@ class SQLiteSagaLog:
     """A :class:`~pysaga.SagaLog` in one SQLite file.
 
     Args:
-        path: The database file (created with its directory if missing), or ``":memory:"``.
+        path: The database file (created with its directory if missing, unless *create* is
+            false), or ``":memory:"``.
         synchronous: ``"normal"`` (default: survives a killed process) or ``"full"``
             (also survives power loss; fsync on every commit).
         busy_timeout: Seconds to wait for another process's lock before failing.
+        create: Whether entering the log creates a missing file (default: a writer such as
+            an orchestrator does, and logs where at INFO). ``False`` opens an existing log
+            only, and fails with :class:`~pysaga.StoreError` saying the file does not exist.
+        read_only: Whether the log is only read: nothing is created, and writes are refused
+            (an :class:`~pysaga.Inspector` opens it so).
     """
 
     def __init__(
@@ -225,6 +233,8 @@ class SQLiteSagaLog:
         *,
         synchronous: Synchronous = "normal",
         busy_timeout: float = 5.0,
+        create: bool = True,
+        read_only: bool = False,
     ) -> None:
         if synchronous not in ("normal", "full"):
             raise ValueError(
@@ -234,6 +244,8 @@ class SQLiteSagaLog:
         self.path = str(path)
         self.synchronous: Synchronous = synchronous
         self.busy_timeout = busy_timeout
+        self._creates = create and not read_only
+        self.read_only = read_only
         self._conn: sqlite3.Connection | None = None
         self._offload = synchronous == "full"
         self._lock = anyio.Lock()
@@ -242,13 +254,23 @@ class SQLiteSagaLog:
         self._checkpointer: _Checkpointer | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> SQLiteSagaLog:
+    def from_url(cls, url: str, *, create: bool = True, read_only: bool = False) -> SQLiteSagaLog:
         """Build from ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
 
-        The query may set ``synchronous=normal|full`` and ``busy_timeout=<seconds>``.
+        The query may set ``synchronous=normal|full`` and ``busy_timeout=<seconds>``;
+        *create* and *read_only* are as in the class.
+
+        Raises:
+            InvalidURLError: a malformed URL.
         """
         path, synchronous, busy_timeout = parse_url(url)
-        return cls(path, synchronous=synchronous, busy_timeout=busy_timeout)
+        return cls(
+            path,
+            synchronous=synchronous,
+            busy_timeout=busy_timeout,
+            create=create,
+            read_only=read_only,
+        )
 
     def __repr__(self) -> str:
         return f"<SQLiteSagaLog {self.path!r} synchronous={self.synchronous}>"
@@ -267,12 +289,14 @@ class SQLiteSagaLog:
             self.path,
             self.synchronous,
             self.busy_timeout,
-            self._migrate,
+            self._migrate if self._creates else self._open_existing,
             what="saga log",
             any_thread=True,
+            create=self._creates,
+            read_only=self.read_only,
         )
         self._conn = conn
-        if self.path != ":memory:":
+        if self.path != ":memory:" and not self.read_only:
             conn.execute("PRAGMA wal_autocheckpoint=0")
             self._checkpointer = _Checkpointer(self.path, self.busy_timeout)
         return self
@@ -294,6 +318,28 @@ class SQLiteSagaLog:
         if conn is not None:
             async with self._lock:
                 conn.close()
+
+    def _open_existing(self, conn: sqlite3.Connection) -> None:
+        """Check that the file holds a saga log (and bring its schema up to date, unless
+        only reading): an existing file that holds none is not turned into one."""
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pysaga_schema'"
+        ).fetchone()
+        if found is None:
+            raise StoreError(
+                f"the file {self.path!r} holds no saga log (it has no pysaga tables); check "
+                "the path, or start an orchestrator on it to create one"
+            )
+        if not self.read_only:
+            self._migrate(conn)
+            return
+        row = conn.execute("SELECT max(version) FROM pysaga_schema").fetchone()
+        version = row[0] if row else None
+        if version is not None and version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"the saga log was written with schema version {version}, newer than this "
+                f"pysaga's ({SCHEMA_VERSION}); upgrade pysaga to read it"
+            )
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:

@@ -720,9 +720,9 @@ class SagaWorld:
         Raises:
             SagaNotFoundError: there is no such saga in the world's log.
         """
-        from ..cli import _timeline_text
+        from .._render import timeline_text
 
-        return _timeline_text(await self.inspector().timeline(saga_id))
+        return timeline_text(await self.inspector().timeline(saga_id))
 
     async def _fail(self, saga_id: str, why: str) -> None:
         if await self._log.get(saga_id) is None:

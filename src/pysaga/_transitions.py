@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .definition import StepKind
 from .errors import OperatorActionRefused
 from .models import (
+    ACTIVE_STATUSES,
     EntryKind,
     Failure,
     LogEntry,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "MAY_HAVE_HAD_EFFECT",
+    "NOT_STARTED",
     "abort",
     "compensated",
     "compensation_failed",
@@ -56,8 +58,11 @@ __all__ = (
     "compensation_succeeded",
     "completed",
     "deadline_applies",
+    "heard",
+    "is_overdue",
     "next_compensation",
     "next_stage",
+    "overdue",
     "resolve",
     "retry",
     "start",
@@ -66,6 +71,10 @@ __all__ = (
     "step_succeeded",
     "turn_back",
 )
+
+NOT_STARTED = "null"
+"""The data of a choreographed saga whose starting event has not been heard yet (another
+event of it came first)."""
 
 MAY_HAVE_HAD_EFFECT = frozenset({StepStatus.SUCCEEDED, StepStatus.STARTED, StepStatus.COMPENSATING})
 """The step statuses whose effect may have happened, and which a compensation therefore undoes."""
@@ -412,3 +421,119 @@ def _refuse(record: SagaRecord, action: str, why: str) -> OperatorActionRefused:
 def _status(steps: Mapping[str, StepState], name: str) -> StepStatus | None:
     state = steps.get(name)
     return None if state is None else state.status
+
+
+# -- a choreographed saga, as its observer hears it ----------------------------------------------
+
+
+def heard(
+    record: SagaRecord,
+    kind: str,
+    step: str | None,
+    *,
+    at: float,
+    source: str | None,
+    failure: Failure | None = None,
+    data: str | None = None,
+) -> SagaUpdate | None:
+    """What hearing one event of a choreographed flow means for its saga's record, or ``None``
+    when the record already shows it (a copy of an event recorded before).
+
+    Args:
+        kind: What the event means (:data:`pysaga.choreography.MeaningKind`): ``"start"``,
+            ``"completes"``, ``"compensates"``, or a step's ``"done"``, ``"failed"`` or
+            ``"compensated"``.
+        step: The step whose outcome the event marks.
+        at: When the event happened (its own time, not when it was heard).
+        source: The service that published it (the entries' ``owner``).
+        failure: For ``"failed"`` and ``"compensates"``: the failure the event describes.
+        data: For ``"start"``: the event as the saga's data (JSON text).
+    """
+    status = record.status
+    active = status in ACTIVE_STATUSES
+    if kind == "start":
+        if data is None or record.data != NOT_STARTED:
+            return None
+        return SagaUpdate([LogEntry(EntryKind.SAGA_STARTED, at, None, 0, None, source)], data=data)
+    if kind in ("completes", "compensates"):
+        ending = SagaStatus.COMPLETED if kind == "completes" else SagaStatus.COMPENSATED
+        if status is ending:
+            return None
+        entry_kind = EntryKind.SAGA_COMPLETED if kind == "completes" else EntryKind.SAGA_COMPENSATED
+        entries = [LogEntry(entry_kind, at, None, 0, None, source)]
+        if not active:  # heard after it ended: kept in its history, its status stays
+            return SagaUpdate(entries)
+        kept: Failure | None = None
+        if ending is SagaStatus.COMPENSATED:
+            if record.failure is None:
+                kept = failure
+            if status is SagaStatus.RUNNING:  # it turned back unheard: say so, as the
+                # orchestrator does before every COMPENSATED
+                entries.insert(0, LogEntry(EntryKind.SAGA_COMPENSATING, at, None, 0, None, source))
+        return SagaUpdate(entries, status=ending, failure=kept)
+    assert step is not None, f"a {kind!r} event marks a step"
+    state = record.steps.get(step)
+    if kind == "compensated":
+        if state is not None and state.status is StepStatus.COMPENSATED:
+            return None
+        new = StepState(
+            StepStatus.COMPENSATED,
+            state.attempts if state else 0,
+            state.failures if state else 0,
+        )
+        entries = [LogEntry(EntryKind.COMPENSATION_SUCCEEDED, at, step, 1, None, source)]
+        if status is SagaStatus.RUNNING:
+            entries.append(LogEntry(EntryKind.SAGA_COMPENSATING, at, None, 0, None, source))
+            return SagaUpdate(entries, status=SagaStatus.COMPENSATING, steps={step: new})
+        return SagaUpdate(entries, steps={step: new})
+    if state is not None and state.attempts:
+        return None  # its outcome was heard before
+    keep = state is not None and state.status is StepStatus.COMPENSATED
+    if kind == "done":
+        new = StepState(StepStatus.COMPENSATED if keep else StepStatus.SUCCEEDED, 1, 0)
+        entries = [LogEntry(EntryKind.STEP_SUCCEEDED, at, step, 1, None, source)]
+        return SagaUpdate(entries, steps={step: new})
+    assert failure is not None, "a step's failed event describes its failure"
+    new = StepState(
+        StepStatus.COMPENSATED if keep else StepStatus.FAILED,
+        1,
+        1,
+        failure=None if keep else failure,
+    )
+    entries = [LogEntry(EntryKind.STEP_FAILED, at, step, 1, failure, source)]
+    # A step's failure says best why the saga turned back: it replaces one taken from the
+    # ending event (heard first), but not another step's, nor a deadline mark's.
+    keeps_failure = (record.failure is not None and record.failure.step is not None) or status in (
+        SagaStatus.COMPLETED,
+        SagaStatus.FAILED,
+        SagaStatus.RESOLVED,
+    )
+    if status is SagaStatus.RUNNING:
+        entries.append(LogEntry(EntryKind.SAGA_COMPENSATING, at, None, 0, failure, source))
+        return SagaUpdate(
+            entries, status=SagaStatus.COMPENSATING, steps={step: new}, failure=failure
+        )
+    return SagaUpdate(entries, steps={step: new}, failure=None if keeps_failure else failure)
+
+
+def overdue(
+    record: SagaRecord, failure: Failure, *, at: float, owner: str | None
+) -> SagaUpdate | None:
+    """A choreographed saga did not end within its deadline: FAILED, for an operator (or
+    ``None`` when it is not overdue at *at*: it ended, or has no deadline, or time is left)."""
+    if not is_overdue(record, at):
+        return None
+    return SagaUpdate(
+        [LogEntry(EntryKind.SAGA_FAILED, at, None, 0, failure, owner)],
+        status=SagaStatus.FAILED,
+        failure=failure,
+    )
+
+
+def is_overdue(record: SagaRecord, at: float) -> bool:
+    """Whether *record* is unfinished past its deadline at *at*."""
+    return (
+        record.status in ACTIVE_STATUSES
+        and record.deadline_at is not None
+        and record.deadline_at < at
+    )

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, ClassVar, Self
 
 from . import stores
 from .errors import SagaNotFoundError
-from .models import ACTIVE_STATUSES, EntryKind, SagaRecord, SagaStatus
+from .models import ACTIVE_STATUSES, EntryKind, LogEntry, SagaRecord, SagaStatus
 
 if TYPE_CHECKING:
     import os
@@ -215,7 +215,8 @@ class Inspector(LogAccess):
         return sorted(found.values(), key=lambda r: (r.updated_at, r.saga_id))[:limit]
 
     async def timeline(self, saga_id: str) -> Timeline:
-        """The saga's current state and its history, with the time between events.
+        """The saga's current state and its history, in the order it happened, with the
+        time between events.
 
         Args:
             saga_id: The saga's id.
@@ -233,7 +234,10 @@ class Inspector(LogAccess):
             raise SagaNotFoundError(saga_id)
         events: list[TimelineEvent] = []
         previous: float | None = None
-        for entry in await log.history(saga_id):
+        # In the order things happened: a choreographed saga's events can be heard out of
+        # order, and its observer stamps each entry with the event's own time.
+        history = sorted(await log.history(saga_id), key=_time)
+        for entry in history:
             events.append(
                 TimelineEvent(
                     kind=entry.kind,
@@ -301,3 +305,7 @@ class Inspector(LogAccess):
             created_before=created_before,
             limit=limit,
         )
+
+
+def _time(entry: LogEntry) -> float:
+    return entry.at

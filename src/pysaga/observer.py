@@ -18,9 +18,11 @@ import anyio
 import anyio.abc
 
 from . import _clock, stores
+from . import _transitions as _machine
 from ._keyed_lock import KeyedLock
+from ._optimistic import until_written
 from .choreography import Choreography, EventMeaning, MeaningKind
-from .errors import ConcurrencyError, DecodeError, LeaseLost
+from .errors import DecodeError, LeaseLost
 from .messaging import HEADER_SERVICE, message_type
 from .models import (
     ACTIVE_STATUSES,
@@ -30,9 +32,6 @@ from .models import (
     LogEntry,
     SagaRecord,
     SagaStatus,
-    SagaUpdate,
-    StepState,
-    StepStatus,
 )
 from .participant import HandlerContext, Participant
 
@@ -49,9 +48,6 @@ if TYPE_CHECKING:
 __all__ = ("ChoreographyObserver",)
 
 logger = logging.getLogger("pysaga.choreography")
-
-_NOT_STARTED = "null"
-"""The data of a saga whose starting event has not been heard yet (another came first)."""
 
 
 class ChoreographyObserver:
@@ -189,40 +185,55 @@ class ChoreographyObserver:
         source = ctx.headers.get(HEADER_SERVICE)
         await self._guards.acquire(saga_id)
         try:
-            await self._record(saga_id, meaning, event, source)
+            await self._record(saga_id, meaning, event, source, ctx.sent_at)
         finally:
             self._guards.release(saga_id)
 
     async def _record(
-        self, saga_id: str, meaning: EventMeaning, event: BaseModel, source: str | None
+        self,
+        saga_id: str,
+        meaning: EventMeaning,
+        event: BaseModel,
+        source: str | None,
+        happened: float | None,
     ) -> None:
         """Write what *event* means to the saga's record: create it, or update it at the
         revision read, reading again when another observer wrote in between."""
-        for _ in range(100):
+
+        async def attempt() -> None:
             record = await self._log.get(saga_id)
             now = _clock.now()
+            at = now if happened is None else min(happened, now)  # when it happened
+            kind = meaning.kind
+            failure = (
+                _failure(meaning.step if kind == "failed" else None, event, source)
+                if kind in ("failed", "compensates")
+                else None
+            )
+            data = event.model_dump_json() if kind == "start" else None
             if record is None:
                 record = SagaRecord(
                     saga_id=saga_id,
                     name=self.flow.name,
                     version=self.flow.version,
                     status=SagaStatus.RUNNING,
-                    data=_NOT_STARTED,
+                    data=_machine.NOT_STARTED,
                     owner=self.owner,
-                    deadline_at=now + self.flow.deadline,
-                    created_at=now,
-                    updated_at=now,
+                    deadline_at=at + self.flow.deadline,
+                    created_at=at,
+                    updated_at=at,
                 )
-                update = self._change(record, meaning, event, source, now)
+                update = _machine.heard(
+                    record, kind, meaning.step, at=at, source=source, failure=failure, data=data
+                )
                 assert update is not None
-                _apply(record, update)
-                try:
-                    await self._log.create(record, update.entries)
-                except ConcurrencyError:
-                    continue  # another observer created it first: update it
+                record.apply(update)
+                await self._log.create(record, update.entries)  # taken meanwhile: again
                 return
             self._check_ours(record, event)
-            update = self._change(record, meaning, event, source, now)
+            update = _machine.heard(
+                record, kind, meaning.step, at=at, source=source, failure=failure, data=data
+            )
             if update is None:
                 logger.debug(
                     "saga %s (%s) already shows %s; not recorded again",
@@ -231,18 +242,26 @@ class ChoreographyObserver:
                     type(event).__name__,
                 )
                 return
+            if update.status is None and kind in ("completes", "compensates"):
+                logger.warning(
+                    "saga %s (%s) heard %s after it ended %s; it is added to its history, its "
+                    "status stays",
+                    saga_id,
+                    self.flow.name,
+                    type(event).__name__,
+                    record.status.value,
+                )
             try:
                 await self._log.update(saga_id, update, revision=record.revision, owner=self.owner)
-            except ConcurrencyError:
-                continue
             except LeaseLost:
                 self._check_ours(await self._log.get(saga_id) or record, event)
                 raise
-            return
-        raise ConcurrencyError(
-            saga_id,
-            f"saga {saga_id!r} kept changing while {type(event).__name__} was recorded; the "
-            "event is delivered again",
+
+        await until_written(
+            attempt,
+            saga_id=saga_id,
+            doing=f"{type(event).__name__} was recorded (it is delivered again)",
+            attempts=100,
         )
 
     def _check_ours(self, record: SagaRecord, event: BaseModel) -> None:
@@ -253,101 +272,6 @@ class ChoreographyObserver:
                 f"by {record.owner!r}; a saga id belongs to one flow or orchestrated saga: "
                 "start each flow's saga with a new id"
             )
-
-    def _change(
-        self,
-        record: SagaRecord,
-        meaning: EventMeaning,
-        event: BaseModel,
-        source: str | None,
-        now: float,
-    ) -> SagaUpdate | None:
-        """The write that records *event* on *record*, or ``None`` when the record already
-        shows it (a copy of an event recorded before)."""
-        status = record.status
-        active = status in ACTIVE_STATUSES
-        kind = meaning.kind
-        name = type(event).__name__
-        if kind == "start":
-            if record.data != _NOT_STARTED:
-                return None
-            return SagaUpdate(
-                [LogEntry(EntryKind.SAGA_STARTED, at=now, owner=source)],
-                data=event.model_dump_json(),
-            )
-        if kind in ("completes", "compensates"):
-            ending = SagaStatus.COMPLETED if kind == "completes" else SagaStatus.COMPENSATED
-            if status is ending:
-                return None
-            entry_kind = (
-                EntryKind.SAGA_COMPLETED if kind == "completes" else EntryKind.SAGA_COMPENSATED
-            )
-            entries = [LogEntry(entry_kind, at=now, owner=source)]
-            if not active:
-                logger.warning(
-                    "saga %s (%s) heard %s after it ended %s; it is added to its history, its "
-                    "status stays",
-                    record.saga_id,
-                    self.flow.name,
-                    name,
-                    status.value,
-                )
-                return SagaUpdate(entries)
-            failure = None
-            if ending is SagaStatus.COMPENSATED:
-                if record.failure is None:
-                    failure = _failure(None, event, source)
-                if status is SagaStatus.RUNNING:  # it turned back unheard: say so, as the
-                    # orchestrator does before every COMPENSATED
-                    entries.insert(0, LogEntry(EntryKind.SAGA_COMPENSATING, at=now, owner=source))
-            return SagaUpdate(entries, status=ending, failure=failure)
-        step = meaning.step
-        assert step is not None
-        state = record.steps.get(step)
-        if kind == "compensated":
-            if state is not None and state.status is StepStatus.COMPENSATED:
-                return None
-            new = StepState(
-                StepStatus.COMPENSATED,
-                state.attempts if state else 0,
-                state.failures if state else 0,
-            )
-            entries = [
-                LogEntry(
-                    EntryKind.COMPENSATION_SUCCEEDED, at=now, step=step, attempt=1, owner=source
-                )
-            ]
-            if status is SagaStatus.RUNNING:
-                entries.append(LogEntry(EntryKind.SAGA_COMPENSATING, at=now, owner=source))
-                return SagaUpdate(entries, status=SagaStatus.COMPENSATING, steps={step: new})
-            return SagaUpdate(entries, steps={step: new})
-        if state is not None and state.attempts:
-            return None  # its outcome was heard before
-        keep = state is not None and state.status is StepStatus.COMPENSATED
-        if kind == "done":
-            new = StepState(StepStatus.COMPENSATED if keep else StepStatus.SUCCEEDED, 1, 0)
-            entries = [
-                LogEntry(EntryKind.STEP_SUCCEEDED, at=now, step=step, attempt=1, owner=source)
-            ]
-            return SagaUpdate(entries, steps={step: new})
-        failure = _failure(step, event, source)
-        new = StepState(StepStatus.COMPENSATED if keep else StepStatus.FAILED, 1, 1)
-        entries = [
-            LogEntry(
-                EntryKind.STEP_FAILED, at=now, step=step, attempt=1, failure=failure, owner=source
-            )
-        ]
-        # A step's failure says best why the saga turned back: it replaces one taken from
-        # the ending event (heard first), but not another step's, nor a deadline mark's.
-        keeps_failure = (
-            record.failure is not None and record.failure.step is not None
-        ) or status in (SagaStatus.COMPLETED, SagaStatus.FAILED, SagaStatus.RESOLVED)
-        if status is SagaStatus.RUNNING:
-            entries.append(LogEntry(EntryKind.SAGA_COMPENSATING, at=now, owner=source))
-            return SagaUpdate(
-                entries, status=SagaStatus.COMPENSATING, steps={step: new}, failure=failure
-            )
-        return SagaUpdate(entries, steps={step: new}, failure=None if keeps_failure else failure)
 
     # -- deadlines ---------------------------------------------------------------------------
 
@@ -387,29 +311,22 @@ class ChoreographyObserver:
                 return marked
 
     async def _mark(self, saga_id: str, now: float) -> bool:
-        for _ in range(100):
+        async def attempt() -> bool:
             record = await self._log.get(saga_id)
-            if (
-                record is None
-                or record.status not in ACTIVE_STATUSES
-                or record.deadline_at is None
-                or record.deadline_at >= now
-                or record.owner != self.owner
-            ):
+            if record is None or record.owner != self.owner:
+                return False
+            if not _machine.is_overdue(record, now):
                 return False
             failure = await self._overdue_failure(record)
-            update = SagaUpdate(
-                [LogEntry(EntryKind.SAGA_FAILED, at=now, failure=failure, owner=self.owner)],
-                status=SagaStatus.FAILED,
-                failure=failure,
-            )
-            try:
-                await self._log.update(saga_id, update, revision=record.revision, owner=self.owner)
-            except ConcurrencyError:
-                continue
+            update = _machine.overdue(record, failure, at=now, owner=self.owner)
+            assert update is not None
+            await self._log.update(saga_id, update, revision=record.revision, owner=self.owner)
             logger.warning("saga %s (%s): %s", saga_id, self.flow.name, failure.message)
             return True
-        return False
+
+        return await until_written(
+            attempt, saga_id=saga_id, doing="marking it overdue", attempts=100
+        )
 
     async def _overdue_failure(self, record: SagaRecord) -> Failure:
         history = await self._log.history(record.saga_id)
@@ -471,14 +388,3 @@ def _failure(step: str | None, event: BaseModel, source: str | None) -> Failure:
         business=True,
         details=event.model_dump(mode="json"),
     )
-
-
-def _apply(record: SagaRecord, update: SagaUpdate) -> None:
-    """Fold *update* into a record about to be created."""
-    if update.status is not None:
-        record.status = update.status
-    record.steps.update(update.steps)
-    if update.data is not None:
-        record.data = update.data
-    if update.failure is not None:
-        record.failure = update.failure

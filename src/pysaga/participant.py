@@ -118,6 +118,9 @@ class HandlerContext:
             as the orchestrator sent it. ``None`` for other commands, for events, and for a
             compensation command that carries no readable reason (one not sent by a pysaga
             orchestrator, say).
+        sent_at: When the message was created (its envelope's timestamp, in seconds since the
+            epoch): for an event, when it happened, which may be before an event heard
+            earlier.
 
     For an event handler (:meth:`Participant.on`) the message is the event: ``saga_id`` is
     the choreographed saga's id, ``idempotency_key`` the event's id (the same on every
@@ -132,6 +135,7 @@ class HandlerContext:
     headers: Mapping[str, str]
     transaction: Any = None
     failure: Failure | None = None
+    sent_at: float | None = None
     _published: _Published = field(default_factory=_Published, repr=False, compare=False)
     _flow: Choreography | None = field(default=None, repr=False, compare=False)
 
@@ -803,6 +807,7 @@ class Participant:
             headers=envelope.headers,
             transaction=transaction,
             failure=self._failure(envelope) if compensation and flow is None else None,
+            sent_at=envelope.timestamp.timestamp(),
             _published=published,
             _flow=flow,
         )

@@ -175,6 +175,9 @@ def record_json(record: SagaRecord) -> dict[str, Any]:
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "failure": None if record.failure is None else record.failure.to_json(),
+        "compensation_failure": (
+            None if record.compensation_failure is None else record.compensation_failure.to_json()
+        ),
     }
 
 
@@ -189,6 +192,15 @@ def timeline_json(timeline: Timeline) -> dict[str, Any]:
     """
     return {
         "record": record_json(timeline.record),
+        "steps": {
+            name: {
+                "attempts": told.attempts,
+                "failures": told.failures,
+                "compensation_attempts": told.compensation_attempts,
+                "compensation_failures": told.compensation_failures,
+            }
+            for name, told in timeline.steps.items()
+        },
         "duration": timeline.duration,
         "events": [
             {
@@ -254,18 +266,32 @@ def timeline_text(timeline: Timeline, style: Style = PLAIN) -> str:
     ]
     if r.failure is not None:
         lines.append(f"  failure   {r.failure}")
+    if r.compensation_failure is not None:
+        lines.append(f"  stuck on  {r.compensation_failure}")
     lines.append(f"  data      {r.data}")
     if r.steps:
         lines.append("steps:")
-        rows = [
-            (name, s.status.value, f"attempts {s.attempts}", f"failures {s.failures}")
-            for name, s in r.steps.items()
-        ]
-        steps = table(("", "", "", ""), rows, style=Style(colour=style.colour), status_column=1)
-        lines.extend("  " + line for line in steps.splitlines()[1:])
+        counted = timeline.steps
+        rows = []
+        for name, s in r.steps.items():
+            told = counted.get(name)
+            attempts = told.attempts if told else s.attempts
+            failures = told.failures if told else s.failures
+            row = [name, s.status.value, f"attempts {attempts}", f"failures {failures}"]
+            if told is not None and told.compensation_attempts:
+                row.append(
+                    f"compensations {told.compensation_attempts}, "
+                    f"failures {told.compensation_failures}"
+                )
+            else:
+                row.append("")
+            rows.append(tuple(row))
+        steps = table(("",) * 5, rows, style=Style(colour=style.colour), status_column=1)
+        lines.extend("  " + line.rstrip() for line in steps.splitlines()[1:])
     lines.append(f"timeline ({len(timeline.events)} events, {timeline.duration:.3f}s):")
     for event in timeline.events:
-        step = f" {event.step} #{event.attempt}" if event.step else ""
+        number = f" #{event.attempt}" if event.attempt else ""
+        step = f" {event.step}{number}" if event.step else ""
         failure = f"  ({event.failure})" if event.failure else ""
         gap = f"+{event.since_previous:.3f}s"
         lines.append(f"  {gap:>10}  {event.kind.value}{step}{failure}")

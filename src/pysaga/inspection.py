@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from .protocols import SagaLog
 
-__all__ = ("Inspector", "LogAccess", "Timeline", "TimelineEvent")
+__all__ = ("Inspector", "LogAccess", "StepCounts", "Timeline", "TimelineEvent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,43 @@ class TimelineEvent:
     owner: str | None
 
 
+@dataclass(slots=True)
+class StepCounts:
+    """How often one step ran and failed, as its history tells it (see
+    :attr:`Timeline.steps`).
+
+    Attributes:
+        attempts: Attempts of the step's action.
+        failures: Those that failed.
+        compensation_attempts: Attempts of its compensation.
+        compensation_failures: Those that failed.
+    """
+
+    attempts: int = 0
+    failures: int = 0
+    compensation_attempts: int = 0
+    compensation_failures: int = 0
+
+
+_STEP_KINDS = frozenset(
+    {
+        EntryKind.STEP_STARTED,
+        EntryKind.STEP_SUCCEEDED,
+        EntryKind.STEP_FAILED,
+        EntryKind.COMPENSATION_STARTED,
+        EntryKind.COMPENSATION_SUCCEEDED,
+        EntryKind.COMPENSATION_FAILED,
+    }
+)
+_COMPENSATION_KINDS = frozenset(
+    {
+        EntryKind.COMPENSATION_STARTED,
+        EntryKind.COMPENSATION_SUCCEEDED,
+        EntryKind.COMPENSATION_FAILED,
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Timeline:
     """A saga's current state and its whole history, oldest event first.
@@ -64,6 +101,33 @@ class Timeline:
 
     record: SagaRecord
     events: tuple[TimelineEvent, ...]
+
+    @property
+    def steps(self) -> dict[str, StepCounts]:
+        """Each step's attempts and failures, going forward and compensating, counted from
+        the history (the record's counters restart when a step starts compensating, and an
+        operator's retry gives a fresh budget; the history has every attempt)."""
+        counts: dict[str, StepCounts] = {}
+        seen: dict[tuple[str, bool], set[int]] = {}
+        for event in self.events:
+            step = event.step
+            kind = event.kind
+            if step is None or kind not in _STEP_KINDS:
+                continue
+            compensating = kind in _COMPENSATION_KINDS
+            found = counts.get(step)
+            if found is None:
+                found = counts[step] = StepCounts()
+            attempts = seen.setdefault((step, compensating), set())
+            attempts.add(event.attempt)
+            failed = kind in (EntryKind.STEP_FAILED, EntryKind.COMPENSATION_FAILED)
+            if compensating:
+                found.compensation_attempts = len(attempts)
+                found.compensation_failures += failed
+            else:
+                found.attempts = len(attempts)
+                found.failures += failed
+        return counts
 
     @property
     def duration(self) -> float:

@@ -246,6 +246,12 @@ class Participant:
             so events published before the service first ran wait for it; every reader in
             that group shares the events, so only one kind of service per flow may read so
             (the :class:`~pysaga.ChoreographyObserver` does).
+        on_commit: Hooks called, in order, with each message's envelope right after the
+            transaction that handled it commits and before the reply and events it wrote to
+            the outbox are sent (with a transactional inbox only): for metrics, or for a crash
+            test that kills the process at that point. A hook may be a plain or an async
+            function; an exception from it is logged and does not undo the commit (the
+            outbox relay sends what it wrote).
 
     Example::
 
@@ -273,6 +279,7 @@ class Participant:
         tracer_provider: TracerProvider | None = None,
         flows: Iterable[Choreography] = (),
         event_groups: Literal["service", "destination"] = "service",
+        on_commit: Iterable[Callable[[Envelope], object]] = (),
     ) -> None:
         if not isinstance(service, str) or not service:
             raise ValueError("a participant needs a service name, like Participant('stock')")
@@ -306,9 +313,10 @@ class Participant:
         self._stack: contextlib.AsyncExitStack | None = None
         self._broker: Broker | None = None
         self._subscription: Subscription | None = None
-        self._after_commit: Callable[[], object] | None = None
-        """Test-only: called right after a handler's transaction commits, before what it wrote
-        to the outbox is sent (a crash test kills the process here). Not an API."""
+        self._on_commit = tuple(on_commit)
+        for hook in self._on_commit:
+            if not callable(hook):
+                raise TypeError(f"on_commit=[...] takes functions of the envelope, got {hook!r}")
 
     def __repr__(self) -> str:
         return f"<Participant {self.service!r} handles={sorted(self._routes)}>"
@@ -706,11 +714,24 @@ class Participant:
             assert failure is not None
             await self._technical_failure(envelope, failure)
             return None
-        if self._after_commit is not None:
-            self._after_commit()
+        for hook in self._on_commit:
+            await self._committed(hook, envelope)
         if ids:
             await self._send_committed(inbox, ids, [(m, e) for m, _, e in outbox])
         return None
+
+    async def _committed(self, hook: Callable[[Envelope], object], envelope: Envelope) -> None:
+        try:
+            result = hook(envelope)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception(
+                "%s: an on_commit hook failed after message %s committed; what it wrote to "
+                "the outbox is still sent",
+                self.service,
+                envelope.id,
+            )
 
     async def _answer_handled(
         self, tx: InboxTransaction, found: InboxRecord, envelope: Envelope

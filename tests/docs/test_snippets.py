@@ -93,6 +93,7 @@ class TestTheDocsAreCovered:
             "recovery",
             "sqlite_log",
             "retries",
+            "interceptors",
             "parallel_steps",
             "tracing_setup",
             "remote_steps",
@@ -324,6 +325,20 @@ class TestSQLiteLog:
 
 
 @pytest.mark.anyio
+class TestInterceptors:
+    """docs/guides/interceptors.md"""
+
+    async def test_every_attempt_goes_through_the_interceptors(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        interceptors = load("interceptors", monkeypatch)
+        with caplog.at_level("INFO", logger="shop.audit"):
+            await interceptors.main()
+        logged = "".join(f"{r.getMessage()}\n" for r in caplog.records if r.name == "shop.audit")
+        assert pasted_output("interceptors") == logged
+        assert interceptors.slow == []  # nothing here takes a second
+
+
 class TestRetries:
     """docs/guides/retries-timeouts-deadlines.md"""
 

@@ -191,9 +191,11 @@ async def test_a_compensation_retried_by_an_operator_is_still_told_why_the_saga_
         outcome = await orch.wait(failed.saga_id)
         record = await orch.get(failed.saga_id)
     assert outcome.status is SagaStatus.COMPENSATED
-    assert outcome.failure is not None and outcome.failure.message == "out of stock"
+    assert outcome.failure is not None
+    assert outcome.failure.message == "out of stock"
     assert outcome.compensation_failure is None
-    assert record.failure is not None and record.failure.message == "out of stock"
+    assert record.failure is not None
+    assert record.failure.message == "out of stock"
     compensations = [failure for _, compensating, failure in seen if compensating]
     assert len(compensations) == 2
     for told in compensations:

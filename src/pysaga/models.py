@@ -233,6 +233,9 @@ class SagaRecord:
         created_at: When the saga was started.
         updated_at: When the row was last written.
         failure: Why the saga turned back or failed, if it did.
+        incarnation: Which run of the owner holds the lease: an orchestrator takes a fresh
+            incarnation each time it starts, so a lease is held by ``(owner, incarnation)``
+            (``None`` for a holder without incarnations, such as a choreography's observer).
     """
 
     saga_id: str
@@ -248,6 +251,7 @@ class SagaRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     failure: Failure | None = None
+    incarnation: str | None = None
 
 
 @dataclass(slots=True)

@@ -198,6 +198,7 @@ class Orchestrator:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._incarnation = uuid.uuid4().hex
         self._started = False
+        self._claimed_at = 0.0  # the time the last claim looked for lapsed leases at
         self._telemetry = (
             Telemetry(tracer_provider, meter_provider)
             if tracer_provider is not None or meter_provider is not None
@@ -326,16 +327,18 @@ class Orchestrator:
                 logger.exception("orchestrator %s: lease upkeep failed; will retry", self.owner)
 
     async def _until_next_claim(self) -> float:
-        """Seconds until a claim may find a saga: until the earliest lease this incarnation
-        does not hold runs out (just after it), or ``claim_interval`` if that is sooner. Never
-        less than a tenth of ``claim_interval``, so a lease that stays expired (another
-        claimer is taking it) is not polled in a tight loop."""
+        """Seconds until a claim may find a saga: until just after the earliest lease this
+        incarnation does not hold runs out (at once if it ran out since the last claim), or
+        ``claim_interval`` if that is sooner. A lease that had run out already when the last
+        claim looked, yet was not taken (another claimer is taking it), is looked at again
+        after a tenth of ``claim_interval``, not in a tight loop."""
         kinds = {(s.name, s.version) for s in self._sagas.values()}
         expiry = await self._log.next_expiry(self.owner, incarnation=self._incarnation, kinds=kinds)
         if expiry is None:
             return self.claim_interval
-        wait = expiry - _clock.now() + _CLAIM_MARGIN
-        return min(self.claim_interval, max(wait, self.claim_interval / 10))
+        if expiry < self._claimed_at:
+            return self.claim_interval / 10
+        return min(self.claim_interval, max(0.0, expiry - _clock.now()) + _CLAIM_MARGIN)
 
     async def _observed(self, name: str) -> bool:
         """Whether the unfinished sagas named *name* are choreographed ones, which a
@@ -371,15 +374,17 @@ class Orchestrator:
         kinds = {(s.name, s.version) for s in self._sagas.values()}
         taken_back = 0
         while True:
+            now = _clock.now()
             claimed = await self._log.claim(
                 self.owner,
                 incarnation=self._incarnation,
                 kinds=kinds,
                 lease=self.lease,
-                now=_clock.now(),
+                now=now,
                 limit=100,
                 predecessors=predecessors,
             )
+            self._claimed_at = now
             if predecessors:
                 taken_back += len(claimed)
             for record in claimed:

@@ -154,6 +154,20 @@ async def wait_for_completed(log: SagaLog, at_least: int) -> None:
             await anyio.sleep(0.02)
 
 
+async def kill_after_a_renewal(life: Life, log: SagaLog) -> float:
+    """Kill *life* just after it renewed its leases, so that they lapse a whole lease after
+    the kill (a periodic look for lapsed leases is then at its worst: it comes after they
+    lapsed, not just as they do)."""
+    with anyio.fail_after(30):
+        last = max(r.lease_expires_at for r in await unfinished(log))
+        while True:
+            await anyio.sleep(0.01)
+            now = max(r.lease_expires_at for r in await unfinished(log))
+            if now > last + 0.2:
+                return await life.kill()
+            last = now
+
+
 async def unfinished(log: SagaLog) -> list[SagaRecord]:
     return await log.list(name=SAGA_NAME, statuses=ACTIVE_STATUSES, limit=10 * SAGAS)
 
@@ -315,15 +329,16 @@ async def test_two_named_replicas_on_postgres_one_killed_and_back_under_its_name
 async def test_an_orchestrator_restarted_under_a_random_name_resumes_within_one_lease(
     log_url: str, tmp_path: Path
 ) -> None:
-    """A random-named orchestrator (``lease=3``) is SIGKILLed mid-run; its successor, under
-    another random name, claims each saga as soon as its lease lapses: within one lease of
-    the kill, not at its next periodic look."""
+    """A random-named orchestrator (``lease=3``) is SIGKILLed mid-run, just after it renewed
+    its leases; its successor, under another random name, claims each saga as soon as its
+    lease lapses, so within one lease of the kill, not at its next periodic look (which,
+    every ``lease / 2``, would come up to a second after the lapse)."""
     lease = 3.0
     async with running(log_url, tmp_path) as (run, log):
         first = await run.spawn("first", owner=None, lease=lease, sagas=(0, SAGAS))
         assert (await first.expect("started", 120))["started"] == SAGAS
         await wait_for_completed(log, 20)
-        killed_at = await first.kill()
+        killed_at = await kill_after_a_renewal(first, log)
         left = await unfinished(log)
         assert len(left) >= 100, f"only {len(left)} sagas in flight at the kill"
         lapse = min(r.lease_expires_at for r in left)

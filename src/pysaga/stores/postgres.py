@@ -13,9 +13,9 @@ where revision and owner still match, and the history entries of the writes that
 appended. Writes that matched nothing are then told apart (no such saga, lease lost, stale
 revision) by one more read.
 
-Several orchestrators: every saga carries a lease (owner and expiry). An orchestrator claims
-sagas whose lease expired with ``FOR UPDATE SKIP LOCKED``, so replicas that claim at the same
-moment never get the same saga and never wait for each other. Every write checks the saga's
+Several orchestrators: every saga carries a lease (owner, the owner's incarnation, and
+expiry). An orchestrator claims sagas whose lease expired with ``FOR UPDATE SKIP LOCKED``, so
+replicas that claim at the same moment never get the same saga and never wait for each other. Every write checks the saga's
 revision and owner: an orchestrator that lost a saga gets :class:`~pysaga.LeaseLost` and
 stops driving it.
 

@@ -403,8 +403,9 @@ class Orchestrator:
             if len(claimed) < 100:
                 if taken_back:
                     logger.info(
-                        "orchestrator %s (incarnation %s) took back %d unfinished saga(s) "
-                        "that the log held for this name or whose lease had run out",
+                        "orchestrator %s (incarnation %s) claimed %d unfinished saga(s) as "
+                        "it started: those an earlier run under this name held, and any "
+                        "whose lease had run out",
                         self.owner,
                         self._incarnation,
                         taken_back,

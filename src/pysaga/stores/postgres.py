@@ -15,9 +15,9 @@ revision) by one more read.
 
 Several orchestrators: every saga carries a lease (owner, the owner's incarnation, and
 expiry). An orchestrator claims sagas whose lease expired with ``FOR UPDATE SKIP LOCKED``, so
-replicas that claim at the same moment never get the same saga and never wait for each other. Every write checks the saga's
-revision and owner: an orchestrator that lost a saga gets :class:`~pysaga.LeaseLost` and
-stops driving it.
+replicas that claim at the same moment never get the same saga and never wait for each other.
+Every write checks the saga's revision and owner: an orchestrator that lost a saga gets
+:class:`~pysaga.LeaseLost` and stops driving it.
 
 Connection loss: a call whose connection breaks raises :class:`~pysaga.StoreError`; the pool
 opens a new connection for the next call. Reads and lease upkeep (claim, renew, release) are

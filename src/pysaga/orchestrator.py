@@ -258,7 +258,9 @@ class Orchestrator:
             stack.push_async_callback(self._shutdown)
             await self._report_unknown()
             await self._claim(predecessors=True)
-            self._tg.start_soon(self._maintain)
+            # asked here, before any saga starts, so it takes no connection from a first write
+            first_claim = await self._until_next_claim()
+            self._tg.start_soon(self._maintain, first_claim)
             self._stack = stack.pop_all()
         return self
 
@@ -302,15 +304,13 @@ class Orchestrator:
             task_status.started()
             await anyio.sleep_forever()
 
-    async def _maintain(self) -> None:
+    async def _maintain(self, first_claim: float) -> None:
         """Renew this incarnation's leases every ``lease / 3``; claim abandoned sagas as soon
         as the next lease this incarnation does not hold runs out (and at least every
-        ``claim_interval``)."""
+        ``claim_interval``), the first time in *first_claim* seconds."""
         renew_every = self.lease / 3
         next_renew = anyio.current_time() + renew_every
-        next_claim = anyio.current_time() + self.claim_interval
-        with contextlib.suppress(Exception):  # the loop below retries
-            next_claim = anyio.current_time() + await self._until_next_claim()
+        next_claim = anyio.current_time() + first_claim
         while True:
             await anyio.sleep(max(0.0, min(next_renew, next_claim) - anyio.current_time()))
             try:

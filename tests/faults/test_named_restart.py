@@ -360,7 +360,7 @@ async def test_an_orchestrator_restarted_under_a_random_name_resumes_within_one_
         f"after the kill (lease {lease:g} s)"
     )
     assert first_claim >= lapse  # no saga was taken from a live lease
-    assert first_claim - lapse < 0.5
+    assert first_claim - lapse < 0.8  # a periodic look would come 1 s or more after it
     assert claims[-1][1].at - killed_at < lease + 0.5
 
 

@@ -261,6 +261,9 @@ class SagaRecord:
             or why it failed going forward (a step after the pivot, a pivot in doubt). A
             compensation that gives up later does not replace it: see
             :attr:`compensation_failure`.
+        incarnation: Which run of the owner holds the lease: an orchestrator takes a fresh
+            incarnation each time it starts, so a lease is held by ``(owner, incarnation)``
+            (``None`` for a holder without incarnations, such as a choreography's observer).
     """
 
     saga_id: str
@@ -276,6 +279,7 @@ class SagaRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     failure: Failure | None = None
+    incarnation: str | None = None
 
     @property
     def compensation_failure(self) -> Failure | None:

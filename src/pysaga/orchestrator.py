@@ -12,10 +12,14 @@ saga can continue from its last durable record in any process, after any crash:
 To save commits, a step's outcome is written together with the next step's intent (or with the
 saga's end): the outcome is still durable before anything else happens.
 
-Each saga in the log carries a lease (owner and expiry) that its orchestrator renews while it
-runs. On start-up, and then periodically, an orchestrator claims unfinished sagas whose lease
-expired and resumes them. A write is refused (``LeaseLost``) once another orchestrator has
-claimed the saga, which stops the old holder from touching it again.
+Each saga in the log carries a lease (owner, incarnation and expiry) that its orchestrator
+renews while it runs. The incarnation is a fresh id each time an orchestrator starts, so a
+restarted orchestrator never mistakes its dead predecessor's sagas for ones it drives: on
+start-up it takes back at once the sagas its name still holds, and it renews only its own
+incarnation's leases. On start-up, and then whenever a lease it does not hold runs out, an
+orchestrator claims unfinished sagas whose lease expired and resumes them. A write is refused
+(``LeaseLost``, or ``ConcurrencyError`` for a holder of the same name) once another
+orchestrator has claimed the saga, which stops the old holder from touching it again.
 """
 
 from __future__ import annotations
@@ -76,6 +80,10 @@ logger = logging.getLogger("pysaga.orchestrator")
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
+_CLAIM_MARGIN = 0.01
+"""Seconds after a lease runs out at which a claim looks for it (a claim takes only leases
+that ended strictly before its time)."""
+
 
 class _Latch:
     """A one-shot event whose waitable is made only when someone waits before it is set
@@ -130,12 +138,17 @@ class Orchestrator:
             :class:`~pysaga.SagaLog` object. Entering the orchestrator enters the log; one
             opened from a URL or path is created if missing (logged at INFO, with where).
         lease: Seconds a saga stays claimed by this orchestrator without a renewal. After a
-            crash, its sagas are resumed by another orchestrator (or this one, restarted)
-            once their lease has run out.
-        claim_interval: Seconds between looks for abandoned sagas (default: ``lease / 2``).
+            crash, its sagas are resumed by another orchestrator once their lease has run
+            out, or at once by this one restarted under the same ``owner=`` name.
+        claim_interval: The longest wait, in seconds, between looks for abandoned sagas
+            (default: ``lease / 2``); the orchestrator also looks as soon as the next lease
+            it does not hold runs out.
         drain_timeout: On a normal exit, seconds to let running sagas finish before they are
             interrupted (they resume later from the log).
         owner: This orchestrator's name in the log (default: host, pid and a random part).
+            A name given here survives restarts: an orchestrator started under the name of
+            one that died takes that one's unfinished sagas back at once. Two orchestrators
+            running at the same time must not share a name.
         tracer_provider: Where spans go (default: the global OpenTelemetry provider).
         meter_provider: Where metrics go (default: the global OpenTelemetry provider).
         broker: Where remote steps' commands go: a broker URL (``"memory://shop"``,
@@ -200,6 +213,9 @@ class Orchestrator:
         self.claim_interval = claim_interval if claim_interval is not None else lease / 2
         self.drain_timeout = drain_timeout
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._incarnation = uuid.uuid4().hex
+        self._started = False
+        self._claimed_at = 0.0  # the time the last claim looked for lapsed leases at
         self._telemetry = (
             Telemetry(tracer_provider, meter_provider)
             if tracer_provider is not None or meter_provider is not None
@@ -227,7 +243,10 @@ class Orchestrator:
         self._idle.set()
 
     def __repr__(self) -> str:
-        return f"<Orchestrator {self.owner} sagas={sorted(self._sagas)} log={self._log!r}>"
+        return (
+            f"<Orchestrator {self.owner} ({self._incarnation}) sagas={sorted(self._sagas)} "
+            f"log={self._log!r}>"
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -235,6 +254,13 @@ class Orchestrator:
     def log(self) -> SagaLog:
         """The saga log this orchestrator writes to."""
         return self._log
+
+    @property
+    def incarnation(self) -> str:
+        """This run of the orchestrator: a fresh id each time it starts, recorded with
+        ``owner`` on the sagas whose lease it holds. It tells a restarted orchestrator's
+        sagas from those its predecessor of the same name left behind."""
+        return self._incarnation
 
     @property
     def unknown_sagas(self) -> frozenset[tuple[str, int]]:
@@ -245,6 +271,9 @@ class Orchestrator:
     async def __aenter__(self) -> Self:
         if self._stack is not None:
             raise RuntimeError("this Orchestrator is already running; enter it once")
+        if self._started:  # entered again: a new run, so a new incarnation
+            self._incarnation = uuid.uuid4().hex
+        self._started = True
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self._log)
             if self._own_broker is not None:
@@ -255,8 +284,10 @@ class Orchestrator:
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown)
             await self._report_unknown()
-            await self._claim()
-            self._tg.start_soon(self._maintain)
+            await self._claim(predecessors=True)
+            # asked here, before any saga starts, so it takes no connection from a first write
+            first_claim = await self._until_next_claim()
+            self._tg.start_soon(self._maintain, first_claim)
             self._stack = stack.pop_all()
         return self
 
@@ -284,7 +315,7 @@ class Orchestrator:
     async def _shutdown(self) -> None:
         with anyio.CancelScope(shield=True):
             try:
-                await self._log.release(self.owner)
+                await self._log.release(self.owner, incarnation=self._incarnation)
             except Exception:  # the log may be the reason we stop
                 logger.warning("could not release the leases of %s", self.owner, exc_info=True)
 
@@ -300,18 +331,41 @@ class Orchestrator:
             task_status.started()
             await anyio.sleep_forever()
 
-    async def _maintain(self) -> None:
+    async def _maintain(self, first_claim: float) -> None:
+        """Renew this incarnation's leases every ``lease / 3``; claim abandoned sagas as soon
+        as the next lease this incarnation does not hold runs out (and at least every
+        ``claim_interval``), the first time in *first_claim* seconds."""
         renew_every = self.lease / 3
-        next_claim = anyio.current_time() + self.claim_interval
+        next_renew = anyio.current_time() + renew_every
+        next_claim = anyio.current_time() + first_claim
         while True:
-            await anyio.sleep(min(renew_every, self.claim_interval))
+            await anyio.sleep(max(0.0, min(next_renew, next_claim) - anyio.current_time()))
             try:
-                await self._log.renew(self.owner, until=_clock.now() + self.lease)
+                if anyio.current_time() >= next_renew:
+                    next_renew = anyio.current_time() + renew_every
+                    await self._log.renew(
+                        self.owner, incarnation=self._incarnation, until=_clock.now() + self.lease
+                    )
                 if anyio.current_time() >= next_claim:
                     next_claim = anyio.current_time() + self.claim_interval
                     await self._claim()
+                    next_claim = anyio.current_time() + await self._until_next_claim()
             except Exception:
                 logger.exception("orchestrator %s: lease upkeep failed; will retry", self.owner)
+
+    async def _until_next_claim(self) -> float:
+        """Seconds until a claim may find a saga: until just after the earliest lease this
+        incarnation does not hold runs out (at once if it ran out since the last claim), or
+        ``claim_interval`` if that is sooner. A lease that had run out already when the last
+        claim looked, yet was not taken (another claimer is taking it), is looked at again
+        after a tenth of ``claim_interval``, not in a tight loop."""
+        kinds = {(s.name, s.version) for s in self._sagas.values()}
+        expiry = await self._log.next_expiry(self.owner, incarnation=self._incarnation, kinds=kinds)
+        if expiry is None:
+            return self.claim_interval
+        if expiry < self._claimed_at:
+            return self.claim_interval / 10
+        return min(self.claim_interval, max(0.0, expiry - _clock.now()) + _CLAIM_MARGIN)
 
     async def _observed(self, name: str) -> bool:
         """Whether the unfinished sagas named *name* are choreographed ones, which a
@@ -341,12 +395,25 @@ class Orchestrator:
                 )
         self._unknown = unknown
 
-    async def _claim(self) -> None:
+    async def _claim(self, *, predecessors: bool = False) -> None:
+        """Claim and resume abandoned sagas. With *predecessors* (on start-up), the sagas
+        an earlier incarnation of this owner name holds are taken back at once."""
         kinds = {(s.name, s.version) for s in self._sagas.values()}
+        taken_back = 0
         while True:
+            now = _clock.now()
             claimed = await self._log.claim(
-                self.owner, kinds=kinds, lease=self.lease, now=_clock.now(), limit=100
+                self.owner,
+                incarnation=self._incarnation,
+                kinds=kinds,
+                lease=self.lease,
+                now=now,
+                limit=100,
+                predecessors=predecessors,
             )
+            self._claimed_at = now
+            if predecessors:
+                taken_back += len(claimed)
             for record in claimed:
                 stale = self._driving.get(record.saga_id)
                 if stale is not None:
@@ -361,6 +428,15 @@ class Orchestrator:
                     continue
                 self._resume(record)
             if len(claimed) < 100:
+                if taken_back:
+                    logger.info(
+                        "orchestrator %s (incarnation %s) claimed %d unfinished saga(s) as "
+                        "it started: those an earlier run under this name held, and any "
+                        "whose lease had run out",
+                        self.owner,
+                        self._incarnation,
+                        taken_back,
+                    )
                 return
 
     def _resume(self, record: SagaRecord) -> None:
@@ -488,7 +564,7 @@ class Orchestrator:
         """
         with anyio.CancelScope(shield=True):
             try:
-                await self._log.release(self.owner, [saga_id])
+                await self._log.release(self.owner, [saga_id], incarnation=self._incarnation)
             except Exception:
                 self._abandoned.add(saga_id)
                 if self._tg is not None and len(self._abandoned) == 1:
@@ -500,7 +576,7 @@ class Orchestrator:
             await anyio.sleep(delay)
             ids = sorted(self._abandoned)
             try:
-                await self._log.release(self.owner, ids)
+                await self._log.release(self.owner, ids, incarnation=self._incarnation)
             except Exception:
                 delay = min(delay * 2, self.lease / 3)
                 logger.warning(
@@ -622,6 +698,7 @@ class Orchestrator:
             SagaStatus.RUNNING,
             model.model_dump_json(),
             owner=self.owner,
+            incarnation=self._incarnation,
             lease_expires_at=now + self.lease,
             deadline_at=now + definition.deadline if definition.deadline else None,
             created_at=now,
@@ -648,6 +725,7 @@ class Orchestrator:
         run here drives it (its creation landed although the log reported a failure)."""
         if (
             record.owner == self.owner
+            and record.incarnation in (None, self._incarnation)
             and record.status in ACTIVE_STATUSES
             and record.saga_id not in self._running
             and record.saga_id not in self._driving

@@ -168,12 +168,22 @@ class CountingLog:
         self,
         owner: str,
         *,
+        incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
         lease: float,
         now: float,
         limit: int = 100,
+        predecessors: bool = False,
     ) -> list[SagaRecord]:
-        claimed = await self.inner.claim(owner, kinds=kinds, lease=lease, now=now, limit=limit)
+        claimed = await self.inner.claim(
+            owner,
+            incarnation=incarnation,
+            kinds=kinds,
+            lease=lease,
+            now=now,
+            limit=limit,
+            predecessors=predecessors,
+        )
         if claimed:
             self.killer.point("after-claim", saga_ids=[r.saga_id for r in claimed])
         return claimed

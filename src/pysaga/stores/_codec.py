@@ -28,7 +28,7 @@ __all__ = (
 
 RECORD_COLUMNS = (
     "saga_id, name, version, status, data, steps, failure, revision, owner, "
-    "lease_expires_at, deadline_at, created_at, updated_at"
+    "lease_expires_at, deadline_at, created_at, updated_at, incarnation"
 )
 """The current-state columns, in the order :func:`record_from_row` reads them."""
 
@@ -93,6 +93,7 @@ def record_from_row(row: Sequence[Any]) -> SagaRecord:
         deadline_at,
         created_at,
         updated_at,
+        incarnation,
     ) = row
     return SagaRecord(
         saga_id=saga_id,
@@ -108,4 +109,5 @@ def record_from_row(row: Sequence[Any]) -> SagaRecord:
         created_at=created_at,
         updated_at=updated_at,
         failure=load_failure(failure),
+        incarnation=incarnation,
     )

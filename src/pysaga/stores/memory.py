@@ -96,44 +96,81 @@ class InMemorySagaLog(_InProcess):
         self,
         owner: str,
         *,
+        incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
         lease: float,
         now: float,
         limit: int = 100,
+        predecessors: bool = False,
     ) -> list[SagaRecord]:
-        claimed: list[SagaRecord] = []
+        found: list[SagaRecord] = []
         for rec in self._records.values():
-            if len(claimed) >= limit:
-                break
-            if (
-                rec.status in ACTIVE_STATUSES
-                and rec.lease_expires_at < now
-                and (rec.owner != owner or rec.lease_expires_at == 0.0)
-                and (rec.name, rec.version) in kinds
+            if rec.status not in ACTIVE_STATUSES or (rec.name, rec.version) not in kinds:
+                continue
+            ours = rec.owner == owner and rec.incarnation == incarnation
+            if (rec.lease_expires_at < now and (not ours or rec.lease_expires_at == 0.0)) or (
+                predecessors and rec.owner == owner and not ours
             ):
-                rec.owner = owner
-                rec.lease_expires_at = now + lease
-                rec.revision += 1
-                rec.updated_at = now
-                self._history[rec.saga_id].append(
-                    LogEntry(EntryKind.SAGA_CLAIMED, at=now, owner=owner)
-                )
-                claimed.append(_copy(rec))
+                found.append(rec)
+        found.sort(key=lambda rec: rec.lease_expires_at)  # lapsed leases first
+        claimed: list[SagaRecord] = []
+        for rec in found[: max(limit, 0)]:
+            rec.owner = owner
+            rec.incarnation = incarnation
+            rec.lease_expires_at = now + lease
+            rec.revision += 1
+            rec.updated_at = now
+            self._history[rec.saga_id].append(LogEntry(EntryKind.SAGA_CLAIMED, at=now, owner=owner))
+            claimed.append(_copy(rec))
         return claimed
 
-    async def renew(self, owner: str, *, until: float) -> int:
+    async def next_expiry(
+        self,
+        owner: str,
+        *,
+        incarnation: str | None = None,
+        kinds: Collection[tuple[str, int]],
+    ) -> float | None:
+        return min(
+            (
+                rec.lease_expires_at
+                for rec in self._records.values()
+                if rec.status in ACTIVE_STATUSES
+                and (rec.name, rec.version) in kinds
+                and not (
+                    rec.owner == owner
+                    and rec.incarnation == incarnation
+                    and rec.lease_expires_at > 0
+                )
+            ),
+            default=None,
+        )
+
+    async def renew(self, owner: str, *, incarnation: str | None = None, until: float) -> int:
         count = 0
         for rec in self._records.values():
             # a released saga (lease 0) stays released: it waits for a claimer
-            if rec.owner == owner and rec.status in ACTIVE_STATUSES and rec.lease_expires_at:
+            if (
+                rec.owner == owner
+                and rec.incarnation == incarnation
+                and rec.status in ACTIVE_STATUSES
+                and rec.lease_expires_at
+            ):
                 rec.lease_expires_at = until
                 count += 1
         return count
 
-    async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
+    async def release(
+        self,
+        owner: str,
+        saga_ids: Collection[str] | None = None,
+        *,
+        incarnation: str | None = None,
+    ) -> None:
         for rec in self._records.values():
             if (
                 rec.owner == owner
+                and rec.incarnation == incarnation
                 and rec.status in ACTIVE_STATUSES
                 and (saga_ids is None or rec.saga_id in saga_ids)
             ):
@@ -207,6 +244,7 @@ def _copy(r: SagaRecord) -> SagaRecord:
         r.created_at,
         r.updated_at,
         r.failure,
+        r.incarnation,
     )
 
 

@@ -13,11 +13,11 @@ where revision and owner still match, and the history entries of the writes that
 appended. Writes that matched nothing are then told apart (no such saga, lease lost, stale
 revision) by one more read.
 
-Several orchestrators: every saga carries a lease (owner and expiry). An orchestrator claims
-sagas whose lease expired with ``FOR UPDATE SKIP LOCKED``, so replicas that claim at the same
-moment never get the same saga and never wait for each other. Every write checks the saga's
-revision and owner: an orchestrator that lost a saga gets :class:`~pysaga.LeaseLost` and
-stops driving it.
+Several orchestrators: every saga carries a lease (owner, the owner's incarnation, and
+expiry). An orchestrator claims sagas whose lease expired with ``FOR UPDATE SKIP LOCKED``, so
+replicas that claim at the same moment never get the same saga and never wait for each other.
+Every write checks the saga's revision and owner: an orchestrator that lost a saga gets
+:class:`~pysaga.LeaseLost` and stops driving it.
 
 Connection loss: a call whose connection breaks raises :class:`~pysaga.StoreError`; the pool
 opens a new connection for the next call. Reads and lease upkeep (claim, renew, release) are
@@ -107,6 +107,10 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (saga_id, revision, idx)
     );
     """,
+    # 2: a lease is held by an owner's incarnation (the run of it that holds it)
+    """
+    ALTER TABLE pysaga_sagas ADD COLUMN IF NOT EXISTS incarnation text COLLATE "C";
+    """,
 )
 """``MIGRATIONS[i]`` takes the saga log's tables from schema version ``i`` to ``i + 1``."""
 
@@ -119,18 +123,20 @@ _ACTIVE = "status IN ('running', 'compensating')"
 _GET = f"SELECT {RECORD_COLUMNS} FROM pysaga_sagas WHERE saga_id = $1"
 
 # One batch of writes in one statement (so one round trip and one implicit transaction):
-# creates ($1-$13), updates ($14-$21) and the history entries of both ($22-$30). Entries are
-# kept only for the writes that landed; the statement returns the ids of those writes.
+# creates ($1-$13, and $31 their incarnations), updates ($14-$21) and the history entries of
+# both ($22-$30). Entries are kept only for the writes that landed; the statement returns the
+# ids of those writes.
 _WRITE_BATCH = f"""
 WITH created AS (
     INSERT INTO pysaga_sagas ({RECORD_COLUMNS})
     SELECT c.saga_id, c.name, c.version, c.status, c.data, c.steps::jsonb, c.failure,
-           c.revision, c.owner, c.lease_expires_at, c.deadline_at, c.created_at, c.updated_at
+           c.revision, c.owner, c.lease_expires_at, c.deadline_at, c.created_at, c.updated_at,
+           c.incarnation
     FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::int8[], $9::text[], $10::float8[], $11::float8[],
-                $12::float8[], $13::float8[])
+                $12::float8[], $13::float8[], $31::text[])
         AS c(saga_id, name, version, status, data, steps, failure, revision, owner,
-             lease_expires_at, deadline_at, created_at, updated_at)
+             lease_expires_at, deadline_at, created_at, updated_at, incarnation)
     ON CONFLICT (saga_id) DO NOTHING
     RETURNING saga_id
 ), updated AS (
@@ -182,15 +188,30 @@ WITH updated AS (
 SELECT revision FROM updated
 """
 
-# Claim in one statement: lock the oldest expired leases that no other claimer holds locked
-# (SKIP LOCKED: concurrent claimers split the sagas and never wait on each other), take them,
-# and record the claims. $1 now, $2 owner, $3/$4 the wanted kinds, $5 limit, $6 the new lease.
-_CLAIM = f"""
+
+def _held_by(owner: str, incarnation: str) -> str:
+    """A live lease held by the incarnation (parameter *incarnation*) of the owner (parameter
+    *owner*); a released saga (lease 0) is held by nobody."""
+    return (
+        f"owner IS NOT DISTINCT FROM {owner} AND incarnation IS NOT DISTINCT FROM {incarnation}"
+        " AND lease_expires_at > 0"
+    )
+
+
+def _claim_sql(predecessors: bool) -> str:
+    """Claim in one statement: lock the oldest expired leases that no other claimer holds
+    locked (SKIP LOCKED: concurrent claimers split the sagas and never wait on each other),
+    take them, and record the claims. $1 now, $2 owner, $3/$4 the wanted kinds, $5 limit,
+    $6 the new lease, $7 the incarnation. With *predecessors*, the sagas another incarnation
+    of $2 holds are taken too, whatever their lease."""
+    taken = f"lease_expires_at < $1 AND NOT ({_held_by('$2', '$7')})"
+    if predecessors:
+        taken = f"({taken}) OR (owner = $2 AND incarnation IS DISTINCT FROM $7)"
+    return f"""
 WITH picked AS (
     SELECT saga_id, lease_expires_at AS old_lease FROM pysaga_sagas
     WHERE {_ACTIVE}
-      AND lease_expires_at < $1
-      AND (owner IS DISTINCT FROM $2 OR lease_expires_at = 0)
+      AND ({taken})
       AND (name, version) IN (SELECT k.name, k.version
                               FROM unnest($3::text[], $4::int4[]) AS k(name, version))
     ORDER BY lease_expires_at
@@ -198,7 +219,8 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE pysaga_sagas s
-    SET owner = $2, lease_expires_at = $6, revision = s.revision + 1, updated_at = $1
+    SET owner = $2, incarnation = $7, lease_expires_at = $6, revision = s.revision + 1,
+        updated_at = $1
     FROM picked p
     WHERE s.saga_id = p.saga_id
     RETURNING s.*, p.old_lease
@@ -210,18 +232,32 @@ WITH picked AS (
 SELECT {RECORD_COLUMNS} FROM claimed ORDER BY old_lease, saga_id
 """
 
+
+_CLAIM = _claim_sql(predecessors=False)
+_CLAIM_WITH_PREDECESSORS = _claim_sql(predecessors=True)
+
 # After a claim whose connection broke: the sagas that claim may have taken all the same
-# (the last entry at their current revision is this owner's claim at this time).
+# (the last entry at their current revision is this owner's claim at this time, and the
+# saga is held by this incarnation, $6).
 _CLAIMED_BEFORE = f"""
 SELECT {", ".join(f"s.{c.strip()}" for c in RECORD_COLUMNS.split(","))}
 FROM pysaga_sagas s
 JOIN pysaga_history h ON h.saga_id = s.saga_id AND h.revision = s.revision AND h.idx = 0
-WHERE s.{_ACTIVE} AND s.owner = $2 AND h.kind = '{EntryKind.SAGA_CLAIMED.value}'
-  AND h.at = $1 AND h.owner = $2
+WHERE s.{_ACTIVE} AND s.owner = $2 AND s.incarnation IS NOT DISTINCT FROM $6
+  AND h.kind = '{EntryKind.SAGA_CLAIMED.value}' AND h.at = $1 AND h.owner = $2
   AND (s.name, s.version) IN (SELECT k.name, k.version
                               FROM unnest($3::text[], $4::int4[]) AS k(name, version))
 ORDER BY s.saga_id
 LIMIT $5
+"""
+
+# When a claim will next find something: the earliest lease, among unfinished sagas of the
+# wanted kinds ($3/$4), that is not a live one of incarnation $2 of owner $1.
+_NEXT_EXPIRY = f"""
+SELECT min(lease_expires_at) FROM pysaga_sagas
+WHERE {_ACTIVE} AND NOT ({_held_by("$1", "$2")})
+  AND (name, version) IN (SELECT k.name, k.version
+                          FROM unnest($3::text[], $4::int4[]) AS k(name, version))
 """
 
 
@@ -346,7 +382,7 @@ class PostgresSagaLog:
         try:
             async with self._connection() as conn:
                 if not self.read_only:  # the server refuses even an empty write then
-                    await conn.fetch(_WRITE_BATCH, *([[]] * 30))
+                    await conn.fetch(_WRITE_BATCH, *([[]] * 31))
                 await conn.fetchrow(_GET, "")
         except CLIENT_ERRORS as exc:
             await self.aclose()
@@ -550,6 +586,7 @@ class PostgresSagaLog:
                 [e.at for _, _, _, e in entries],
                 [e.owner for _, _, _, e in entries],
                 [dump_failure(e.failure) for _, _, _, e in entries],
+                [c.record.incarnation for c in creates],
             )
         }
         missed: list[PendingWrite[_Write]] = []
@@ -621,20 +658,39 @@ class PostgresSagaLog:
         self,
         owner: str,
         *,
+        incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
         lease: float,
         now: float,
         limit: int = 100,
+        predecessors: bool = False,
     ) -> list[SagaRecord]:
         if not kinds or limit <= 0:
             return []
 
         async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> list[SagaRecord]:
-            return await self._claim_on(conn, owner, kinds=kinds, lease=lease, now=now, limit=limit)
+            return await self._claim_on(
+                conn,
+                owner,
+                incarnation=incarnation,
+                kinds=kinds,
+                lease=lease,
+                now=now,
+                limit=limit,
+                predecessors=predecessors,
+            )
 
         async def rerun(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> list[SagaRecord]:
             return await self._claim_on(
-                conn, owner, kinds=kinds, lease=lease, now=now, limit=limit, again=True
+                conn,
+                owner,
+                incarnation=incarnation,
+                kinds=kinds,
+                lease=lease,
+                now=now,
+                limit=limit,
+                again=True,
+                predecessors=predecessors,
             )
 
         return await self._run("claim expired sagas", run, on_retry=rerun)
@@ -644,30 +700,65 @@ class PostgresSagaLog:
         conn: asyncpg.pool.PoolConnectionProxy[Any],
         owner: str,
         *,
+        incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
         lease: float,
         now: float,
         limit: int,
         again: bool = False,
+        predecessors: bool = False,
     ) -> list[SagaRecord]:
-        """Claim on *conn*. ``again``: this claim is a retry after its first try lost its
-        connection, which may have committed before it broke; the sagas it took are this
-        owner's now and it would never claim them back, so they are returned first."""
+        """Claim on *conn* for *owner*'s *incarnation*. ``again``: this claim is a retry
+        after its first try lost its connection, which may have committed before it broke;
+        the sagas it took are this incarnation's now and it would never claim them back, so
+        they are returned first."""
         pairs = sorted(kinds)
         names = [name for name, _ in pairs]
         versions = [version for _, version in pairs]
         before: list[SagaRecord] = []
         if again:
-            rows = await conn.fetch(_CLAIMED_BEFORE, now, owner, names, versions, limit)
+            rows = await conn.fetch(
+                _CLAIMED_BEFORE, now, owner, names, versions, limit, incarnation
+            )
             before = [record_from_row(row) for row in rows]
             if len(before) >= limit:
                 return before
         rows = await conn.fetch(
-            _CLAIM, now, owner, names, versions, limit - len(before), now + lease
+            _CLAIM_WITH_PREDECESSORS if predecessors else _CLAIM,
+            now,
+            owner,
+            names,
+            versions,
+            limit - len(before),
+            now + lease,
+            incarnation,
         )
         return before + [record_from_row(row) for row in rows]
 
-    async def renew(self, owner: str, *, until: float) -> int:
+    async def next_expiry(
+        self,
+        owner: str,
+        *,
+        incarnation: str | None = None,
+        kinds: Collection[tuple[str, int]],
+    ) -> float | None:
+        if not kinds:
+            return None
+        pairs = sorted(kinds)
+
+        async def read(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> float | None:
+            expiry: float | None = await conn.fetchval(
+                _NEXT_EXPIRY,
+                owner,
+                incarnation,
+                [name for name, _ in pairs],
+                [version for _, version in pairs],
+            )
+            return expiry
+
+        return await self._run("read when a lease runs out next", read)
+
+    async def renew(self, owner: str, *, incarnation: str | None = None, until: float) -> int:
         async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> int:
             # Rows a write of this orchestrator holds right now are skipped (renewed next
             # round): waiting for them could deadlock with that write, which locks the same
@@ -675,30 +766,42 @@ class PostgresSagaLog:
             status = await conn.execute(
                 "UPDATE pysaga_sagas s SET lease_expires_at = $1 FROM ("
                 f" SELECT saga_id FROM pysaga_sagas WHERE owner = $2 AND {_ACTIVE}"
+                " AND incarnation IS NOT DISTINCT FROM $3"
                 " AND lease_expires_at > 0"  # a released saga stays released
                 " FOR UPDATE SKIP LOCKED) held WHERE s.saga_id = held.saga_id",
                 until,
                 owner,
+                incarnation,
             )
             return _row_count(status)
 
         return await self._run(f"renew the leases of {owner!r}", run)
 
-    async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
+    async def release(
+        self,
+        owner: str,
+        saga_ids: Collection[str] | None = None,
+        *,
+        incarnation: str | None = None,
+    ) -> None:
         async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
             if saga_ids is None:
                 await conn.execute(  # skipping rows in a write, as renew does
                     "UPDATE pysaga_sagas s SET lease_expires_at = 0 FROM ("
                     f" SELECT saga_id FROM pysaga_sagas WHERE owner = $1 AND {_ACTIVE}"
+                    " AND incarnation IS NOT DISTINCT FROM $2"
                     " FOR UPDATE SKIP LOCKED) held WHERE s.saga_id = held.saga_id",
                     owner,
+                    incarnation,
                 )
             else:
                 await conn.execute(
                     "UPDATE pysaga_sagas SET lease_expires_at = 0 "
-                    f"WHERE owner = $1 AND saga_id = ANY($2::text[]) AND {_ACTIVE}",
+                    f"WHERE owner = $1 AND saga_id = ANY($2::text[]) AND {_ACTIVE}"
+                    " AND incarnation IS NOT DISTINCT FROM $3",
                     owner,
                     list(saga_ids),
+                    incarnation,
                 )
 
         await self._run(f"release the leases of {owner!r}", run)

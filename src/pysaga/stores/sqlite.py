@@ -55,8 +55,9 @@ __all__ = ("SCHEMA_VERSION", "SQLiteSagaLog", "open_database", "parse_url")
 
 logger = logging.getLogger("pysaga.stores.sqlite")
 
-SCHEMA_VERSION = 1
-"""The schema this version writes. A file with a newer schema is refused."""
+SCHEMA_VERSION = 2
+"""The schema this version writes. A file with a newer schema is refused; an older one is
+brought up to date when opened (version 2 added the lease's ``incarnation``)."""
 
 _T = TypeVar("_T")
 
@@ -77,7 +78,8 @@ CREATE TABLE IF NOT EXISTS pysaga_sagas (
     lease_expires_at REAL NOT NULL,
     deadline_at      REAL,
     created_at       REAL NOT NULL,
-    updated_at       REAL NOT NULL
+    updated_at       REAL NOT NULL,
+    incarnation      TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pysaga_sagas_active
     ON pysaga_sagas (lease_expires_at) WHERE status IN ('running', 'compensating');
@@ -97,6 +99,9 @@ CREATE TABLE IF NOT EXISTS pysaga_history (
 """
 
 _ACTIVE = "('running', 'compensating')"
+# A live lease held by one incarnation of one owner (parameters: owner, incarnation); a
+# released saga (lease 0) is held by nobody.
+_HELD_BY = "owner IS ? AND incarnation IS ? AND lease_expires_at > 0"
 _INSERT_ENTRY = (
     "INSERT INTO pysaga_history (saga_id, revision, idx, kind, step, attempt, at, owner, failure)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -350,13 +355,16 @@ class SQLiteSagaLog:
                     conn.execute(statement)
             row = conn.execute("SELECT max(version) FROM pysaga_schema").fetchone()
             found = row[0] if row else None
-            if found is None:
-                conn.execute("INSERT INTO pysaga_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif found > SCHEMA_VERSION:
+            if found is not None and found > SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"the saga log was written with schema version {found}, newer than this "
                     f"pysaga's ({SCHEMA_VERSION}); upgrade pysaga to read it"
                 )
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(pysaga_sagas)")}
+            if "incarnation" not in columns:  # a log written before version 2
+                conn.execute("ALTER TABLE pysaga_sagas ADD COLUMN incarnation TEXT")
+            if found is None or found < SCHEMA_VERSION:
+                conn.execute("INSERT INTO pysaga_schema (version) VALUES (?)", (SCHEMA_VERSION,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -426,7 +434,7 @@ class SQLiteSagaLog:
         try:
             conn.execute(
                 f"INSERT INTO pysaga_sagas ({RECORD_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     r.saga_id,
                     r.name,
@@ -441,6 +449,7 @@ class SQLiteSagaLog:
                     r.deadline_at,
                     r.created_at,
                     r.updated_at,
+                    r.incarnation,
                 ),
             )
         except sqlite3.IntegrityError:
@@ -534,17 +543,25 @@ class SQLiteSagaLog:
         self,
         owner: str,
         *,
+        incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
         lease: float,
         now: float,
         limit: int = 100,
+        predecessors: bool = False,
     ) -> list[SagaRecord]:
-        if not kinds:
+        if not kinds or limit <= 0:
             return []
 
         pairs = sorted(kinds)
         wanted = ", ".join("(?, ?)" for _ in pairs)
         params = [value for pair in pairs for value in pair]
+        # lapsed leases that are not this incarnation's own live ones (a released one is)
+        taken = f"lease_expires_at < ? AND NOT ({_HELD_BY})"
+        taken_params: list[Any] = [now, owner, incarnation]
+        if predecessors:  # and whatever an earlier incarnation of this owner holds
+            taken = f"({taken}) OR (owner = ? AND incarnation IS NOT ?)"
+            taken_params += [owner, incarnation]
 
         def run() -> list[SagaRecord]:
             conn = self._db
@@ -552,22 +569,24 @@ class SQLiteSagaLog:
             try:
                 rows = conn.execute(
                     f"SELECT {RECORD_COLUMNS} FROM pysaga_sagas WHERE status IN {_ACTIVE} "
-                    "AND lease_expires_at < ? "
-                    "AND (owner IS NOT ? OR lease_expires_at = 0) "
-                    f"AND (name, version) IN (VALUES {wanted}) "
-                    "ORDER BY lease_expires_at LIMIT ?",
-                    (now, owner, *params, limit),
+                    f"AND ({taken}) AND (name, version) IN (VALUES {wanted}) "
+                    "ORDER BY lease_expires_at LIMIT ?",  # lapsed leases first
+                    (*taken_params, *params, limit),
                 ).fetchall()
                 claimed: list[SagaRecord] = []
                 for row in rows:
                     rec = record_from_row(row)
                     conn.execute(
-                        "UPDATE pysaga_sagas SET owner = ?, lease_expires_at = ?, "
-                        "revision = revision + 1, updated_at = ? "
+                        "UPDATE pysaga_sagas SET owner = ?, incarnation = ?, "
+                        "lease_expires_at = ?, revision = revision + 1, updated_at = ? "
                         "WHERE saga_id = ? AND revision = ?",
-                        (owner, now + lease, now, rec.saga_id, rec.revision),
+                        (owner, incarnation, now + lease, now, rec.saga_id, rec.revision),
                     )
-                    rec.owner, rec.lease_expires_at = owner, now + lease
+                    rec.owner, rec.incarnation, rec.lease_expires_at = (
+                        owner,
+                        incarnation,
+                        now + lease,
+                    )
                     rec.revision += 1
                     rec.updated_at = now
                     _insert_entries(
@@ -586,31 +605,61 @@ class SQLiteSagaLog:
 
         return await self._call(run)
 
-    async def renew(self, owner: str, *, until: float) -> int:
+    async def next_expiry(
+        self,
+        owner: str,
+        *,
+        incarnation: str | None = None,
+        kinds: Collection[tuple[str, int]],
+    ) -> float | None:
+        if not kinds:
+            return None
+        pairs = sorted(kinds)
+        wanted = ", ".join("(?, ?)" for _ in pairs)
+        params = [value for pair in pairs for value in pair]
+
+        def read() -> float | None:
+            row = self._db.execute(
+                f"SELECT min(lease_expires_at) FROM pysaga_sagas WHERE status IN {_ACTIVE} "
+                f"AND NOT ({_HELD_BY}) AND (name, version) IN (VALUES {wanted})",
+                (owner, incarnation, *params),
+            ).fetchone()
+            expiry: float | None = row[0] if row else None
+            return expiry
+
+        return await self._call(read)
+
+    async def renew(self, owner: str, *, incarnation: str | None = None, until: float) -> int:
         def run() -> int:
             cur = self._db.execute(
                 # a released saga (lease 0) stays released: it waits for a claimer
-                "UPDATE pysaga_sagas SET lease_expires_at = ? "
-                f"WHERE owner = ? AND status IN {_ACTIVE} AND lease_expires_at > 0",
-                (until, owner),
+                f"UPDATE pysaga_sagas SET lease_expires_at = ? WHERE {_HELD_BY} "
+                f"AND status IN {_ACTIVE}",
+                (until, owner, incarnation),
             )
             return cur.rowcount
 
         return await self._call(run)
 
-    async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
+    async def release(
+        self,
+        owner: str,
+        saga_ids: Collection[str] | None = None,
+        *,
+        incarnation: str | None = None,
+    ) -> None:
         def run() -> None:
             if saga_ids is None:
                 self._db.execute(
                     "UPDATE pysaga_sagas SET lease_expires_at = 0 "
-                    f"WHERE owner = ? AND status IN {_ACTIVE}",
-                    (owner,),
+                    f"WHERE owner = ? AND incarnation IS ? AND status IN {_ACTIVE}",
+                    (owner, incarnation),
                 )
             else:
                 self._db.executemany(
-                    "UPDATE pysaga_sagas SET lease_expires_at = 0 "
-                    f"WHERE owner = ? AND saga_id = ? AND status IN {_ACTIVE}",
-                    [(owner, saga_id) for saga_id in saga_ids],
+                    "UPDATE pysaga_sagas SET lease_expires_at = 0 WHERE owner = ? "
+                    f"AND incarnation IS ? AND saga_id = ? AND status IN {_ACTIVE}",
+                    [(owner, incarnation, saga_id) for saga_id in saga_ids],
                 )
 
         await self._call(run)

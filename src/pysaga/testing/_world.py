@@ -119,24 +119,40 @@ class _WorldLog(InMemorySagaLog):
         self,
         owner: str,
         *,
+        incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
         lease: float,
         now: float,
         limit: int = 100,
+        predecessors: bool = False,
     ) -> list[SagaRecord]:
         self._world._refuse_if_crashed(owner)
-        claimed = await super().claim(owner, kinds=kinds, lease=lease, now=now, limit=limit)
+        claimed = await super().claim(
+            owner,
+            incarnation=incarnation,
+            kinds=kinds,
+            lease=lease,
+            now=now,
+            limit=limit,
+            predecessors=predecessors,
+        )
         if claimed:
             self._notify()
         return claimed
 
-    async def renew(self, owner: str, *, until: float) -> int:
+    async def renew(self, owner: str, *, incarnation: str | None = None, until: float) -> int:
         self._world._refuse_if_crashed(owner)
-        return await super().renew(owner, until=until)
+        return await super().renew(owner, incarnation=incarnation, until=until)
 
-    async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
+    async def release(
+        self,
+        owner: str,
+        saga_ids: Collection[str] | None = None,
+        *,
+        incarnation: str | None = None,
+    ) -> None:
         self._world._refuse_if_crashed(owner)
-        await super().release(owner, saga_ids)
+        await super().release(owner, saga_ids, incarnation=incarnation)
         self._notify()
 
 

@@ -457,7 +457,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             except InvalidURLError as exc:
                 raise CommandError(str(exc), USAGE) from None
-            except (PysagaError, OSError) as exc:  # the log could not be opened, read or written
+            except PysagaError as exc:  # the log could not be opened, read or written
+                text = " ".join(str(exc).split()) or type(exc).__name__
+                raise CommandError(f"cannot use the saga log: {text}") from None
+            except OSError as exc:
                 raise CommandError(f"cannot use the saga log: {_one_line(exc)}") from None
             except ImportError as exc:  # the log's extra is not installed
                 raise CommandError(f"cannot open the saga log: {_one_line(exc)}") from None

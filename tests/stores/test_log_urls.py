@@ -187,3 +187,24 @@ async def test_postgres_inspector_is_read_only(postgres_url: str) -> None:
         assert sum((await inspector.counts()).values()) == 0
         with pytest.raises(StoreError, match="read-only transaction"):
             await inspector.log.release("someone")
+
+
+async def test_the_docs_program(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The saga log page's program prints what the page shows, logs where it created the
+    log, and leaves no file for the mistyped name."""
+    from ..docs.test_snippets import load, pasted_output
+
+    monkeypatch.chdir(tmp_path)
+    stores_logger = logging.getLogger("pysaga.stores")
+    monkeypatch.setattr(stores_logger, "level", stores_logger.level)  # the program sets it
+    caplog.set_level(logging.INFO, logger="pysaga.stores")
+    await load("log_urls", monkeypatch).main()
+    assert capsys.readouterr().out == pasted_output("log_urls")
+    created = tmp_path / "data" / "trips.db"
+    assert f"created a new SQLite saga log at {created}" in caplog.messages
+    assert sorted(p.name for p in created.parent.iterdir()) == ["trips.db"]

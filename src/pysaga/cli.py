@@ -222,9 +222,16 @@ def _log_url(args: argparse.Namespace) -> str:
             USAGE,
         )
     try:
-        return stores.check_url(url)
+        url = stores.check_url(url)
     except InvalidURLError as exc:
         raise CommandError(str(exc), USAGE) from None
+    if url.lower().startswith("memory:"):
+        raise CommandError(
+            f"{url!r} is a saga log inside one process, which this command (a process of its "
+            "own) cannot see; give the sqlite:/// or postgresql:// URL the orchestrator uses",
+            USAGE,
+        )
+    return url
 
 
 def _style(args: argparse.Namespace, stream: TextIO) -> Style:

@@ -55,6 +55,7 @@ class TestForms:
             ("sqlite:///sagas.db?mode=ro", "unknown option(s) ['mode']"),
             ("sqlite://", "names no file"),
             ("mysql://127.0.0.1/sagas", "unknown scheme 'mysql'"),
+            ("memory://", "a saga log inside one process"),
         ],
     )
     def test_malformed_url_is_a_usage_error(

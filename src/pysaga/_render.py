@@ -50,10 +50,9 @@ _COLOURS: Mapping[str, str] = {
     SagaStatus.COMPENSATED: "\x1b[35m",  # magenta: ended, undone
     SagaStatus.FAILED: "\x1b[1;31m",  # bold red: an operator must look
     SagaStatus.RESOLVED: "\x1b[2m",  # dim: settled by hand
+    # a step's statuses (failed, compensating and compensated are spelled as a saga's)
     StepStatus.STARTED: "\x1b[36m",
     StepStatus.SUCCEEDED: "\x1b[32m",
-    StepStatus.FAILED: "\x1b[31m",
-    StepStatus.COMPENSATED: "\x1b[35m",
     StepStatus.COMPENSATION_FAILED: "\x1b[1;31m",
 }
 
@@ -98,39 +97,54 @@ def table(
     *,
     style: Style = PLAIN,
     cut: Sequence[int] = (),
+    drop: Sequence[int] = (),
     status_column: int | None = None,
 ) -> str:
     """Rows under a header, in left-aligned columns two spaces apart.
+
+    To fit *style.width*, the columns in *cut* are cut (each to a few characters at least,
+    the first given first); if that is not enough, the columns in *drop* are left out, in
+    that order, until the rest fits. A table that cannot fit even so is printed wider.
 
     Args:
         header: The column titles.
         rows: The cells, as text.
         style: The width to fit and whether to colour statuses.
-        cut: The columns that may be cut to fit *style.width*, the first given cut first.
+        cut: The columns that may be cut to fit, in the order to cut them.
+        drop: The columns that may be left out to fit, in the order to leave them out.
         status_column: The column of status values, coloured when the style says so.
 
     Returns:
         The lines, without trailing spaces and without a final newline.
     """
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    natural = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    visible = list(range(len(header)))
+    widths = dict(enumerate(natural))
     if style.width is not None:
-        over = sum(widths) + len(_GAP) * (len(widths) - 1) - style.width
-        for column in cut:
-            if over <= 0:
+        droppable = list(drop)
+        while True:
+            widths = {i: natural[i] for i in visible}
+            over = sum(widths.values()) + len(_GAP) * (len(visible) - 1) - style.width
+            for column in cut:
+                if over <= 0:
+                    break
+                if column in widths:
+                    floor = max(_MIN_CUT, len(header[column]))
+                    give = min(over, max(widths[column] - floor, 0))
+                    widths[column] -= give
+                    over -= give
+            if over <= 0 or not droppable:
                 break
-            floor = max(_MIN_CUT, len(header[column]))
-            give = min(over, max(widths[column] - floor, 0))
-            widths[column] -= give
-            over -= give
+            visible.remove(droppable.pop(0))
 
     def line(row: Sequence[str]) -> str:
         cells = []
-        for i, (cell, width) in enumerate(zip(row, widths, strict=True)):
-            text = _cut(cell, width)
-            padded = text.ljust(width)
+        for i in visible:
+            text = _cut(row[i], widths[i])
             if i == status_column and row is not header:
-                padded = style.status(text) + " " * (width - len(text))
-            cells.append(padded)
+                cells.append(style.status(text) + " " * (widths[i] - len(text)))
+            else:
+                cells.append(text.ljust(widths[i]))
         return _GAP.join(cells).rstrip()
 
     return "\n".join(line(row) for row in (header, *rows))
@@ -218,7 +232,8 @@ def timeline_json(timeline: Timeline) -> dict[str, Any]:
 
 
 RECORD_COLUMNS = ("ID", "NAME", "VERSION", "STATUS", "CREATED", "UPDATED", "OWNER", "FAILURE")
-_CUT_FIRST = (7, 6, 1, 0)  # failure, owner, name, and the saga id last of all
+_CUT = (7, 6, 1)  # failure, owner, name; a saga id is never cut: it is what `show` takes
+_DROP = (5, 2, 6, 4)  # updated, version, owner, created
 
 
 def records_text(records: Sequence[SagaRecord], style: Style = PLAIN) -> str:
@@ -226,8 +241,10 @@ def records_text(records: Sequence[SagaRecord], style: Style = PLAIN) -> str:
 
     Args:
         records: The records, in the order to show them.
-        style: The width to fit (the failure, then the owner, the name and the id are cut)
-            and whether to colour the statuses.
+        style: The width to fit and whether to colour the statuses. To fit, the failure,
+            the owner and the name are cut, then the columns UPDATED, VERSION, OWNER and
+            CREATED are left out, in that order; the id and the status are always shown
+            whole.
     """
     if not records:
         return "no sagas"
@@ -244,7 +261,7 @@ def records_text(records: Sequence[SagaRecord], style: Style = PLAIN) -> str:
         )
         for r in records
     ]
-    return table(RECORD_COLUMNS, rows, style=style, cut=_CUT_FIRST, status_column=3)
+    return table(RECORD_COLUMNS, rows, style=style, cut=_CUT, drop=_DROP, status_column=3)
 
 
 def counts_text(counts: Mapping[SagaStatus, int], style: Style = PLAIN) -> str:

@@ -222,9 +222,16 @@ def _log_url(args: argparse.Namespace) -> str:
             USAGE,
         )
     try:
-        return stores.check_url(url)
+        url = stores.check_url(url)
     except InvalidURLError as exc:
         raise CommandError(str(exc), USAGE) from None
+    if url.lower().startswith("memory:"):
+        raise CommandError(
+            f"{url!r} is a saga log inside one process, which this command (a process of its "
+            "own) cannot see; give the sqlite:/// or postgresql:// URL the orchestrator uses",
+            USAGE,
+        )
+    return url
 
 
 def _style(args: argparse.Namespace, stream: TextIO) -> Style:
@@ -457,7 +464,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             except InvalidURLError as exc:
                 raise CommandError(str(exc), USAGE) from None
-            except (PysagaError, OSError) as exc:  # the log could not be opened, read or written
+            except PysagaError as exc:  # the log could not be opened, read or written
+                text = " ".join(str(exc).split()) or type(exc).__name__
+                raise CommandError(f"cannot use the saga log: {text}") from None
+            except OSError as exc:
                 raise CommandError(f"cannot use the saga log: {_one_line(exc)}") from None
             except ImportError as exc:  # the log's extra is not installed
                 raise CommandError(f"cannot open the saga log: {_one_line(exc)}") from None

@@ -105,6 +105,7 @@ class TestTheDocsAreCovered:
             "choreography",  # run by tests/choreography/test_snippet.py
             "testing_kit",  # run under pytest by tests/testing_kit/test_docs_snippet.py
             "shop_http",  # run against a served shop by tests/examples/test_http.py
+            "log_urls",  # run by tests/stores/test_log_urls.py
         }
     )
 

@@ -72,9 +72,11 @@ def check_url(url: str, *, what: str = "saga log") -> str:
     if "://" not in url:
         if url.lower().endswith(SQLITE_SUFFIXES):
             return "sqlite:///" + quote(url)
+        stem = url.rstrip("/") or "sagas"
         raise InvalidURLError(
-            f"{what} {url!r} is neither a URL nor a SQLite file path (those end in "
-            f"{', '.join(SQLITE_SUFFIXES)}); write {_FORMS}"
+            f"{what} {url!r} is neither a URL nor a SQLite file path (those end in .db, "
+            f".sqlite or .sqlite3); write '{stem}.db', 'sqlite:///{stem}.db', "
+            "'postgresql://user@host:5432/database' or 'memory://'"
         )
     scheme = urlsplit(url).scheme.lower()
     if scheme not in _SCHEMES:

@@ -281,6 +281,13 @@ def _print_orders(shop: Shop, sagas: dict[str, SagaRecord], cancelled: set[str])
     counts = Counter(outcome(record) for record in sagas.values())
     summary = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
     print(f"\n{len(sagas)} orders: {summary}")
+    if counts["failed"]:
+        print(
+            f"{counts['failed']} failed: an operator must look at them (pysaga list --status "
+            "failed). The observer marks a choreographed saga failed when its flow passes its "
+            "deadline unfinished: an event was lost, or the shop was down that long (killed, "
+            "and run again later than the deadline)."
+        )
 
 
 def _print_queries(shop: Shop) -> None:

@@ -18,6 +18,7 @@ naturally catch a builtin, the error also derives from it::
     │   └── RemoteStepError               a participant replied with a technical failure
     ├── DeadlineExceeded                  recorded when a saga's deadline passed before its pivot
     ├── OperatorActionRefused             an operator's retry/abort/resolve does not fit the saga
+    ├── UnsupportedBackend (RuntimeError) an adapter that needs asyncio runs under trio
     └── MessagingError                    sending or receiving a message failed
         ├── DecodeError (ValueError)      a message cannot be read: dead-lettered at once
         │   └── UnknownMessageType        nobody here handles the message's type
@@ -56,6 +57,7 @@ __all__ = (
     "StepError",
     "StoreError",
     "UnknownMessageType",
+    "UnsupportedBackend",
 )
 
 
@@ -312,3 +314,9 @@ class BrokerUnavailable(BrokerError, ConnectionError):
 
 class BrokerClosed(BrokerError):
     """The broker object was used before ``async with broker:`` entered it, or after it closed."""
+
+
+class UnsupportedBackend(PysagaError, RuntimeError):
+    """An adapter whose client library runs on asyncio only (RabbitMQ, Kafka, PostgreSQL) was
+    opened under another event loop, such as trio's. The message names the adapter, the
+    running backend and what to use instead."""

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 
+from .._backends import require_asyncio
 from ..errors import ConcurrencyError, LeaseLost, SagaNotFoundError, StoreError
 from ..models import EntryKind, LogEntry, SagaRecord, SagaStatus, SagaUpdate
 from ._codec import (
@@ -356,6 +357,9 @@ class PostgresSagaLog:
     async def __aenter__(self) -> Self:
         if self._pool is not None:
             raise RuntimeError(f"{self!r} is already open; enter it once")
+        require_asyncio(
+            "the PostgreSQL saga log", "asyncpg", "the SQLite saga log (sqlite:///sagas.db)"
+        )
         where = redact(self.options.dsn)
         pool = await open_pool(self.options, what="saga log", read_only=self.read_only)
         try:

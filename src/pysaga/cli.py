@@ -235,9 +235,9 @@ def _log_url(args: argparse.Namespace) -> str:
 
 
 def _style(args: argparse.Namespace, stream: TextIO) -> Style:
-    """Fit the terminal and colour statuses when printing to one (``NO_COLOR`` turns colour
-    off); printing to a pipe or a file, or with ``--wide``, nothing is cut and nothing
-    coloured. ``COLUMNS`` sets the width to fit anywhere."""
+    """Printing to a terminal: fit its width (not with ``--wide``) and colour the statuses
+    (not with ``NO_COLOR`` set). Printing to a pipe or a file: cut nothing (unless ``COLUMNS``
+    gives a width) and colour nothing."""
     tty = stream.isatty()
     colour = tty and not os.environ.get("NO_COLOR")
     if getattr(args, "wide", False):

@@ -93,6 +93,7 @@ class Run(Generic[DataT]):
         "saga",
         "saga_id",
         "steps",
+        "traced",
     )
 
     def __init__(
@@ -105,8 +106,11 @@ class Run(Generic[DataT]):
         data: DataT,
         *,
         created: bool = False,
+        traced: bool = False,
     ) -> None:
         self.log = log
+        self.traced = traced
+        """Whether its steps go through tracing (an SDK was installed when it started)."""
         self.owner = owner
         self.saga = saga
         self.steps = steps
@@ -373,7 +377,10 @@ class Run(Generic[DataT]):
                 self.saga_id, self.saga.name, name, state.attempts, f"{self.saga_id}/{name}"
             )
             try:
-                result = await _call(invoke, data, ctx, state.timeout_at, step)
+                if state.timeout_at is None:
+                    result = await invoke(data, ctx)
+                else:
+                    result = await _call(invoke, data, ctx, state.timeout_at, step)
                 if result is not None and not isinstance(result, self.saga.data_type):
                     raise _BadReturn(
                         f"step {name!r} returned {type(result).__name__}; a step returns "

@@ -483,7 +483,9 @@ class Orchestrator:
         steps = self._calls.get((saga.name, traced))
         if steps is None:
             steps = self._calls[saga.name, traced] = self._steps_of(saga, traced=traced)
-        return _Run(self._log, self.owner, saga, steps, record, data, created=created)
+        return _Run(
+            self._log, self.owner, saga, steps, record, data, created=created, traced=traced
+        )
 
     def _steps_of(self, saga: Saga[Any], *, traced: bool) -> _Steps:
         """How runs of *saga* call its steps: each step's own call (local, or a command sent
@@ -789,7 +791,7 @@ class Orchestrator:
 
     def _drive_one(self, run: _Run[DataT]) -> Awaitable[SagaOutcome[DataT]]:
         """Drive *run*, in the saga's span while an SDK takes spans or metrics."""
-        if not self._telemetry.active:
+        if not run.traced:
             return run.drive()
         record = run.record
         return self._telemetry.observe_saga(

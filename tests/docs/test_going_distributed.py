@@ -37,6 +37,7 @@ def run(role: str, broker: str, database: str) -> subprocess.CompletedProcess[st
         text=True,
         timeout=120,
         check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
 
 

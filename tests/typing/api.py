@@ -116,6 +116,8 @@ async def on_reserve(cmd: Reserve, ctx: HandlerContext) -> Reserved:
     return Reserved(reservation_id=cmd.order_id)
 
 
+
+
 async def use_messages(broker: Broker) -> None:
     ctx = HandlerContext("stock", "m-1", None, "saga-1/reserve", None, {})
     assert_type(await on_reserve(Reserve(order_id="o-1"), ctx), Reserved)  # still callable

@@ -54,6 +54,7 @@ def run(where: Path, role: str, broker: str, database: str) -> subprocess.Comple
         text=True,
         timeout=120,
         check=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
 
 

@@ -34,7 +34,7 @@ async def worker(log_url: str, ship_timeout: float) -> AsyncIterator[tuple[anyio
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])},
     )
     try:
         assert process.stdout is not None

@@ -374,7 +374,7 @@ async def test_a_reply_committed_before_a_crash_reaches_the_saga_once(
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])},
         )
         assert process.stdout is not None
         with anyio.fail_after(30):

@@ -486,8 +486,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return NOT_FOUND
-    for text in out:
-        print(text)
+    try:
+        for text in out:
+            print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader stopped early (| head): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
     return 0
 
 

@@ -277,6 +277,10 @@ class ChoreographyObserver:
 
     async def _watch_deadlines(self) -> None:
         while True:
+            # The first look waits one interval too: events of sagas that were under way while
+            # no observer ran (redelivered, or published again by a restarted service) are
+            # heard before a saga is marked overdue for the time it spent unobserved.
+            await anyio.sleep(self.check_interval)
             try:
                 await self.mark_overdue()
             except Exception as exc:
@@ -287,7 +291,6 @@ class ChoreographyObserver:
                     type(exc).__name__,
                     exc,
                 )
-            await anyio.sleep(self.check_interval)
 
     async def mark_overdue(self) -> list[str]:
         """Mark FAILED every saga of the flow still unfinished after its deadline (the

@@ -286,6 +286,32 @@ class TestStats:
         assert (done.returncode, done.stderr) == (0, "")
         assert json.loads(done.stdout)["completed"] == 1
 
+    def test_output_cut_short_by_its_reader_is_not_an_error(self) -> None:
+        """``pysaga draw ... | head -1``: the reader closes the pipe after one line; the
+        command ends quietly with status 0 instead of a BrokenPipeError traceback."""
+        reader = subprocess.Popen(
+            ["head", "-c", "1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, time; from pysaga.cli import main; "
+                "sys.stdout.write('x\\n'); sys.stdout.flush(); time.sleep(0.5); "
+                "sys.exit(main(['draw', 'tests.cli.test_cli:ORDER']))",
+            ],
+            stdout=reader.stdin,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert reader.stdin is not None
+        reader.stdin.close()
+        reader.wait(timeout=10)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert done.returncode == 0, done.stderr
+
 
 class TestActions:
     def test_retry(self, log: Log, capsys: pytest.CaptureFixture[str]) -> None:

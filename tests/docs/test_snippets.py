@@ -344,6 +344,7 @@ class TestInterceptors:
         assert interceptors.slow == []  # nothing here takes a second
 
 
+@pytest.mark.anyio
 class TestRetries:
     """docs/guides/retries-timeouts-deadlines.md"""
 

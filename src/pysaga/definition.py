@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import inspect
+import json
 import random
 import re
 import typing
@@ -41,6 +43,7 @@ __all__ = (
     "Step",
     "StepContext",
     "StepKind",
+    "describe_changes",
 )
 
 DataT = TypeVar("DataT", bound=BaseModel)
@@ -399,6 +402,8 @@ class Saga(Generic[DataT]):
         self._groups_seen: set[str] = set()
         self._sealed = False
         self._stages: tuple[tuple[Step[DataT], ...], ...] | None = None
+        self._outline: dict[str, Any] | None = None
+        self._fingerprint: str | None = None
 
     def __repr__(self) -> str:
         return f"<Saga {self.name} v{self.version}: {len(self._steps)} steps>"
@@ -664,7 +669,8 @@ class Saga(Generic[DataT]):
             )
 
     def seal(self) -> None:
-        """Freeze the definition; called when an orchestrator takes the saga.
+        """Freeze the definition and compute its :attr:`fingerprint`; called when an
+        orchestrator takes the saga.
 
         Raises:
             SagaDefinitionError: if the saga has no step.
@@ -673,6 +679,9 @@ class Saga(Generic[DataT]):
             raise SagaDefinitionError(
                 f"saga {self.name!r} has no steps; declare at least one with @saga.step"
             )
+        if not self._sealed:
+            self._outline = self._make_outline()
+            self._fingerprint = _digest(self._outline)
         self._sealed = True
 
     # -- reading -----------------------------------------------------------------------------
@@ -709,6 +718,56 @@ class Saga(Generic[DataT]):
         self._stages = tuple(stages)
         return self._stages
 
+    @property
+    def fingerprint(self) -> str:
+        """A stable hash of the definition's shape: 16 hexadecimal digits.
+
+        It covers what a saga already in flight depends on: the steps' names and order,
+        their kinds, their parallel groups, which steps have a compensation, which steps are
+        remote (and to which service), and the JSON schema of the data model (without its
+        titles, descriptions and examples, which change nothing). It does not cover what
+        may change safely under a running saga: the code inside steps, retry policies,
+        timeouts, the deadline.
+
+        Each saga record keeps the fingerprint of the definition it was started on, and an
+        orchestrator drives only the sagas whose ``(name, version, fingerprint)`` it hosts.
+        Computed once when the saga is sealed (when an orchestrator takes it); read before
+        that, it describes the steps declared so far.
+        """
+        if self._fingerprint is not None:
+            return self._fingerprint
+        return _digest(self._make_outline())
+
+    def outline(self) -> dict[str, Any]:
+        """The definition's shape as its :attr:`fingerprint` hashes it, as JSON-able data.
+
+        Returns:
+            ``{"steps": [{"name", "kind", "group", "compensated", "remote"}, ...],
+            "data": <the data model's JSON schema, without titles and descriptions>}``,
+            steps in declaration order; ``remote`` is the service of a remote step, ``None``
+            for a local one. The saga log keeps it once per definition, so that a changed
+            definition can be told apart step by step (:func:`describe_changes`).
+        """
+        if self._outline is not None:
+            copied: dict[str, Any] = json.loads(json.dumps(self._outline))
+            return copied  # a copy the caller may change
+        return self._make_outline()
+
+    def _make_outline(self) -> dict[str, Any]:
+        return {
+            "steps": [
+                {
+                    "name": step.name,
+                    "kind": step.kind.value,
+                    "group": step.group,
+                    "compensated": step.compensation is not None,
+                    "remote": None if step.remote is None else step.remote.service,
+                }
+                for step in self._steps
+            ],
+            "data": _data_shape(self.data_type),
+        }
+
     def to_mermaid(self) -> str:
         """Draw the saga as a mermaid flowchart: forward steps, and compensations going back.
 
@@ -718,6 +777,107 @@ class Saga(Generic[DataT]):
         from ._mermaid import saga_to_mermaid
 
         return saga_to_mermaid(self)
+
+
+# -- fingerprints ---------------------------------------------------------------------------
+
+_DOC_KEYS = frozenset({"title", "description", "examples"})
+"""JSON-schema keywords that only document: a change to them changes no data."""
+_NAME_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
+"""JSON-schema keywords whose keys are names (a property called ``title`` is kept)."""
+
+
+def _schema_shape(node: Any, *, names: bool = False) -> Any:
+    if isinstance(node, dict):
+        if names:
+            return {key: _schema_shape(value) for key, value in node.items()}
+        return {
+            key: _schema_shape(value, names=key in _NAME_MAPS)
+            for key, value in node.items()
+            if key not in _DOC_KEYS
+        }
+    if isinstance(node, list):
+        return [_schema_shape(item) for item in node]
+    return node
+
+
+def _data_shape(data_type: type[BaseModel]) -> Any:
+    """The data model's JSON schema without its documentation; for a model pydantic cannot
+    describe in JSON schema, its fields and their annotations."""
+    try:
+        return _schema_shape(data_type.model_json_schema())
+    except Exception:  # arbitrary types: describe the fields as declared
+        return {
+            "fields": {name: repr(info.annotation) for name, info in data_type.model_fields.items()}
+        }
+
+
+def _digest(outline: dict[str, Any]) -> str:
+    text = json.dumps(outline, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What differs between two definitions' :meth:`Saga.outline`, one short line per change.
+
+    Args:
+        before: The outline of the definition a saga was started on.
+        after: The outline of the definition now hosted under the same name and version.
+
+    Returns:
+        Lines such as ``"step 'reserve' is gone"``, ``"step 'charge' lost its
+        compensation"``, ``"steps reordered: a, b -> b, a"`` or ``"the data model changed:
+        field 'qty' is new"``; empty when the outlines are the same.
+    """
+    changes: list[str] = []
+    old_steps = {step["name"]: step for step in before.get("steps", [])}
+    new_steps = {step["name"]: step for step in after.get("steps", [])}
+    changes.extend(f"step {name!r} is gone" for name in old_steps if name not in new_steps)
+    changes.extend(f"step {name!r} is new" for name in new_steps if name not in old_steps)
+    for name, old in old_steps.items():
+        new = new_steps.get(name)
+        if new is None:
+            continue
+        if old.get("kind") != new.get("kind"):
+            changes.append(f"step {name!r} was {old.get('kind')}, is now {new.get('kind')}")
+        if old.get("group") != new.get("group"):
+            changes.append(
+                f"step {name!r} moved from group {old.get('group')!r} to {new.get('group')!r}"
+            )
+        if old.get("compensated") != new.get("compensated"):
+            changes.append(
+                f"step {name!r} "
+                + ("lost its compensation" if old.get("compensated") else "gained a compensation")
+            )
+        if old.get("remote") != new.get("remote"):
+            changes.append(
+                f"step {name!r} was {_placed(old.get('remote'))}, "
+                f"is now {_placed(new.get('remote'))}"
+            )
+    kept_old = [name for name in old_steps if name in new_steps]
+    kept_new = [name for name in new_steps if name in old_steps]
+    if kept_old != kept_new:
+        changes.append(f"steps reordered: {', '.join(kept_old)} -> {', '.join(kept_new)}")
+    if before.get("data") != after.get("data"):
+        changes.append(_data_change(before.get("data"), after.get("data")))
+    return changes
+
+
+def _placed(service: Any) -> str:
+    return "local" if service is None else f"sent to service {service!r}"
+
+
+def _data_change(before: Any, after: Any) -> str:
+    old = before.get("properties") if isinstance(before, dict) else None
+    new = after.get("properties") if isinstance(after, dict) else None
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return "the data model changed"
+    parts = [f"field {name!r} is gone" for name in old if name not in new]
+    parts += [f"field {name!r} is new" for name in new if name not in old]
+    parts += [f"field {name!r} changed" for name in old if name in new and old[name] != new[name]]
+    if not parts:
+        parts = ["its schema changed"]
+    return "the data model changed: " + ", ".join(parts)
 
 
 # -- remote steps --------------------------------------------------------------------------

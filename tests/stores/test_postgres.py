@@ -169,7 +169,12 @@ async def test_migrations_applied_once_when_many_start_together(
         "ORDER BY table_name",
         schema,
     )
-    assert [row[0] for row in tables] == ["pysaga_history", "pysaga_sagas", "pysaga_schema"]
+    assert [row[0] for row in tables] == [
+        "pysaga_definitions",
+        "pysaga_history",
+        "pysaga_sagas",
+        "pysaga_schema",
+    ]
     indexes = await admin.fetch("SELECT indexname FROM pg_indexes WHERE schemaname = $1", schema)
     assert {row[0] for row in indexes} >= {
         "pysaga_sagas_active",

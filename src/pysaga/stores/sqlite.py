@@ -30,32 +30,40 @@ import anyio.to_thread
 
 from ..errors import ConcurrencyError, LeaseLost, SagaNotFoundError, SchemaVersionError, StoreError
 from ..models import (
+    DefinitionRecord,
     EntryKind,
+    Failure,
     LogEntry,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
+    SagaVersion,
 )
 from ._codec import (
     RECORD_COLUMNS,
+    VERSION_COUNTS,
     dump_failure,
+    dump_outline,
     dump_steps,
     load_failure,
     record_from_row,
+    versions_from_rows,
 )
 from ._group_commit import GroupCommit, PendingWrite
 
 if TYPE_CHECKING:
     import os
-    from collections.abc import Callable, Collection, Sequence
+    from collections.abc import Callable, Collection, Mapping, Sequence
     from types import TracebackType
 
 __all__ = ("SCHEMA_VERSION", "SQLiteSagaLog", "open_database", "parse_url")
 
 logger = logging.getLogger("pysaga.stores.sqlite")
 
-SCHEMA_VERSION = 1
-"""The schema this version writes. A file with a newer schema is refused."""
+SCHEMA_VERSION = 2
+"""The schema this version writes. A file with a newer schema is refused; an older one is
+brought up to date when it is opened (schema 2 added the definitions and their
+fingerprints)."""
 
 _T = TypeVar("_T")
 Synchronous = Literal["normal", "full"]
@@ -94,7 +102,21 @@ CREATE TABLE IF NOT EXISTS pysaga_history (
     failure  TEXT,
     PRIMARY KEY (saga_id, revision, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pysaga_definitions (
+    name          TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    fingerprint   TEXT NOT NULL,
+    outline       TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    PRIMARY KEY (name, version, fingerprint)
+) WITHOUT ROWID;
 """
+
+_ADDED_COLUMNS = (
+    ("fingerprint", "TEXT"),  # schema 2: the definition a saga was started on
+    ("held", "TEXT"),  # schema 2: why no orchestrator drives it (its definition changed)
+)
+"""Columns of ``pysaga_sagas`` added after schema 1: added to an older file when it opens."""
 
 _ACTIVE = "('running', 'compensating')"
 _INSERT_ENTRY = (
@@ -304,13 +326,19 @@ class SQLiteSagaLog:
                     conn.execute(statement)
             row = conn.execute("SELECT max(version) FROM pysaga_schema").fetchone()
             found = row[0] if row else None
-            if found is None:
-                conn.execute("INSERT INTO pysaga_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif found > SCHEMA_VERSION:
+            if found is not None and found > SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"the saga log was written with schema version {found}, newer than this "
                     f"pysaga's ({SCHEMA_VERSION}); upgrade pysaga to read it"
                 )
+            present = {info[1] for info in conn.execute("PRAGMA table_info(pysaga_sagas)")}
+            for column, kind in _ADDED_COLUMNS:
+                if column not in present:
+                    conn.execute(f"ALTER TABLE pysaga_sagas ADD COLUMN {column} {kind}")
+            if found is None:
+                conn.execute("INSERT INTO pysaga_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif found < SCHEMA_VERSION:
+                conn.execute("UPDATE pysaga_schema SET version = ?", (SCHEMA_VERSION,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -380,7 +408,7 @@ class SQLiteSagaLog:
         try:
             conn.execute(
                 f"INSERT INTO pysaga_sagas ({RECORD_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     r.saga_id,
                     r.name,
@@ -395,6 +423,8 @@ class SQLiteSagaLog:
                     r.deadline_at,
                     r.created_at,
                     r.updated_at,
+                    r.fingerprint,
+                    r.held,
                 ),
             )
         except sqlite3.IntegrityError:
@@ -492,6 +522,7 @@ class SQLiteSagaLog:
         lease: float,
         now: float,
         limit: int = 100,
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> list[SagaRecord]:
         if not kinds:
             return []
@@ -499,6 +530,15 @@ class SQLiteSagaLog:
         pairs = sorted(kinds)
         wanted = ", ".join("(?, ?)" for _ in pairs)
         params = [value for pair in pairs for value in pair]
+        same = ""
+        if fingerprints is not None:
+            # a saga recorded before fingerprints existed (NULL) is claimed as before
+            triples = sorted((name, version, fp) for (name, version), fp in fingerprints.items())
+            values = ", ".join("(?, ?, ?)" for _ in triples) or "(NULL, NULL, NULL)"
+            same = (
+                f"AND (fingerprint IS NULL OR (name, version, fingerprint) IN (VALUES {values})) "
+            )
+            params.extend(value for triple in triples for value in triple)
 
         def run() -> list[SagaRecord]:
             conn = self._db
@@ -509,7 +549,7 @@ class SQLiteSagaLog:
                     "AND lease_expires_at < ? "
                     "AND (owner IS NOT ? OR lease_expires_at = 0) "
                     f"AND (name, version) IN (VALUES {wanted}) "
-                    "ORDER BY lease_expires_at LIMIT ?",
+                    f"{same}ORDER BY lease_expires_at LIMIT ?",
                     (now, owner, *params, limit),
                 ).fetchall()
                 claimed: list[SagaRecord] = []
@@ -517,13 +557,14 @@ class SQLiteSagaLog:
                     rec = record_from_row(row)
                     conn.execute(
                         "UPDATE pysaga_sagas SET owner = ?, lease_expires_at = ?, "
-                        "revision = revision + 1, updated_at = ? "
+                        "revision = revision + 1, updated_at = ?, held = NULL "
                         "WHERE saga_id = ? AND revision = ?",
                         (owner, now + lease, now, rec.saga_id, rec.revision),
                     )
                     rec.owner, rec.lease_expires_at = owner, now + lease
                     rec.revision += 1
                     rec.updated_at = now
+                    rec.held = None
                     _insert_entries(
                         conn,
                         rec.saga_id,
@@ -569,6 +610,85 @@ class SQLiteSagaLog:
 
         await self._call(run)
 
+    async def define(self, definition: DefinitionRecord) -> None:
+        def run() -> None:
+            self._db.execute(
+                "INSERT OR IGNORE INTO pysaga_definitions "
+                "(name, version, fingerprint, outline, registered_at) VALUES (?, ?, ?, ?, ?)",
+                (
+                    definition.name,
+                    definition.version,
+                    definition.fingerprint,
+                    dump_outline(definition.outline),
+                    definition.registered_at,
+                ),
+            )
+
+        await self._call(run)
+
+    async def hold(
+        self, name: str, version: int, fingerprint: str, *, note: str, now: float, owner: str
+    ) -> list[str]:
+        entry = LogEntry(
+            EntryKind.SAGA_HELD,
+            at=now,
+            owner=owner,
+            failure=Failure(None, "DefinitionChanged", note),
+        )
+
+        def run() -> list[str]:
+            conn = self._db
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = conn.execute(
+                    f"SELECT saga_id, revision FROM pysaga_sagas WHERE status IN {_ACTIVE} "
+                    "AND lease_expires_at < ? AND name = ? AND version = ? "
+                    "AND fingerprint = ? AND held IS NULL",
+                    (now, name, version, fingerprint),
+                ).fetchall()
+                for saga_id, revision in rows:
+                    conn.execute(
+                        "UPDATE pysaga_sagas SET held = ?, revision = revision + 1, "
+                        "updated_at = ? WHERE saga_id = ?",
+                        (note, now, saga_id),
+                    )
+                    _insert_entries(conn, saga_id, revision + 1, [entry])
+                conn.execute("COMMIT")
+                return [saga_id for saga_id, _ in rows]
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        return await self._call(run)
+
+    async def versions(
+        self, *, name: str | None = None, statuses: Collection[SagaStatus] | None = None
+    ) -> list[SagaVersion]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if name is not None:
+            clauses.append("name = ?")
+            params.append(name)
+        if statuses is not None:
+            values = sorted({s.value for s in statuses})
+            if not values:
+                return []
+            clauses.append(f"status IN ({', '.join('?' for _ in values)})")
+            params.extend(values)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+
+        def read() -> list[SagaVersion]:
+            counted = self._db.execute(VERSION_COUNTS.format(where=where), params).fetchall()
+            definitions = self._db.execute(
+                "SELECT name, version, fingerprint, outline, registered_at "
+                "FROM pysaga_definitions" + (" WHERE name = ?" if name is not None else ""),
+                () if name is None else (name,),
+            ).fetchall()
+            return versions_from_rows(counted, definitions, include_empty=statuses is None)
+
+        return await self._call(read)
+
     async def active_kinds(self) -> set[tuple[str, int]]:
         def read() -> set[tuple[str, int]]:
             rows = self._db.execute(
@@ -588,10 +708,13 @@ class SQLiteSagaLog:
         updated_before: float | None = None,
         deadline_before: float | None = None,
         timer_before: float | None = None,
+        held: bool | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
         clauses: list[str] = []
         params: list[Any] = []
+        if held is not None:
+            clauses.append("held IS NOT NULL" if held else "held IS NULL")
         if name is not None:
             clauses.append("name = ?")
             params.append(name)

@@ -35,21 +35,24 @@ from . import _clock, stores
 from ._engine import Run as _Run
 from ._engine import timeout_at as _timeout_at
 from ._remote import Requester as _Requester
-from .definition import Saga
+from .definition import Saga, describe_changes
 from .errors import (
     ConcurrencyError,
     LeaseLost,
+    SagaDefinitionError,
     SagaNotFoundError,
     SagaNotRegisteredError,
 )
 from .models import (
     ACTIVE_STATUSES,
     OBSERVER_PREFIX,
+    DefinitionRecord,
     EntryKind,
     LogEntry,
     SagaOutcome,
     SagaRecord,
     SagaStatus,
+    SagaVersion,
     StepState,
     StepStatus,
 )
@@ -111,7 +114,11 @@ class Orchestrator:
     """Runs sagas durably from a saga log.
 
     Args:
-        sagas: The saga definitions this orchestrator may run and resume.
+        sagas: The saga definitions this orchestrator may run and resume. Several versions
+            of one saga name may be given (``[order_v1, order_v2]``): a saga started by
+            name starts on the newest, and each saga in the log is resumed on the version
+            it was started on. Two different definitions under one name and version are
+            refused.
         log: A saga log URL (``"sqlite:///sagas.db"``, ``"memory://"``), a file path
             (``pathlib.Path``: a SQLite log in that file), or a :class:`~pysaga.SagaLog`
             object. Entering the orchestrator enters the log.
@@ -148,20 +155,30 @@ class Orchestrator:
         meter_provider: MeterProvider | None = None,
         broker: str | Broker | None = None,
     ) -> None:
-        self._sagas: dict[str, Saga[Any]] = {}
+        self._sagas: dict[str, Saga[Any]] = {}  # the newest version of each name
+        self._versions: dict[tuple[str, int], Saga[Any]] = {}
         for saga in sagas:
             if not isinstance(saga, Saga):
                 raise TypeError(f"sagas=[...] takes pysaga.Saga objects, got {saga!r}")
-            if saga.name in self._sagas and self._sagas[saga.name] is not saga:
-                raise ValueError(f"two different sagas are both named {saga.name!r}")
+            hosted = self._versions.get((saga.name, saga.version))
+            if hosted is not None and hosted is not saga:
+                raise SagaDefinitionError(
+                    f"two different definitions of saga {saga.name!r} both have version "
+                    f"{saga.version}; give the changed one the next version "
+                    f"(Saga({saga.name!r}, ..., version={saga.version + 1})) so that sagas "
+                    "started on the other one finish on it"
+                )
             saga.seal()
-            self._sagas[saga.name] = saga
+            self._versions[saga.name, saga.version] = saga
+            newest = self._sagas.get(saga.name)
+            if newest is None or saga.version > newest.version:
+                self._sagas[saga.name] = saga
         if not lease > 0:
             raise ValueError("lease must be > 0 seconds")
         self._log: SagaLog = stores.log_from(log)[0]
         remote = sorted(
             f"{saga.name}.{step.name}"
-            for saga in self._sagas.values()
+            for saga in self._versions.values()
             for step in saga.steps
             if step.remote is not None
         )
@@ -196,11 +213,13 @@ class Orchestrator:
         self._quarantined: set[str] = set()
         self._abandoned: set[str] = set()  # stopped driving them; their release failed
         self._unknown: set[tuple[str, int]] = set()
+        self._held_logged: set[tuple[str, int, str]] = set()
         self._idle = anyio.Event()
         self._idle.set()
 
     def __repr__(self) -> str:
-        return f"<Orchestrator {self.owner} sagas={sorted(self._sagas)} log={self._log!r}>"
+        hosted = sorted(f"{name} v{version}" for name, version in self._versions)
+        return f"<Orchestrator {self.owner} sagas={hosted} log={self._log!r}>"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -227,6 +246,7 @@ class Orchestrator:
                 stack.push_async_callback(self._requester.stop)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown)
+            await self._define()
             await self._report_unknown()
             await self._claim()
             self._tg.start_soon(self._maintain)
@@ -292,16 +312,71 @@ class Orchestrator:
         found = await self._log.list(name=name, statuses=ACTIVE_STATUSES, limit=1)
         return bool(found) and (found[0].owner or "").startswith(OBSERVER_PREFIX)
 
+    async def _define(self) -> None:
+        """Record the outline of each definition hosted here, so that a saga started on one
+        can later be told apart from a changed definition, step by step."""
+        now = _clock.now()
+        for saga in self._versions.values():
+            await self._log.define(
+                DefinitionRecord(saga.name, saga.version, saga.fingerprint, saga.outline(), now)
+            )
+
+    async def _hold_changed(self) -> None:
+        """Hold for an operator the unfinished sagas of a name and version hosted here that
+        were started on another definition (their fingerprint differs): they are never driven
+        here. One line is logged per definition when sagas of it are newly held."""
+        for group in await self._log.versions(statuses=ACTIVE_STATUSES):
+            hosted = self._versions.get((group.name, group.version))
+            if (
+                hosted is None
+                or group.fingerprint is None
+                or group.fingerprint == hosted.fingerprint
+                or group.held >= group.total
+            ):
+                continue
+            note = self._change_note(group, hosted)
+            held = await self._log.hold(
+                group.name,
+                group.version,
+                group.fingerprint,
+                note=note,
+                now=_clock.now(),
+                owner=self.owner,
+            )
+            if held:
+                logger.error(
+                    "%d saga(s) of %r version %d are held for an operator, not driven: %s",
+                    len(held),
+                    group.name,
+                    group.version,
+                    note,
+                )
+
+    def _change_note(self, group: SagaVersion, hosted: Saga[Any]) -> str:
+        """What an operator reads on a held saga: what differs, and what to do."""
+        if group.definition is not None:
+            changes = describe_changes(dict(group.definition.outline), hosted.outline())
+            what = "; ".join(changes) if changes else "their outlines read the same"
+        else:
+            what = "the definition it was started on is not recorded in this log"
+        return (
+            f"definition changed: started on {group.name!r} version {group.version} with "
+            f"fingerprint {group.fingerprint}, but orchestrator {self.owner} hosts that name "
+            f"and version with fingerprint {hosted.fingerprint} ({what}). Host the definition "
+            f"it was started on as version {group.version} and give the changed one a new "
+            "version; or settle the saga by hand"
+        )
+
     async def _report_unknown(self) -> None:
-        known = {(s.name, s.version) for s in self._sagas.values()}
+        known = set(self._versions)
         unknown = await self._log.active_kinds() - known
         for name, version in sorted(unknown):
             if (name, version) not in self._unknown:
                 if await self._observed(name):
                     continue  # a choreography's observer keeps these: nothing to run here
-                registered = self._sagas.get(name)
+                registered = sorted(v for n, v in self._versions if n == name)
                 hint = (
-                    f"this orchestrator runs version {registered.version}"
+                    f"this orchestrator runs version {', '.join(map(str, registered))}"
                     if registered
                     else "it is not in this orchestrator's sagas=[...]"
                 )
@@ -315,10 +390,17 @@ class Orchestrator:
         self._unknown = unknown
 
     async def _claim(self) -> None:
-        kinds = {(s.name, s.version) for s in self._sagas.values()}
+        await self._hold_changed()
+        kinds = set(self._versions)
+        fingerprints = {key: saga.fingerprint for key, saga in self._versions.items()}
         while True:
             claimed = await self._log.claim(
-                self.owner, kinds=kinds, lease=self.lease, now=_clock.now(), limit=100
+                self.owner,
+                kinds=kinds,
+                lease=self.lease,
+                now=_clock.now(),
+                limit=100,
+                fingerprints=fingerprints,
             )
             for record in claimed:
                 stale = self._driving.get(record.saga_id)
@@ -340,7 +422,22 @@ class Orchestrator:
         """Drive a claimed saga from its record, unless its data no longer fits its model."""
         if record.saga_id in self._quarantined:
             return
-        saga = self._sagas[record.name]
+        saga = self._versions[record.name, record.version]
+        if record.fingerprint is not None and record.fingerprint != saga.fingerprint:
+            # the log should not have given it (claim filters by fingerprint): never drive it
+            self._quarantined.add(record.saga_id)
+            logger.error(
+                "saga %s (%s version %d) was started on definition %s, but this orchestrator "
+                "hosts %s: it is not driven here",
+                record.saga_id,
+                record.name,
+                record.version,
+                record.fingerprint,
+                saga.fingerprint,
+            )
+            if self._tg is not None:
+                self._tg.start_soon(self._give_up_lease, record.saga_id)
+            return
         try:
             data = saga.data_type.model_validate_json(record.data)
         except ValidationError as exc:
@@ -491,18 +588,33 @@ class Orchestrator:
     # -- the public API ----------------------------------------------------------------------
 
     def _registered(self, saga: Saga[DataT] | str) -> Saga[DataT]:
-        name = saga if isinstance(saga, str) else saga.name
-        found = self._sagas.get(name)
-        if found is None or (not isinstance(saga, str) and found is not saga):
-            raise SagaNotRegisteredError(
-                f"saga {name!r} is not registered with this orchestrator; pass it in "
-                "Orchestrator(sagas=[...])"
-            )
-        return found
+        """The hosted definition a new saga starts on: the newest version of a name, or the
+        very definition given."""
+        if isinstance(saga, str):
+            found = self._sagas.get(saga)
+            if found is not None:
+                return found
+            name, what = saga, f"no saga named {saga!r} is"
+        else:
+            found = self._versions.get((saga.name, saga.version))
+            if found is saga:
+                return found
+            name, what = saga.name, f"saga {saga.name!r} version {saga.version} is"
+            if found is not None:
+                what = (
+                    f"this definition of saga {saga.name!r} version {saga.version} is not the "
+                    "one hosted under that name and version, so it is"
+                )
+        hosted = sorted(v for n, v in self._versions if n == name)
+        runs = f" (it runs version {', '.join(map(str, hosted))})" if hosted else ""
+        raise SagaNotRegisteredError(
+            f"{what} not registered with this orchestrator{runs}; pass it in "
+            "Orchestrator(sagas=[...])"
+        )
 
     async def start(
         self,
-        saga: Saga[DataT],
+        saga: Saga[DataT] | str,
         data: DataT | Mapping[str, Any],
         *,
         saga_id: str | None = None,
@@ -510,7 +622,8 @@ class Orchestrator:
         """Record a new saga in the log and start running it; return its id at once.
 
         Args:
-            saga: A saga given to this orchestrator.
+            saga: A saga given to this orchestrator, or a saga name: the newest version
+                of that name it hosts (in-flight sagas of older versions finish on theirs).
             data: The saga's input: an instance of its data model, or a mapping validated
                 into one.
             saga_id: Your own id for the saga (default: :func:`new_saga_id`, a time-ordered
@@ -527,7 +640,7 @@ class Orchestrator:
         return run.saga_id
 
     async def _create(
-        self, saga: Saga[DataT], data: DataT | Mapping[str, Any], saga_id: str | None
+        self, saga: Saga[DataT] | str, data: DataT | Mapping[str, Any], saga_id: str | None
     ) -> _Run[DataT]:
         """Validate the input, write the new saga to the log, and return its driver."""
         definition = self._registered(saga)
@@ -544,6 +657,7 @@ class Orchestrator:
             saga_id=saga_id or new_saga_id(),
             name=definition.name,
             version=definition.version,
+            fingerprint=definition.fingerprint,
             status=SagaStatus.RUNNING,
             data=model.model_dump_json(),
             owner=self.owner,
@@ -570,7 +684,7 @@ class Orchestrator:
 
     async def run(
         self,
-        saga: Saga[DataT],
+        saga: Saga[DataT] | str,
         data: DataT | Mapping[str, Any],
         *,
         saga_id: str | None = None,
@@ -579,7 +693,8 @@ class Orchestrator:
 
         The saga runs in the calling task (no hand-off). If the caller is cancelled, the saga
         is not: it goes on in the orchestrator's background from where it was, and
-        :meth:`wait` can still collect its outcome.
+        :meth:`wait` can still collect its outcome. *saga* and *data* are as for
+        :meth:`start` (a name runs the newest version hosted).
 
         Raises:
             pydantic.ValidationError: *data* does not fit the saga's data model (nothing is
@@ -656,7 +771,7 @@ class Orchestrator:
         return await self._log.history(saga_id)
 
     def _outcome_from(self, record: SagaRecord) -> SagaOutcome[Any]:
-        saga = self._sagas.get(record.name)
+        saga = self._versions.get((record.name, record.version))
         data: Any = (
             saga.data_type.model_validate_json(record.data) if saga is not None else record.data
         )

@@ -51,7 +51,7 @@ from pysaga import BusinessError, Orchestrator, Retry, Saga, StepContext
 from pysaga.stores.sqlite import SQLiteSagaLog
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Sequence
+    from collections.abc import Collection, Mapping, Sequence
     from types import TracebackType
 
     from pysaga import LogEntry, SagaRecord, SagaUpdate
@@ -172,8 +172,11 @@ class CountingLog:
         lease: float,
         now: float,
         limit: int = 100,
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> list[SagaRecord]:
-        claimed = await self.inner.claim(owner, kinds=kinds, lease=lease, now=now, limit=limit)
+        claimed = await self.inner.claim(
+            owner, kinds=kinds, lease=lease, now=now, limit=limit, fingerprints=fingerprints
+        )
         if claimed:
             self.killer.point("after-claim", saga_ids=[r.saga_id for r in claimed])
         return claimed

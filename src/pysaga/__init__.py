@@ -43,6 +43,7 @@ from .inspection import TimelineEvent as TimelineEvent
 from .messaging import Broker as Broker
 from .messaging import DeadLetter as DeadLetter
 from .messaging import Envelope as Envelope
+from .models import DefinitionRecord as DefinitionRecord
 from .models import EntryKind as EntryKind
 from .models import Failure as Failure
 from .models import LogEntry as LogEntry
@@ -50,6 +51,7 @@ from .models import SagaOutcome as SagaOutcome
 from .models import SagaRecord as SagaRecord
 from .models import SagaStatus as SagaStatus
 from .models import SagaUpdate as SagaUpdate
+from .models import SagaVersion as SagaVersion
 from .models import StepState as StepState
 from .models import StepStatus as StepStatus
 from .operations import Operator as Operator
@@ -76,6 +78,7 @@ __all__ = (
     "DeadLetter",
     "DeadlineExceeded",
     "DecodeError",
+    "DefinitionRecord",
     "EntryKind",
     "Envelope",
     "Failure",
@@ -105,6 +108,7 @@ __all__ = (
     "SagaRecord",
     "SagaStatus",
     "SagaUpdate",
+    "SagaVersion",
     "SchemaVersionError",
     "Step",
     "StepContext",

@@ -483,7 +483,8 @@ class TestFingerprints:
         await saga_log.create(fingerprinted("a", "f1"), started())
         await saga_log.create(record("b"), started())
         a, b = await saga_log.get("a"), await saga_log.get("b")
-        assert a is not None and b is not None
+        assert a is not None
+        assert b is not None
         assert (a.fingerprint, a.held) == ("f1", None)
         assert (b.fingerprint, b.held) == (None, None)
 
@@ -570,9 +571,7 @@ class TestFingerprints:
         assert found == [
             SagaVersion("s", 1, None, {SagaStatus.RUNNING: 1}),
             SagaVersion("s", 1, "f0", {SagaStatus.RUNNING: 1}, held=1),
-            SagaVersion(
-                "s", 1, "f1", {SagaStatus.RUNNING: 1, SagaStatus.COMPLETED: 1}, 0, defined
-            ),
+            SagaVersion("s", 1, "f1", {SagaStatus.RUNNING: 1, SagaStatus.COMPLETED: 1}, 0, defined),
             SagaVersion("t", 1, "f1", {SagaStatus.RUNNING: 1}),
         ]
         assert found[2].total == 2

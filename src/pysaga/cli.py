@@ -1,13 +1,14 @@
 """The ``pysaga`` command: questions about a saga log, and an operator's actions, from a shell.
 
 Every command that uses a log takes it as ``--log URL`` (or the ``PYSAGA_LOG`` environment
-variable). ``list``, ``show``, ``stats`` and ``draw --saga`` only read it, through an
+variable). ``list``, ``show``, ``stats``, ``versions`` and ``draw --saga`` only read it, through an
 :class:`~pysaga.Inspector`; ``retry``, ``abort`` and ``resolve`` act on one saga through an
 :class:`~pysaga.Operator`::
 
     pysaga list --log sqlite:///sagas.db --status failed
     pysaga show --log sqlite:///sagas.db 5f0c...
     pysaga stats --log postgresql://app@db/shop?schema=sagas
+    pysaga versions --log sqlite:///sagas.db --name place-order
     pysaga retry --log sqlite:///sagas.db 5f0c... --reason "warehouse is back"
     pysaga draw shop.sagas:place_order [--saga 5f0c... --log sqlite:///sagas.db]
 
@@ -38,7 +39,7 @@ from ._mermaid import mark_progress, progress_of
 from .definition import Saga
 from .errors import OperatorActionRefused, PysagaError, SagaNotFoundError
 from .inspection import Inspector, Timeline
-from .models import SagaRecord, SagaStatus
+from .models import SagaRecord, SagaStatus, SagaVersion
 from .operations import Operator
 
 if TYPE_CHECKING:
@@ -149,6 +150,11 @@ def _parser() -> _Parser:
         help="with --stuck: how long a step timer may be overdue (default 60)",
     )
     listing.add_argument(
+        "--held",
+        action="store_true",
+        help="only unfinished sagas held for an operator (their definition changed)",
+    )
+    listing.add_argument(
         "--limit", type=_positive, default=100, metavar="N", help="at most N (default 100)"
     )
 
@@ -159,6 +165,13 @@ def _parser() -> _Parser:
 
     stats = commands.add_parser("stats", parents=[common, reads_log], help="sagas per status")
     stats.add_argument("--name", help="only sagas of this definition")
+
+    versions = commands.add_parser(
+        "versions",
+        parents=[common, reads_log],
+        help="sagas per name, version and definition fingerprint, with counts by status",
+    )
+    versions.add_argument("--name", help="only sagas of this name")
 
     actions = {
         "retry": "send a FAILED saga back to work: what gave up runs again, with a fresh budget",
@@ -247,6 +260,8 @@ def record_json(record: SagaRecord) -> dict[str, Any]:
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "failure": None if record.failure is None else record.failure.to_json(),
+        "fingerprint": record.fingerprint,
+        "held": record.held,
     }
 
 
@@ -286,7 +301,7 @@ def _records_text(records: Sequence[SagaRecord]) -> str:
             r.saga_id,
             r.name,
             str(r.version),
-            r.status.value,
+            r.status.value + (" (held)" if r.held is not None else ""),
             _when(r.created_at),
             _when(r.updated_at),
             r.owner or "-",
@@ -305,7 +320,10 @@ def _timeline_text(timeline: Timeline) -> str:
         f"  updated   {_when(r.updated_at)}",
         f"  deadline  {_when(r.deadline_at)}",
         f"  owner     {r.owner or '-'}",
+        f"  defined   fingerprint {r.fingerprint or '- (recorded before fingerprints)'}",
     ]
+    if r.held is not None:
+        lines.append(f"  held      {r.held}")
     if r.failure is not None:
         lines.append(f"  failure   {r.failure}")
     lines.append(f"  data      {r.data}")
@@ -323,6 +341,63 @@ def _timeline_text(timeline: Timeline) -> str:
         gap = f"+{event.since_previous:.3f}s"
         lines.append(f"  {gap:>10}  {event.kind.value}{step}{failure}")
     return "\n".join(lines)
+
+
+def version_json(found: SagaVersion) -> dict[str, Any]:
+    """One definition's sagas (:meth:`Inspector.versions`) as a JSON-able dict.
+
+    Args:
+        found: The definition's entry.
+
+    Returns:
+        Name, version, fingerprint, a count for every status, the held and total counts,
+        and the definition's steps (``None`` when the log has no record of it).
+    """
+    definition = found.definition
+    return {
+        "name": found.name,
+        "version": found.version,
+        "fingerprint": found.fingerprint,
+        "counts": {status.value: found.counts.get(status, 0) for status in SagaStatus},
+        "held": found.held,
+        "total": found.total,
+        "steps": None if definition is None else definition.outline.get("steps"),
+        "registered_at": None if definition is None else definition.registered_at,
+    }
+
+
+def _outline_text(found: SagaVersion) -> str:
+    if found.definition is None:
+        return "-"
+    steps = found.definition.outline.get("steps") or []
+    return ", ".join(
+        str(step.get("name")) + ("*" if step.get("compensated") else "") for step in steps
+    )
+
+
+def _versions_text(found: Sequence[SagaVersion]) -> str:
+    if not found:
+        return "no sagas"
+    header = (
+        "NAME",
+        "VERSION",
+        "FINGERPRINT",
+        *(status.value.upper() for status in SagaStatus),
+        "HELD",
+        "STEPS (* compensated)",
+    )
+    rows = [
+        (
+            v.name,
+            str(v.version),
+            v.fingerprint or "-",
+            *(str(v.counts.get(status, 0)) for status in SagaStatus),
+            str(v.held),
+            _short(_outline_text(v)),
+        )
+        for v in found
+    ]
+    return _table(header, rows)
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -417,12 +492,20 @@ async def _run_log_command(args: argparse.Namespace, out: list[str]) -> None:
                         "list: --stuck cannot be combined with --status or --older-than",
                         USAGE,
                     )
+                if args.held:
+                    raise CommandError("list: --stuck cannot be combined with --held", USAGE)
                 records = await inspector.stuck(
                     no_progress_for=args.stuck,
                     timer_grace=args.timer_grace,
                     name=args.name,
                     limit=args.limit,
                 )
+            elif args.held:
+                if args.status or args.older_than is not None:
+                    raise CommandError(
+                        "list: --held cannot be combined with --status or --older-than", USAGE
+                    )
+                records = await inspector.held(name=args.name, limit=args.limit)
             else:
                 statuses = None if not args.status else [SagaStatus(s) for s in args.status]
                 records = await inspector.list(
@@ -437,6 +520,11 @@ async def _run_log_command(args: argparse.Namespace, out: list[str]) -> None:
             except SagaNotFoundError:
                 raise CommandError(f"no saga with id {args.saga_id!r} in {_shown(url)}") from None
             out.append(_dumps(timeline_json(timeline)) if args.json else _timeline_text(timeline))
+        elif args.command == "versions":
+            found = await inspector.versions(name=args.name)
+            out.append(
+                _dumps([version_json(v) for v in found]) if args.json else _versions_text(found)
+            )
         else:  # stats
             counts = await inspector.counts(name=args.name)
             if args.json:

@@ -360,11 +360,11 @@ class Orchestrator:
         else:
             what = "the definition it was started on is not recorded in this log"
         return (
-            f"definition changed: started on {group.name!r} version {group.version} with "
-            f"fingerprint {group.fingerprint}, but orchestrator {self.owner} hosts that name "
-            f"and version with fingerprint {hosted.fingerprint} ({what}). Host the definition "
-            f"it was started on as version {group.version} and give the changed one a new "
-            "version; or settle the saga by hand"
+            f"definition changed: {what}. The saga was started on {group.name!r} version "
+            f"{group.version} with fingerprint {group.fingerprint}; orchestrator {self.owner} "
+            f"hosts that name and version with fingerprint {hosted.fingerprint}. Host the "
+            f"definition it was started on as version {group.version} (give the changed one a "
+            "new version), or settle the saga by hand"
         )
 
     async def _report_unknown(self) -> None:

@@ -356,7 +356,10 @@ class Saga(Generic[DataT]):
     Args:
         name: Unique among the sagas one orchestrator runs; stored in the saga log.
         data_type: The pydantic model that every step receives and returns.
-        version: Bump it when a change to the steps would confuse sagas already in flight.
+        version: Bump it when you change the saga's shape (what its :attr:`fingerprint`
+            covers): an orchestrator drives a saga only on the definition it was started on,
+            and holds the sagas of a changed definition under an unchanged version for an
+            operator. One orchestrator can host the old and the new version side by side.
         deadline: Seconds a saga has to get past its pivot (or to complete, without a pivot);
             when it runs out before that, the saga compensates. Kept in the log, so it
             survives restarts.

@@ -802,8 +802,11 @@ class PostgresSagaLog:
             values = sorted({s.value for s in statuses})
             if not values:
                 return []
-            params.append(values)
-            clauses.append(f"status = ANY(${len(params)}::text[])")
+            if values == ["compensating", "running"]:
+                clauses.append(_ACTIVE)  # as in the partial index's clause
+            else:
+                params.append(values)
+                clauses.append(f"status = ANY(${len(params)}::text[])")
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
 
         async def read(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> list[SagaVersion]:

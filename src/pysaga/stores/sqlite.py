@@ -674,9 +674,16 @@ class SQLiteSagaLog:
             values = sorted({s.value for s in statuses})
             if not values:
                 return []
-            clauses.append(f"status IN ({', '.join('?' for _ in values)})")
-            params.extend(values)
+            if values == ["compensating", "running"]:
+                clauses.append(f"status IN {_ACTIVE}")  # as in the partial index's clause
+            else:
+                clauses.append(f"status IN ({', '.join('?' for _ in values)})")
+                params.extend(values)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        if statuses is not None and name is None and clauses == [f"status IN {_ACTIVE}"]:
+            # the unfinished sagas only (an orchestrator asks at every claim): read them from
+            # the partial index rather than the whole (name, status) index
+            where = "INDEXED BY pysaga_sagas_active " + where
 
         def read() -> list[SagaVersion]:
             counted = self._db.execute(VERSION_COUNTS.format(where=where), params).fetchall()

@@ -89,7 +89,7 @@ async def main(log: str = "sqlite:///shipping.db") -> list[SagaVersion]:
         done = await orch.wait("order-a")
         print(f"deploy 3: order-a {done.status} on version {(await orch.get('order-a')).version}")
         undone = await orch.wait("order-b")
-        again = await orch.run("ship-order", undone.data.model_dump(), saga_id="order-b2")
+        again = await orch.run("ship-order", undone.data, saga_id="order-b2")
         version = (await orch.get("order-b2")).version
         print(f"deploy 3: order-b {undone.status}, then order-b2 {again.status} on v{version}")
         versions = [v for v in await Inspector(orch.log).versions() if v.total]

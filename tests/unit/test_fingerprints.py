@@ -287,3 +287,35 @@ async def test_a_live_orchestrator_keeps_its_sagas(log_factory: LogFactory) -> N
             assert (after.held, after.revision, after.owner) == (None, before.revision, old.owner)
         shop.open.set()
         assert (await old.wait(saga_id)).status is SagaStatus.COMPLETED
+
+
+async def test_an_unknown_fingerprint_is_held_and_visible(log_factory: LogFactory) -> None:
+    """A saga whose fingerprint matches no definition the log knows (its outline was never
+    recorded) is left as it is, held, and says so: nothing of it runs."""
+    shop = Shop()
+    now = time.time()
+    async with log_factory() as log:
+        await log.create(
+            SagaRecord(
+                saga_id="stranger",
+                name="order",
+                version=1,
+                status=SagaStatus.COMPENSATING,
+                data=Order().model_dump_json(),
+                owner="gone",
+                created_at=now,
+                updated_at=now,
+                fingerprint="0123456789abcdef",
+            ),
+            [LogEntry(EntryKind.SAGA_STARTED, at=now, owner="gone")],
+        )
+    async with Orchestrator(sagas=[original(shop)], log=log_factory()) as orch:
+        record = await orch.get("stranger")
+        assert record.status is SagaStatus.COMPENSATING
+        assert (record.owner, record.steps, record.revision) == ("gone", {}, 1)
+        assert record.held is not None
+        assert "is not recorded in this log" in record.held
+        (found,) = [v for v in await orch.log.versions() if v.fingerprint == "0123456789abcdef"]
+        assert (found.held, found.definition) == (1, None)
+    assert shop.done == Counter()
+    assert shop.undone == Counter()

@@ -213,7 +213,6 @@ class Orchestrator:
         self._quarantined: set[str] = set()
         self._abandoned: set[str] = set()  # stopped driving them; their release failed
         self._unknown: set[tuple[str, int]] = set()
-        self._held_logged: set[tuple[str, int, str]] = set()
         self._idle = anyio.Event()
         self._idle.set()
 

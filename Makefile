@@ -1,10 +1,17 @@
 # Two entry points, each sets itself up: `make demo` and `make test`.
-# The virtualenv is (re)built when it is missing or when pyproject.toml changed since the last install.
+# Each has its own virtualenv, (re)built when it is missing or when pyproject.toml changed since
+# the last install: `make demo` installs the library and what the demo needs (the `examples`
+# extra) into .venv-demo; `make test` and the other targets install the developer tools (the
+# `dev` extra) into .venv.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_VENV := .venv-demo
+DEMO_STAMP := $(DEMO_VENV)/.installed
+# Options for the demo, as in `make demo DEMO_ARGS="--style orchestrated --fresh"`.
+DEMO_ARGS ?=
 
 .PHONY: demo test lint typecheck docs bench bench-brokers bench-postgres bench-scale clean
 
@@ -14,8 +21,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/python -m examples.ecommerce
+$(DEMO_STAMP): pyproject.toml
+	@test -x $(DEMO_VENV)/bin/python || $(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install --quiet -e '.[examples]'
+	@touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(DEMO_VENV)/bin/python -m examples.ecommerce $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -43,4 +55,4 @@ bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/scale_out.py
 
 clean:
-	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_VENV) site .pytest_cache .mypy_cache .ruff_cache

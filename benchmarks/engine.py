@@ -24,6 +24,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import gc
+import json
+import os
 import platform
 import pstats
 import sqlite3
@@ -31,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -47,6 +51,16 @@ AIM_ONE_AT_A_TIME = 600
 """SQLite (synchronous=normal), success path, one saga at a time: sagas/s we aim at or above."""
 AIM_IN_FLIGHT = 4_000
 """The same with 100 sagas in flight."""
+AIM_MEMORY = 60_000
+"""The in-memory log, success path, one saga at a time: the engine's own cost."""
+AIM_FULL = 700
+"""SQLite synchronous=full (survives power loss), success path, one saga at a time."""
+AIM_FULL_VS_JSONL = 0.70
+"""...and at least this share of a hand-written fsync'd JSON-lines log in the same run."""
+AIM_FULL_IN_FLIGHT = 5_000
+"""SQLite synchronous=full, success path, 100 in flight."""
+AIM_BYTES_PER_WAITING_SAGA = 2_048
+"""Memory an orchestrator holds per saga in flight that waits on a slow step."""
 
 
 # -- the saga under test -------------------------------------------------------------------------
@@ -115,6 +129,56 @@ async def floor(order: Order) -> SagaStatus:
     return SagaStatus.COMPLETED
 
 
+class JsonLinesLog:
+    """The durable floor: the same saga written by hand to an append-only JSON-lines file,
+    fsync'd before each step runs (its intent) and after the last one (the outcome), as a
+    careful hand-written saga would: the same four durable writes per saga as pysaga's log,
+    with no recovery, no leases, no revisions and no inspection."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = path.open("ab", buffering=0)
+
+    def write(self, record: dict[str, object]) -> None:
+        self.file.write(json.dumps(record, separators=(",", ":")).encode() + b"\n")
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def durable_floor(log: JsonLinesLog) -> Callable[[Order], Awaitable[SagaStatus]]:
+    """The saga, hand-written, with an fsync'd JSON line before each step and at the end."""
+
+    async def run(order: Order) -> SagaStatus:
+        saga_id = str(uuid.uuid4())
+
+        def ctx(step: str, *, compensating: bool = False) -> StepContext:
+            return StepContext(saga_id, "bench", step, 1, f"{saga_id}/{step}", compensating)
+
+        log.write({"saga": saga_id, "started": order.model_dump(), "intent": "create"})
+        undo: list[tuple[Callable[[Order, StepContext], Awaitable[None]], str]] = []
+        try:
+            await create(order, ctx("create"))
+            undo.append((cancel, "create"))
+            log.write({"saga": saga_id, "done": "create", "intent": "reserve"})
+            order = await reserve(order, ctx("reserve"))
+            undo.append((release, "reserve"))
+            log.write(
+                {"saga": saga_id, "done": "reserve", "data": order.model_dump(), "intent": "pay"}
+            )
+            await pay(order, ctx("pay"))
+        except BusinessError as exc:
+            log.write({"saga": saga_id, "failed": "pay", "reason": str(exc)})
+            for compensation, step in reversed(undo):
+                await compensation(order, ctx(step, compensating=True))
+                log.write({"saga": saga_id, "undone": step})
+            return SagaStatus.COMPENSATED
+        log.write({"saga": saga_id, "done": "pay", "status": "completed"})
+        return SagaStatus.COMPLETED
+
+    return run
+
+
 # -- the contenders ------------------------------------------------------------------------------
 
 
@@ -123,13 +187,22 @@ class Contender:
     """One way to run the saga."""
 
     name: str
-    log: str | None  # None: the hand-written floor; "memory"; or "normal"/"full" for SQLite
+    log: str | None
+    """None: the hand-written floor; "jsonl": the hand-written durable floor; "memory"; or
+    "normal"/"full" for SQLite."""
 
     @contextlib.asynccontextmanager
     async def open(self, workdir: Path) -> AsyncIterator[Runner]:
         """Yield a runner with a fresh saga log (a new file, for SQLite)."""
         if self.log is None:
             yield Runner(floor)
+            return
+        if self.log == "jsonl":
+            jsonl = JsonLinesLog(workdir / f"{uuid.uuid4().hex}.jsonl")
+            try:
+                yield Runner(durable_floor(jsonl))
+            finally:
+                jsonl.close()
             return
         if self.log == "memory":
             async with Orchestrator(sagas=[bench], log="memory://") as orchestrator:
@@ -164,6 +237,7 @@ def _driver(orchestrator: Orchestrator) -> Callable[[Order], Awaitable[SagaStatu
 
 CONTENDERS = (
     Contender("hand-written floor", None),
+    Contender("hand-written fsync'd JSON lines", "jsonl"),
     Contender("pysaga memory", "memory"),
     Contender("pysaga sqlite normal", "normal"),
     Contender("pysaga sqlite full", "full"),
@@ -298,6 +372,16 @@ async def benchmark(args: argparse.Namespace, workdir: Path) -> None:
             rates.append(raw_sqlite_rate(path, synchronous, args.duration / 2))
         print(f"  run {number + 1}/{args.runs} done", file=sys.stderr)
     report(args, cells, {k: statistics.median(v) for k, v in ceilings.items()})
+    report_aims(args, cells)
+    if args.waiting:
+        for log in ("sqlite", "memory"):
+            per_saga = await held_per_waiting_saga(workdir, args.waiting, log)
+            print(
+                f"  memory per in-flight saga waiting on a slow step ({args.waiting:,} in flight, "
+                f"{log} log, tracemalloc): {per_saga:,.0f} bytes vs <= "
+                f"{AIM_BYTES_PER_WAITING_SAGA:,} "
+                f"({'met' if per_saga <= AIM_BYTES_PER_WAITING_SAGA else 'MISSED'})"
+            )
 
 
 # -- reporting -----------------------------------------------------------------------------------
@@ -369,6 +453,68 @@ def report(args: argparse.Namespace, cells: list[Cell], ceilings: dict[str, floa
         f"{args.in_flight} in flight {many.rate:,.0f} sagas/s vs >= {AIM_IN_FLIGHT:,} "
         f"(aim set for 100): {_verdict(many.rate, AIM_IN_FLIGHT)}"
     )
+
+
+def report_aims(args: argparse.Namespace, cells: list[Cell]) -> None:
+    """The kernel's aims: the engine's own cost, and durability at a fair price."""
+
+    def cell(contender: str | None, in_flight: int) -> Cell:
+        return next(
+            c
+            for c in cells
+            if c.contender.log == contender and c.path == "success" and c.in_flight == in_flight
+        )
+
+    memory, full, jsonl = cell("memory", 1), cell("full", 1), cell("jsonl", 1)
+    full_many = cell("full", args.in_flight)
+    floor = cell(None, 1)
+    print(
+        f"\nAims (success path): memory:// one at a time {memory.rate:,.0f} sagas/s "
+        f"({1e6 / memory.rate:.1f} us/saga; the hand-written floor {1e6 / floor.rate:.1f} us) vs "
+        f">= {AIM_MEMORY:,}: {_verdict(memory.rate, AIM_MEMORY)}"
+    )
+    print(
+        f"  SQLite synchronous=full one at a time {full.rate:,.0f} sagas/s vs >= {AIM_FULL:,}: "
+        f"{_verdict(full.rate, AIM_FULL)}; vs the fsync'd JSON-lines floor {jsonl.rate:,.0f} "
+        f"sagas/s: {full.rate / jsonl.rate:.0%} (aim >= {AIM_FULL_VS_JSONL:.0%})"
+    )
+    print(
+        f"  SQLite synchronous=full {args.in_flight} in flight {full_many.rate:,.0f} sagas/s vs "
+        f">= {AIM_FULL_IN_FLIGHT:,} (aim set for 100): "
+        f"{_verdict(full_many.rate, AIM_FULL_IN_FLIGHT)}"
+    )
+
+
+async def held_per_waiting_saga(workdir: Path, sagas: int, log: str) -> float:
+    """Bytes the process holds per saga in flight whose first step waits (tracemalloc).
+
+    *sagas* are started on one orchestrator and left waiting on their first step; what was
+    allocated since before the first start, and is still held, is divided among them. On
+    ``memory`` the log's own copy of each record is counted too; on SQLite the state is in
+    the file and what is counted is the orchestrator's.
+    """
+    gate = anyio.Event()
+    waiting = Saga("waiting", Order)
+
+    @waiting.step
+    async def slow(order: Order) -> None:
+        await gate.wait()
+
+    url = "memory://" if log == "memory" else f"sqlite:///{workdir / uuid.uuid4().hex}.db"
+    async with Orchestrator(sagas=[waiting], log=url, drain_timeout=30) as orchestrator:
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        ids = [await orchestrator.start(waiting, Order(order_id=n)) for n in range(sagas)]
+        await anyio.sleep(0.5)  # every saga reaches its step
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        held = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+        gate.set()
+        for saga_id in ids:
+            await orchestrator.wait(saga_id)
+    return held / sagas
 
 
 def _verdict(rate: float, aim: float) -> str:
@@ -445,6 +591,12 @@ def main(argv: list[str] | None = None) -> None:
         help="instead: profile one saga at a time on this log (normal/full: SQLite)",
     )
     parser.add_argument("--path", choices=("success", "compensation"), default="success")
+    parser.add_argument(
+        "--waiting",
+        type=int,
+        default=10_000,
+        help="sagas left waiting on a slow step to measure memory per saga (0: skip)",
+    )
     parser.add_argument("--top", type=int, default=25, help="functions shown by --profile")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="pysaga-bench-") as workdir:

@@ -1,6 +1,6 @@
-"""The place-order saga of ``remote_steps.py``, as separate processes: a stock service and a
-payments service, each keeping its data in PostgreSQL, and orchestrators that share one
-PostgreSQL saga log, all over RabbitMQ.
+"""The place-order saga of ``remote_steps.py`` (its messages and declaration, copied
+unchanged), as separate processes: a stock service and a payments service, each keeping its
+data in PostgreSQL, and orchestrators that share one PostgreSQL saga log, all over RabbitMQ.
 
     python going_distributed.py setup        BROKER DATABASE     (once: the services' tables)
     python going_distributed.py stock        BROKER DATABASE
@@ -13,6 +13,7 @@ first three run until stopped (Ctrl-C); ``place`` places three orders and prints
 of them.
 """
 
+# --8<-- [start:imports]
 from __future__ import annotations
 
 import sys
@@ -20,17 +21,80 @@ from decimal import Decimal
 
 import anyio
 import asyncpg
-from remote_steps import (
-    CardCharged,
-    ChargeCard,
-    Order,
-    ReleaseStock,
-    ReserveStock,
-    StockReserved,
-    place_order,
-)
+from pydantic import BaseModel
 
-from pysaga import BusinessError, HandlerContext, Orchestrator, Participant
+from pysaga import BusinessError, HandlerContext, Orchestrator, Participant, Saga
+
+# --8<-- [end:imports]
+
+
+# --8<-- [start:messages]
+class Order(BaseModel):
+    """The saga's data."""
+
+    order_id: str
+    sku: str
+    qty: int
+    amount: Decimal
+    reservation_id: str | None = None
+    payment_id: str | None = None
+
+
+class ReserveStock(BaseModel):
+    """Command to the stock service."""
+
+    order_id: str
+    sku: str
+    qty: int
+
+
+class StockReserved(BaseModel):
+    """Its reply."""
+
+    reservation_id: str
+
+
+class ReleaseStock(BaseModel):
+    """Undoes a reservation."""
+
+    order_id: str
+
+
+class ChargeCard(BaseModel):
+    """Command to the payments service."""
+
+    order_id: str
+    amount: Decimal
+
+
+class CardCharged(BaseModel):
+    """Its reply."""
+
+    payment_id: str
+
+
+# --8<-- [end:messages]
+
+
+# --8<-- [start:saga]
+place_order = Saga("place-order", Order)
+
+place_order.remote(
+    "reserve_stock",
+    service="stock",
+    command=ReserveStock,  # built from Order's fields of the same names
+    reply=StockReserved,  # its reservation_id is copied into Order
+    compensation=ReleaseStock,
+    timeout=5,
+)
+place_order.remote(
+    "charge_card",
+    service="payments",
+    command=ChargeCard,
+    reply=CardCharged,
+    pivot=True,
+)
+# --8<-- [end:saga]
 
 
 # --8<-- [start:stock]
@@ -68,6 +132,7 @@ def stock_service(broker: str, database: str) -> Participant:
 # --8<-- [end:stock]
 
 
+# --8<-- [start:payments]
 def payments_service(broker: str, database: str) -> Participant:
     """The payments service: every charge is a row in its own table."""
     payments = Participant("payments", broker=broker, inbox=database)
@@ -84,6 +149,10 @@ def payments_service(broker: str, database: str) -> Participant:
     return payments
 
 
+# --8<-- [end:payments]
+
+
+# --8<-- [start:setup]
 TABLES = """
 CREATE TABLE IF NOT EXISTS levels (sku text PRIMARY KEY, qty integer NOT NULL);
 CREATE TABLE IF NOT EXISTS reservations (key text PRIMARY KEY, sku text, qty integer);
@@ -105,6 +174,9 @@ async def serve(service: Participant) -> None:
     async with service:
         print(f"{service.service} ready", flush=True)
         await anyio.sleep_forever()
+
+
+# --8<-- [end:setup]
 
 
 # --8<-- [start:orchestrator]
@@ -135,6 +207,7 @@ async def place(broker: str, database: str) -> None:
 # --8<-- [end:place]
 
 
+# --8<-- [start:main]
 def main(argv: list[str]) -> None:
     role, broker, database = argv
     if role == "setup":
@@ -153,3 +226,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    # --8<-- [end:main]

@@ -56,7 +56,7 @@ async def main(log: str = "sqlite:///shop.db") -> None:
         # the refund gives up while the bank is down: the saga ends FAILED
         Bank.up = False
         failed = await orch.run(ship_order, Order(order_id="o-1", amount=5000), saga_id="o-1")
-        print(failed.status.value, "-", failed.failure)
+        print(failed.status.value, "-", failed.compensation_failure)  # what it is stuck on
 
         # --8<-- [start:retry]
         Bank.up = True  # the cause is fixed first: the retry runs the same code

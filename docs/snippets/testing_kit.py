@@ -12,7 +12,7 @@ from typing import Any
 
 import anyio
 import pytest
-from first_saga import Trip, book_trip, flights, hotels
+from first_saga import Trip, book_flight, book_trip, flights, hotels
 from remote_steps import (
     ChargeCard,
     Order,
@@ -165,3 +165,21 @@ async def test_a_saga_can_be_caught_halfway(saga_world: SagaWorld) -> None:
     assert record.status is SagaStatus.RUNNING
     assert record.steps["hold_flight"].status is StepStatus.SUCCEEDED
     # --8<-- [end:waiting]
+
+
+# --8<-- [start:unit]
+async def test_booking_a_flight_twice_with_one_key_books_once() -> None:
+    ctx = StepContext(
+        saga_id="s-1",
+        saga_name="book-trip",
+        step="book_flight",
+        attempt=1,
+        idempotency_key="s-1/book_flight",
+    )
+    first = await book_flight(trip(), ctx)  # a step is still a plain async function
+    again = await book_flight(trip(), ctx)
+
+    assert first.flight is not None
+    assert first.flight == again.flight
+    assert flights.bookings["s-1/book_flight"] == first.flight
+    # --8<-- [end:unit]

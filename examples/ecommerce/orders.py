@@ -90,6 +90,11 @@ class OrderService:
         rows = await self.db.fetchall("SELECT status FROM orders WHERE order_id = $1", order_id)
         return str(rows[0][0]) if rows else None
 
+    async def placed(self) -> list[Order]:
+        """Every order the service took, as it was placed, by id."""
+        rows = await self.db.fetchall("SELECT placed FROM orders ORDER BY order_id")
+        return [Order.model_validate_json(placed) for (placed,) in rows]
+
     async def pending(self) -> list[Order]:
         """Orders still pending (their sagas have not ended)."""
         rows = await self.db.fetchall(

@@ -21,7 +21,7 @@ import anyio
 from pysaga import ChoreographyObserver, Envelope, Orchestrator, SagaStatus
 from pysaga.brokers.memory import MemoryBroker
 
-from .app import ShopApp, Style
+from .app import ShopApp, Style, take_order
 from .database import open_database
 from .flows import place_order, purchase
 from .messages import UPDATES, OrderLine
@@ -44,6 +44,7 @@ __all__ = (
     "CATALOG",
     "CUSTOMERS",
     "DATA_FILES",
+    "LEASE",
     "Audit",
     "Basket",
     "Shop",
@@ -190,16 +191,21 @@ async def open_shop(
             broker = await connect("orders")  # the application layer's, in the order service
             # The read side first, so that it hears every update from the first one on.
             await stack.enter_async_context(Projection(read_model, await connect("read-model")))
-            opening = await stock.restock({sku: units for sku, (_, units) in CATALOG.items()})
-            for level in opening:
-                envelope = Envelope.of(level, id=f"restock-{level.sku}-{level.version}")
-                await broker.publish(UPDATES, envelope)
+            reopened = bool(await stock.levels())
+            if reopened:  # a shop that ran here before: keep its shelves and accounts
+                shelves = await stock.levels()
+                await _resync(broker, orders, stock)
+            else:
+                opening = await stock.restock({s: units for s, (_, units) in CATALOG.items()})
+                for level in opening:
+                    envelope = Envelope.of(level, id=f"restock-{level.sku}-{level.version}")
+                    await broker.publish(UPDATES, envelope)
+                shelves = {level.sku: level.on_hand for level in opening}
+                await payments.open_accounts(CUSTOMERS)
             # The shop opens once its read side knows the shelves: a first query answers them.
-            shelves = {level.sku: level.on_hand for level in opening}
             with anyio.fail_after(10):
                 while read_model.stock_levels() != shelves:  # noqa: ASYNC110
                     await anyio.sleep(0.005)
-            await payments.open_accounts(CUSTOMERS)
             for participant in (
                 order_participant(
                     orders, broker=await connect("orders"), tracer_provider=traced("orders")
@@ -219,6 +225,9 @@ async def open_shop(
                     log=saga_log,
                     broker=await connect("orchestrator"),
                     tracer_provider=traced("orchestrator"),
+                    # The sagas' one orchestrator is this process: after a crash, the next
+                    # run takes over the sagas its lease held within two seconds.
+                    lease=LEASE,
                 )
                 await stack.enter_async_context(orchestrator)
                 log = orchestrator.log
@@ -238,10 +247,47 @@ async def open_shop(
                 orchestrator=orchestrator,
             )
             if style == "choreographed":
-                await app.resend_pending()
+                await _replay_unfinished(broker, orders, log)
             yield Shop(app, orders, stock, payments, read_model, log, broker)
     finally:
         read_model.close()
+
+
+LEASE = 2.0
+"""Seconds an orchestrated saga of the one-process shop stays claimed without a renewal."""
+
+
+async def _resync(broker: MemoryBroker, orders: OrderService, stock: StockService) -> None:
+    """Tell the read model where every order and every article stands now.
+
+    A process killed a moment after a service changed its data may not have delivered the
+    update: the in-memory broker lost it. The projection keeps the newest state only, so
+    hearing one again changes nothing."""
+    for level in await stock.updates():
+        envelope = Envelope.of(level, id=f"resync-{level.sku}-{level.version}")
+        await broker.publish(UPDATES, envelope)
+    for order in await orders.placed():
+        update = await orders.create(order)  # taken already: its update, as it is now
+        await broker.publish(UPDATES, Envelope.of(update, id=f"resync-{order.order_id}"))
+
+
+async def _replay_unfinished(broker: MemoryBroker, orders: OrderService, log: SagaLog) -> int:
+    """Choreographed: start again the flow of every order whose saga has not ended; return
+    how many.
+
+    A process killed mid-flow loses the events the in-memory broker held. Every service
+    answers an event it handled before as it did then (the reservation, the payment and the
+    order's status are keyed by the order id), and the replayed events carry the ids of the
+    first ones: the flow takes the path it took, up to where it stopped, and goes on from
+    there; the observer records nothing twice. The pending order is its own outbox."""
+    unfinished = []
+    for order in await orders.placed():
+        record = await log.get(order.order_id)
+        if record is None or not record.status.is_terminal:
+            unfinished.append(order)
+    for order in unfinished:
+        await take_order(broker, orders, order)
+    return len(unfinished)
 
 
 def outcome(record: SagaRecord) -> str:

@@ -59,7 +59,8 @@ class StockService:
         CREATE TABLE IF NOT EXISTS reservations (
             order_id TEXT PRIMARY KEY,
             items    TEXT NOT NULL,  -- JSON: {sku: qty}
-            state    TEXT NOT NULL   -- 'held' or 'released'
+            state    TEXT NOT NULL,  -- 'held', 'released', 'refused' or 'cancelled'
+            reason   TEXT NOT NULL DEFAULT ''  -- why it was refused
         );
     """
 
@@ -80,40 +81,45 @@ class StockService:
     async def reserve(self, order: Order, ctx: HandlerContext | None = None) -> list[StockUpdated]:
         """Hold the units of every line of *order*, or none of them; return the new levels.
 
+        Asked again for the same order, it gives the same answer as the first time, whatever
+        the shelves hold now: the order was reserved (even if released since), or refused
+        for the same reason. So a flow replayed after a crash takes the path it took before.
+
         Raises:
-            OutOfStock: an article has fewer units left than wanted.
+            OutOfStock: an article has fewer units left than wanted (the refusal is
+                recorded, and given again to a repeat), or the reservation was cancelled
+                before it arrived.
         """
         wanted = order.items
+        refusal = None
         async with self.db.transaction(ctx) as tx:
             found = await tx.fetchone(
-                "SELECT state FROM reservations WHERE order_id = $1", order.order_id
+                "SELECT state, reason FROM reservations WHERE order_id = $1", order.order_id
             )
             if found is None:
-                for sku, qty in sorted(wanted.items()):  # one order of locks: no deadlock
-                    taken = await tx.fetchone(
-                        "UPDATE stock SET on_hand = on_hand - $1, version = version + 1 "
-                        "WHERE sku = $2 AND on_hand >= $1 RETURNING on_hand",
-                        qty,
-                        sku,
-                    )
-                    if taken is None:  # the transaction is undone: nothing is held
-                        row = await tx.fetchone("SELECT on_hand FROM stock WHERE sku = $1", sku)
-                        left = row[0] if row else 0
-                        raise OutOfStock(f"out of stock: {sku} ({left} left, {qty} wanted)")
+                refusal = await _take(tx, wanted)
                 await tx.execute(
-                    "INSERT INTO reservations (order_id, items, state) VALUES ($1, $2, 'held')",
+                    "INSERT INTO reservations (order_id, items, state, reason) "
+                    "VALUES ($1, $2, $3, $4)",
                     order.order_id,
                     json.dumps(wanted),
+                    "held" if refusal is None else "refused",
+                    refusal or "",
                 )
-            elif found[0] == "released":  # undone before it arrived: never hold it now
-                raise OutOfStock("the reservation was cancelled")
-            return await _levels(tx, wanted)
+            elif found[0] == "refused":
+                refusal = found[1]
+            elif found[0] == "cancelled":  # undone before it arrived: never hold it now
+                refusal = "the reservation was cancelled"
+            levels = await _levels(tx, wanted) if refusal is None else []
+        if refusal is not None:
+            raise OutOfStock(refusal)
+        return levels
 
     async def release(self, order_id: str, ctx: HandlerContext | None = None) -> list[StockUpdated]:
         """Put the units held for *order_id* back on the shelf; return the new levels.
 
         Safe to call twice, and safe to call when nothing was reserved: it then leaves a
-        ``released`` marker, so that a late reservation for the order is refused.
+        ``cancelled`` marker, so that a late reservation for the order is refused.
         """
         async with self.db.transaction(ctx) as tx:
             found = await tx.fetchone(
@@ -122,7 +128,7 @@ class StockService:
             if found is None:
                 await tx.execute(
                     "INSERT INTO reservations (order_id, items, state) "
-                    "VALUES ($1, '{}', 'released')",
+                    "VALUES ($1, '{}', 'cancelled')",
                     order_id,
                 )
                 return []
@@ -144,6 +150,11 @@ class StockService:
         """Units on the shelf, by article."""
         return dict(await self.db.fetchall("SELECT sku, on_hand FROM stock ORDER BY sku"))
 
+    async def updates(self) -> list[StockUpdated]:
+        """Every article's level now, with its version, as the read model hears it."""
+        rows = await self.db.fetchall("SELECT sku, on_hand, version FROM stock ORDER BY sku")
+        return [StockUpdated(sku=sku, on_hand=n, version=version) for sku, n, version in rows]
+
     async def held(self) -> Counter[str]:
         """Units held by reservations that were not released, by article."""
         held = Counter[str]()
@@ -152,6 +163,30 @@ class StockService:
         ):
             held.update(json.loads(items))
         return held
+
+
+async def _take(tx: Transaction, wanted: Mapping[str, int]) -> str | None:
+    """Take *wanted* off the shelves, all or nothing; return why not, or ``None`` if taken."""
+    taken: list[tuple[str, int]] = []
+    for sku, qty in sorted(wanted.items()):  # one order of locks: no deadlock
+        row = await tx.fetchone(
+            "UPDATE stock SET on_hand = on_hand - $1, version = version + 1 "
+            "WHERE sku = $2 AND on_hand >= $1 RETURNING on_hand",
+            qty,
+            sku,
+        )
+        if row is None:
+            row = await tx.fetchone("SELECT on_hand FROM stock WHERE sku = $1", sku)
+            left = row[0] if row else 0
+            for back, units in taken:  # put back what this order took: none of it is held
+                await tx.execute(
+                    "UPDATE stock SET on_hand = on_hand + $1, version = version + 1 WHERE sku = $2",
+                    units,
+                    back,
+                )
+            return f"out of stock: {sku} ({left} left, {qty} wanted)"
+        taken.append((sku, qty))
+    return None
 
 
 async def _levels(tx: Transaction, skus: Mapping[str, int]) -> list[StockUpdated]:

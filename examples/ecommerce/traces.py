@@ -44,10 +44,21 @@ class InMemoryTracing:
         return self.exporter.get_finished_spans()
 
 
-def trace_tree(spans: tuple[ReadableSpan, ...], saga_id: str) -> list[str]:
+PLUMBING = ("OrderUpdated", "StockUpdated", "pysaga.done")
+"""Messages left out of the short tree: the read model's updates and plain acknowledgements."""
+
+QUIET = ("observer", "read-model")
+"""Services left out of the short tree: they only listen."""
+
+
+def trace_tree(spans: tuple[ReadableSpan, ...], saga_id: str, *, full: bool = True) -> list[str]:
     """The lines of the tree of the trace that saga *saga_id* started: a span's children in
-    the order they started, except deliveries of one message to several services, which
-    happen at the same time and are listed by service."""
+    the order they started.
+
+    With ``full=False`` the tree is the saga's path only: a message handled by a service
+    shows as its ``handle`` span under the ``send`` that carried it (the ``process`` span
+    between them is left out), and the read model's updates, plain acknowledgements and the
+    spans of services that only listen (the observer, the read model) are left out."""
     mine = [s for s in spans if s.attributes and s.attributes.get("saga.id") == saga_id]
     if not mine:
         return []
@@ -60,20 +71,37 @@ def trace_tree(spans: tuple[ReadableSpan, ...], saga_id: str) -> list[str]:
     for span in in_trace:
         parent = span.parent.span_id if span.parent and span.parent.span_id in ids else None
         children.setdefault(parent, []).append(span)
+
+    def service(span: ReadableSpan) -> str:
+        return str(span.resource.attributes.get("service.name", ""))
+
+    def kids(span: ReadableSpan | None) -> list[ReadableSpan]:
+        """The children of *span* (of the trace's roots for ``None``) in the tree drawn."""
+        key = None if span is None else span.context.span_id if span.context else None
+        found = sorted(children.get(key, []), key=lambda s: s.start_time or 0)
+        if full:
+            return found
+        shown: list[ReadableSpan] = []
+        for kid in found:
+            if service(kid) in QUIET or kid.name.split(" ", 1)[-1] in PLUMBING:
+                continue
+            if kid.name.startswith("process "):
+                shown.extend(kids(kid))  # its handle and sends, one level up
+            else:
+                shown.append(kid)
+        return shown
+
     lines: list[str] = []
 
     def draw(span: ReadableSpan, prefix: str, last: bool, root: bool) -> None:
-        label = f"{span.name}  [{span.resource.attributes.get('service.name')}]"
+        label = f"{span.name}  [{service(span)}]"
         lines.append(label if root else f"{prefix}{'└─ ' if last else '├─ '}{label}")
         below = prefix if root else prefix + ("   " if last else "│  ")
-        kids = sorted(
-            children.get(span.context.span_id if span.context else None, []),
-            key=lambda s: s.start_time or 0,
-        )
-        for n, kid in enumerate(kids):
-            draw(kid, below, n == len(kids) - 1, False)
+        shown = kids(span)
+        for n, kid in enumerate(shown):
+            draw(kid, below, n == len(shown) - 1, False)
 
-    for root in sorted(children.get(None, []), key=lambda s: s.start_time or 0):
+    for root in kids(None):
         draw(root, "", True, True)
     return lines
 

@@ -7,13 +7,14 @@ embedded default (a SQLite saga log, no server) or, later, across services.
 from __future__ import annotations
 
 import contextlib as _contextlib
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from ._version import __version__ as __version__
 from .choreography import Choreography as Choreography
-from .choreography import ChoreographyObserver as ChoreographyObserver
 from .choreography import StepEvents as StepEvents
 from .definition import RemoteCall as RemoteCall
-from .definition import Retry as Retry
 from .definition import Saga as Saga
 from .definition import Step as Step
 from .definition import StepContext as StepContext
@@ -25,12 +26,14 @@ from .errors import BusinessError as BusinessError
 from .errors import ConcurrencyError as ConcurrencyError
 from .errors import DeadlineExceeded as DeadlineExceeded
 from .errors import DecodeError as DecodeError
+from .errors import InvalidURLError as InvalidURLError
 from .errors import LeaseLost as LeaseLost
 from .errors import MessagingError as MessagingError
 from .errors import OperatorActionRefused as OperatorActionRefused
 from .errors import PysagaError as PysagaError
 from .errors import RemoteStepError as RemoteStepError
 from .errors import SagaDefinitionError as SagaDefinitionError
+from .errors import SagaIdTaken as SagaIdTaken
 from .errors import SagaNotFoundError as SagaNotFoundError
 from .errors import SagaNotRegisteredError as SagaNotRegisteredError
 from .errors import SchemaVersionError as SchemaVersionError
@@ -40,6 +43,7 @@ from .errors import UnknownMessageType as UnknownMessageType
 from .inspection import Inspector as Inspector
 from .inspection import Timeline as Timeline
 from .inspection import TimelineEvent as TimelineEvent
+from .interceptors import StepCall as StepCall
 from .messaging import Broker as Broker
 from .messaging import DeadLetter as DeadLetter
 from .messaging import Envelope as Envelope
@@ -54,17 +58,31 @@ from .models import SagaUpdate as SagaUpdate
 from .models import SagaVersion as SagaVersion
 from .models import StepState as StepState
 from .models import StepStatus as StepStatus
+from .models import new_saga_id as new_saga_id
 from .operations import Operator as Operator
-from .orchestrator import Orchestrator as Orchestrator
-from .orchestrator import new_saga_id as new_saga_id
-from .participant import HandlerContext as HandlerContext
-from .participant import Participant as Participant
+from .policies import Retry as Retry
 from .protocols import Inbox as Inbox
 from .protocols import InboxRecord as InboxRecord
 from .protocols import InboxTransaction as InboxTransaction
 from .protocols import OutboxMessage as OutboxMessage
 from .protocols import SagaLog as SagaLog
 from .protocols import TransactionalInbox as TransactionalInbox
+
+if _TYPE_CHECKING:
+    from .observer import ChoreographyObserver as ChoreographyObserver
+    from .orchestrator import Orchestrator as Orchestrator
+    from .participant import HandlerContext as HandlerContext
+    from .participant import Participant as Participant
+
+_ON_FIRST_USE = {
+    "ChoreographyObserver": "observer",
+    "HandlerContext": "participant",
+    "Orchestrator": "orchestrator",
+    "Participant": "participant",
+}
+"""The services that run sagas, and what they bring along (the engine, the brokers), load
+when one of their names is first used: declaring a saga or a flow (importing
+``pysaga.definition`` or ``pysaga.choreography``) loads no runtime."""
 
 __all__ = (
     "Broker",
@@ -87,6 +105,7 @@ __all__ = (
     "InboxRecord",
     "InboxTransaction",
     "Inspector",
+    "InvalidURLError",
     "LeaseLost",
     "LogEntry",
     "MessagingError",
@@ -101,6 +120,7 @@ __all__ = (
     "Retry",
     "Saga",
     "SagaDefinitionError",
+    "SagaIdTaken",
     "SagaLog",
     "SagaNotFoundError",
     "SagaNotRegisteredError",
@@ -111,6 +131,7 @@ __all__ = (
     "SagaVersion",
     "SchemaVersionError",
     "Step",
+    "StepCall",
     "StepContext",
     "StepError",
     "StepEvents",
@@ -126,9 +147,29 @@ __all__ = (
     "new_saga_id",
 )
 
-for _name in __all__:
-    _obj = globals()[_name]
-    if not _name.startswith("__") and hasattr(_obj, "__module__"):
+
+def _shown_here(obj: _Any) -> _Any:
+    """*obj*, shown in tracebacks and docs as ``pysaga.X`` rather than ``pysaga.module.X``."""
+    if hasattr(obj, "__module__"):
         with _contextlib.suppress(AttributeError, TypeError):
-            _obj.__module__ = "pysaga"
-del _name, _obj
+            obj.__module__ = "pysaga"
+    return obj
+
+
+def __getattr__(name: str) -> _Any:
+    module = _ON_FIRST_USE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = _shown_here(getattr(_importlib.import_module(f"{__name__}.{module}"), name))
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+for _name in __all__:
+    if not _name.startswith("__") and _name not in _ON_FIRST_USE:
+        _shown_here(globals()[_name])
+del _name

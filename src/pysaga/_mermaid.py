@@ -1,15 +1,27 @@
-"""Drawing a saga definition as a mermaid flowchart (no I/O; used by ``Saga.to_mermaid``),
-and marking one saga's progress on it (used by ``pysaga draw --saga``)."""
+"""Drawing a saga definition or a choreography as a mermaid flowchart (no I/O; used by
+``Saga.to_mermaid`` and ``Choreography.to_mermaid``), and marking one saga's progress on it
+(used by ``pysaga draw --saga``)."""
 
 from __future__ import annotations
 
 import itertools
 from typing import TYPE_CHECKING, Any
 
+from .messaging import message_type
+from .models import SagaStatus, StepStatus
+
 if TYPE_CHECKING:
     from .choreography import Choreography
     from .definition import Saga, Step
     from .models import SagaRecord
+
+__all__ = (
+    "PROGRESS_CLASSES",
+    "choreography_to_mermaid",
+    "mark_progress",
+    "progress_of",
+    "saga_to_mermaid",
+)
 
 
 def _node_id(prefix: str, index: int) -> str:
@@ -17,14 +29,14 @@ def _node_id(prefix: str, index: int) -> str:
 
 
 def _shape(step: Step[Any]) -> str:
-    from .definition import StepKind
-
+    # step.kind is a StepKind, a string enum; compared by value so that drawing needs no
+    # runtime import of the declaration module (which imports this one to draw)
     label = step.name.replace('"', "'")
     if step.remote is not None:
         label += f" @ {step.remote.service}"
-    if step.kind is StepKind.PIVOT:
+    if step.kind == "pivot":
         return f'{{{{"{label} (pivot)"}}}}'
-    if step.kind is StepKind.RETRIABLE:
+    if step.kind == "retriable":
         return f'("{label} (retriable)")'
     return f'["{label}"]'
 
@@ -98,8 +110,6 @@ def progress_of(saga: Saga[Any], record: SagaRecord) -> dict[str, str]:
     """Each node of *saga*'s chart that *record* (a saga of that definition) has a state
     for, and its class: ``done``, ``running``, ``failed``, ``compensated`` or ``pending``
     (still to come). Steps are ``s<i>``, compensations ``c<i>``."""
-    from .models import SagaStatus, StepStatus
-
     active = not record.status.is_terminal
     marks: dict[str, str] = {}
     for step in saga.steps:
@@ -136,7 +146,12 @@ def progress_of(saga: Saga[Any], record: SagaRecord) -> dict[str, str]:
 def mark_progress(chart: str, saga: Saga[Any], record: SagaRecord) -> str:
     """Add ``classDef`` and ``class`` lines to *chart* (:func:`saga_to_mermaid`'s output for
     *saga*) that show how far the saga *record* got."""
-    marks = progress_of(saga, record)
+    return mark_nodes(chart, progress_of(saga, record))
+
+
+def mark_nodes(chart: str, marks: dict[str, str]) -> str:
+    """Add ``classDef`` and ``class`` lines to *chart* that give each node of *marks* its
+    class (one of :data:`PROGRESS_CLASSES`)."""
     lines = [chart.rstrip("\n"), *_CLASS_DEFS]
     for name in PROGRESS_CLASSES:
         nodes = [node for node, mark in marks.items() if mark == name]
@@ -153,7 +168,54 @@ def choreography_to_mermaid(flow: Choreography) -> str:
     through the ``compensated`` events of the steps done before it, latest first, to the
     compensating end.
     """
-    from .messaging import message_type
+    return _choreography_chart(flow)[0]
+
+
+def choreography_progress_of(flow: Choreography, record: SagaRecord) -> dict[str, str]:
+    """Each event node of *flow*'s chart that *record* (a saga of that flow, as the
+    choreography observer records it) has a state for, and its class: the starting event is
+    ``done``; a step's ``done`` events are ``done`` once it succeeded (``pending`` before it
+    started, ``running`` while it is under way), its ``failed`` events ``failed`` if it
+    failed, its ``compensated`` events ``compensated`` once undone; the end the saga reached
+    is marked too. Events are ``e<i>``, as in :func:`choreography_to_mermaid`."""
+    from .models import SagaStatus, StepStatus
+
+    ids = _choreography_chart(flow)[1]
+
+    def mark(models: Any, state: str) -> None:
+        for model in models:
+            marks[ids[message_type(model)]] = state
+
+    marks: dict[str, str] = {}
+    mark([flow.starts], "done")
+    for step, events in flow.steps.items():
+        state = record.steps.get(step)
+        if state is None:
+            mark(events.done, "pending")
+        elif state.status is StepStatus.SUCCEEDED:
+            mark(events.done, "done")
+        elif state.status is StepStatus.FAILED:
+            mark(events.failed, "failed")
+        elif state.status is StepStatus.COMPENSATED:
+            mark(events.done, "done")
+            mark(events.compensated, "compensated")
+        elif state.status is StepStatus.COMPENSATION_FAILED:
+            mark(events.done, "done")
+            mark(events.compensated, "failed")
+        else:  # started, or compensating: under way
+            mark(
+                events.compensated if state.status is StepStatus.COMPENSATING else events.done,
+                "running",
+            )
+    if record.status is SagaStatus.COMPLETED:
+        mark(flow.completes, "done")
+    elif record.status is SagaStatus.COMPENSATED:
+        mark(flow.compensates, "compensated")
+    return marks
+
+
+def _choreography_chart(flow: Choreography) -> tuple[str, dict[str, str]]:
+    """The chart of *flow*, and the node id of each of its event types."""
 
     ids: dict[str, str] = {}
     lines = ["flowchart LR"]
@@ -203,4 +265,4 @@ def choreography_to_mermaid(flow: Choreography) -> str:
     if first_undo is not None:
         for target in ends_compensated:
             lines.append(f"    {first_undo} -.-> {target}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", ids

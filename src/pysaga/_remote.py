@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from .definition import RemoteCall, StepContext
+    from .interceptors import Invoke
     from .messaging import Broker, Subscription
 
 __all__ = ("Requester",)
@@ -106,6 +107,14 @@ class Requester:
             waiter.users -= 1
             if waiter.users == 0:
                 self._pending.pop(command.id, None)
+
+    def invoker(self, call: RemoteCall, *, compensating: bool) -> Invoke:
+        """A remote step's (or its compensation's) own call, as ``invoke(data, ctx)``."""
+
+        async def invoke(data: BaseModel, ctx: StepContext) -> Any:
+            return await self.call(call, data, ctx, compensating=compensating)
+
+        return invoke
 
     async def call(
         self, call: RemoteCall, data: BaseModel, ctx: StepContext, *, compensating: bool

@@ -1,24 +1,29 @@
 """The ``pysaga`` command: questions about a saga log, and an operator's actions, from a shell.
 
 Every command that uses a log takes it as ``--log URL`` (or the ``PYSAGA_LOG`` environment
-variable). ``list``, ``show``, ``stats``, ``versions`` and ``draw --saga`` only read it, through an
-:class:`~pysaga.Inspector`; ``retry``, ``abort`` and ``resolve`` act on one saga through an
+variable), in the forms every ``log=`` argument takes (see :mod:`pysaga.stores`). ``list``,
+``show``, ``stats``, ``versions`` and ``draw --saga`` only read it, through an
+:class:`~pysaga.Inspector`, and create nothing (no file, no directory, no schema);
+``retry``, ``abort`` and ``resolve`` act on one saga of an existing log through an
 :class:`~pysaga.Operator`::
 
     pysaga list --log sqlite:///sagas.db --status failed
-    pysaga show --log sqlite:///sagas.db 5f0c...
+    pysaga show --log sagas.db 5f0c...
     pysaga stats --log postgresql://app@db/shop?schema=sagas
     pysaga versions --log sqlite:///sagas.db --name place-order
     pysaga retry --log sqlite:///sagas.db 5f0c... --reason "warehouse is back"
     pysaga draw shop.sagas:place_order [--saga 5f0c... --log sqlite:///sagas.db]
 
-``--json`` (before or after the command) prints machine-readable JSON instead of text.
+``--json`` (before or after the command) prints machine-readable JSON instead of text. On a
+terminal, tables fit its width (``list --wide`` prints every field in full) and statuses are
+coloured (unless ``NO_COLOR`` is set). ``--version`` prints the installed version.
 
-Bad input ends the command with one line on stderr and a non-zero exit status: 2 for a
-usage error (a missing or malformed argument, an unknown log URL scheme), 1 when what was
-asked for cannot be found, opened or done (an unknown saga id, a missing SQLite file, a log
-that cannot be reached, an action the saga's state does not allow, a ``draw`` target that
-cannot be imported or is not a saga).
+Bad input ends the command with one line on stderr, never a traceback, and a non-zero exit
+status: 2 for a usage error (a missing or malformed argument, a malformed log URL), 1 when
+what was asked for cannot be found, opened or done (an unknown saga id, a missing SQLite
+file, a log that cannot be reached or whose extra is not installed, an action the saga's
+state does not allow, a ``draw`` target that cannot be imported or is neither a saga nor a
+choreography).
 """
 
 from __future__ import annotations
@@ -27,35 +32,46 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import sys
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
-from urllib.parse import urlsplit
+from typing import Any, NoReturn, TextIO
 
 import anyio
 
-from ._mermaid import mark_progress, progress_of
+from . import stores
+from ._mermaid import choreography_progress_of, mark_nodes, progress_of
+from ._render import (
+    Style,
+    counts_text,
+    record_json,
+    records_text,
+    timeline_json,
+    timeline_text,
+    version_json,
+    versions_text,
+)
+from ._version import __version__
+from .choreography import Choreography
 from .definition import Saga
-from .errors import OperatorActionRefused, PysagaError, SagaNotFoundError
-from .inspection import Inspector, Timeline
-from .models import SagaRecord, SagaStatus, SagaVersion
+from .errors import InvalidURLError, OperatorActionRefused, PysagaError, SagaNotFoundError
+from .inspection import Inspector
+from .models import SagaStatus
 from .operations import Operator
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 __all__ = ("console_main", "main")
 
 LOG_ENV = "PYSAGA_LOG"
 """The environment variable that gives the saga log URL when ``--log`` is not passed."""
 
+DEBUG_ENV = "PYSAGA_DEBUG"
+"""Set (to anything) to see the traceback of an unexpected error instead of its one line."""
+
 USAGE = 2
 """Exit status for bad usage."""
 NOT_FOUND = 1
-"""Exit status when what was asked for cannot be found or opened."""
-
-_FAILURE_WIDTH = 60
+"""Exit status when what was asked for cannot be found, opened or done."""
+INTERRUPTED = 130
+"""Exit status when the command was interrupted (Ctrl-C)."""
 
 
 class CommandError(Exception):
@@ -108,6 +124,7 @@ def _parser() -> _Parser:
         epilog=f"The saga log URL comes from --log, else from the {LOG_ENV} environment variable.",
     )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--version", action="version", version=f"pysaga {__version__}")
     # given again on each command, so it may come after the command name too
     common = _Parser(add_help=False)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
@@ -157,6 +174,11 @@ def _parser() -> _Parser:
     listing.add_argument(
         "--limit", type=_positive, default=100, metavar="N", help="at most N (default 100)"
     )
+    listing.add_argument(
+        "--wide",
+        action="store_true",
+        help="print every field in full (on a terminal, long fields are cut to fit its width)",
+    )
 
     show = commands.add_parser(
         "show", parents=[common, reads_log], help="one saga's state and timeline"
@@ -187,10 +209,13 @@ def _parser() -> _Parser:
     draw = commands.add_parser(
         "draw",
         parents=[common, reads_log],
-        help="draw a saga definition as a mermaid flowchart, with one saga's progress",
+        help="draw a saga definition or choreography as a mermaid flowchart, with one saga's "
+        "progress",
     )
     draw.add_argument(
-        "target", metavar="MODULE:SAGA", help="a module path and the name of a pysaga.Saga in it"
+        "target",
+        metavar="MODULE:SAGA",
+        help="a module path and the name of a pysaga.Saga or pysaga.Choreography in it",
     )
     draw.add_argument(
         "--saga",
@@ -199,205 +224,6 @@ def _parser() -> _Parser:
         "needs the log",
     )
     return parser
-
-
-# -- formatting ----------------------------------------------------------------------------
-
-
-def _when(at: float | None) -> str:
-    if at is None:
-        return "-"
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _short(text: str, width: int = _FAILURE_WIDTH) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    head = "  ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True))
-    return "\n".join(line.rstrip() for line in (head, *lines))
-
-
-def _data(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def record_json(record: SagaRecord) -> dict[str, Any]:
-    """A saga record as a JSON-able dict: statuses as strings, times as epoch seconds.
-
-    Args:
-        record: The record.
-
-    Returns:
-        The record's fields; ``data`` is the saga's data decoded from its JSON text.
-    """
-    return {
-        "saga_id": record.saga_id,
-        "name": record.name,
-        "version": record.version,
-        "status": record.status.value,
-        "data": _data(record.data),
-        "steps": {
-            name: {
-                "status": s.status.value,
-                "attempts": s.attempts,
-                "failures": s.failures,
-                "timeout_at": s.timeout_at,
-                "retry_at": s.retry_at,
-            }
-            for name, s in record.steps.items()
-        },
-        "revision": record.revision,
-        "owner": record.owner,
-        "lease_expires_at": record.lease_expires_at,
-        "deadline_at": record.deadline_at,
-        "created_at": record.created_at,
-        "updated_at": record.updated_at,
-        "failure": None if record.failure is None else record.failure.to_json(),
-        "fingerprint": record.fingerprint,
-        "held": record.held,
-    }
-
-
-def timeline_json(timeline: Timeline) -> dict[str, Any]:
-    """A saga's timeline as a JSON-able dict.
-
-    Args:
-        timeline: The timeline.
-
-    Returns:
-        ``{"record": ..., "duration": seconds, "events": [...]}``, oldest event first.
-    """
-    return {
-        "record": record_json(timeline.record),
-        "duration": timeline.duration,
-        "events": [
-            {
-                "kind": event.kind.value,
-                "step": event.step,
-                "attempt": event.attempt,
-                "at": event.at,
-                "since_previous": event.since_previous,
-                "failure": event.failure,
-                "owner": event.owner,
-            }
-            for event in timeline.events
-        ],
-    }
-
-
-def _records_text(records: Sequence[SagaRecord]) -> str:
-    if not records:
-        return "no sagas"
-    header = ("ID", "NAME", "VERSION", "STATUS", "CREATED", "UPDATED", "OWNER", "FAILURE")
-    rows = [
-        (
-            r.saga_id,
-            r.name,
-            str(r.version),
-            r.status.value + (" (held)" if r.held is not None else ""),
-            _when(r.created_at),
-            _when(r.updated_at),
-            r.owner or "-",
-            "-" if r.failure is None else _short(str(r.failure)),
-        )
-        for r in records
-    ]
-    return _table(header, rows)
-
-
-def _timeline_text(timeline: Timeline) -> str:
-    r = timeline.record
-    lines = [
-        f"saga {r.saga_id}: {r.name} v{r.version}, {r.status.value}",
-        f"  created   {_when(r.created_at)}",
-        f"  updated   {_when(r.updated_at)}",
-        f"  deadline  {_when(r.deadline_at)}",
-        f"  owner     {r.owner or '-'}",
-        f"  defined   fingerprint {r.fingerprint or '- (recorded before fingerprints)'}",
-    ]
-    if r.held is not None:
-        lines.append(f"  held      {r.held}")
-    if r.failure is not None:
-        lines.append(f"  failure   {r.failure}")
-    lines.append(f"  data      {r.data}")
-    if r.steps:
-        lines.append("steps:")
-        rows = [
-            (name, s.status.value, f"attempts {s.attempts}", f"failures {s.failures}")
-            for name, s in r.steps.items()
-        ]
-        lines.extend("  " + line for line in _table(("", "", "", ""), rows).splitlines()[1:])
-    lines.append(f"timeline ({len(timeline.events)} events, {timeline.duration:.3f}s):")
-    for event in timeline.events:
-        step = f" {event.step} #{event.attempt}" if event.step else ""
-        failure = f"  ({event.failure})" if event.failure else ""
-        gap = f"+{event.since_previous:.3f}s"
-        lines.append(f"  {gap:>10}  {event.kind.value}{step}{failure}")
-    return "\n".join(lines)
-
-
-def version_json(found: SagaVersion) -> dict[str, Any]:
-    """One definition's sagas (:meth:`Inspector.versions`) as a JSON-able dict.
-
-    Args:
-        found: The definition's entry.
-
-    Returns:
-        Name, version, fingerprint, a count for every status, the held and total counts,
-        and the definition's steps (``None`` when the log has no record of it).
-    """
-    definition = found.definition
-    return {
-        "name": found.name,
-        "version": found.version,
-        "fingerprint": found.fingerprint,
-        "counts": {status.value: found.counts.get(status, 0) for status in SagaStatus},
-        "held": found.held,
-        "total": found.total,
-        "steps": None if definition is None else definition.outline.get("steps"),
-        "registered_at": None if definition is None else definition.registered_at,
-    }
-
-
-def _outline_text(found: SagaVersion) -> str:
-    if found.definition is None:
-        return "-"
-    steps = found.definition.outline.get("steps") or []
-    return ", ".join(
-        str(step.get("name")) + ("*" if step.get("compensated") else "") for step in steps
-    )
-
-
-def _versions_text(found: Sequence[SagaVersion]) -> str:
-    if not found:
-        return "no sagas"
-    header = (
-        "NAME",
-        "VERSION",
-        "FINGERPRINT",
-        *(status.value.upper() for status in SagaStatus),
-        "HELD",
-        "STEPS (* compensated)",
-    )
-    rows = [
-        (
-            v.name,
-            str(v.version),
-            v.fingerprint or "-",
-            *(str(v.counts.get(status, 0)) for status in SagaStatus),
-            str(v.held),
-            _short(_outline_text(v)),
-        )
-        for v in found
-    ]
-    return _table(header, rows)
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -411,58 +237,46 @@ def _log_url(args: argparse.Namespace) -> str:
             f"{LOG_ENV}",
             USAGE,
         )
-    scheme = urlsplit(url).scheme.lower()
-    if scheme == "sqlite":
-        from .stores.sqlite import parse_url
-
-        try:
-            path = parse_url(url)[0]
-        except ValueError as exc:
-            raise CommandError(str(exc), USAGE) from None
-        if path != ":memory:" and not Path(path).is_file():
-            # opening it would create an empty log: say so instead
-            raise CommandError(
-                f"no saga log at {url}: the file {path!r} does not exist "
-                f"(relative to {os.getcwd()!r}; 'sqlite:////abs/path.db' names an absolute path)"
-            )
-    elif scheme in ("postgresql", "postgres"):
-        from .stores._postgres import parse_url as parse_postgres_url
-
-        try:
-            parse_postgres_url(url)
-        except ValueError as exc:
-            raise CommandError(str(exc), USAGE) from None
+    try:
+        url = stores.check_url(url)
+    except InvalidURLError as exc:
+        raise CommandError(str(exc), USAGE) from None
+    if url.lower().startswith("memory:"):
+        raise CommandError(
+            f"{url!r} is a saga log inside one process, which this command (a process of its "
+            "own) cannot see; give the sqlite:/// or postgresql:// URL the orchestrator uses",
+            USAGE,
+        )
     return url
 
 
-def _inspector(url: str) -> Inspector:
-    try:
-        return Inspector(url)
-    except ValueError as exc:
-        raise CommandError(str(exc), USAGE) from None
-
-
-def _shown(url: str) -> str:
-    """*url* without a password, for messages."""
-    from .stores._postgres import redact
-
-    return redact(url) if urlsplit(url).scheme.lower().startswith("postgres") else url
+def _style(args: argparse.Namespace, stream: TextIO) -> Style:
+    """Fit the terminal and colour statuses when printing to one (``NO_COLOR`` turns colour
+    off); printing to a pipe or a file, or with ``--wide``, nothing is cut and nothing
+    coloured. ``COLUMNS`` sets the width to fit anywhere."""
+    tty = stream.isatty()
+    colour = tty and not os.environ.get("NO_COLOR")
+    if getattr(args, "wide", False):
+        return Style(colour=colour)
+    if os.environ.get("COLUMNS", "").strip().isdigit() or tty:
+        return Style(width=shutil.get_terminal_size().columns, colour=colour)
+    return Style(colour=colour)
 
 
 _DONE = {"retry": "retried", "abort": "aborted", "resolve": "resolved"}
 
 
+def _no_saga(saga_id: str, url: str) -> CommandError:
+    return CommandError(f"no saga with id {saga_id!r} in {stores.redact_url(url)}")
+
+
 async def _act(args: argparse.Namespace, url: str, out: list[str]) -> None:
-    try:
-        operator = Operator(url)
-    except ValueError as exc:
-        raise CommandError(str(exc), USAGE) from None
-    async with operator:
+    async with Operator(url) as operator:
         act = {"retry": operator.retry, "abort": operator.abort, "resolve": operator.resolve}
         try:
             record = await act[args.command](args.saga_id, reason=args.reason, by=args.by)
         except SagaNotFoundError:
-            raise CommandError(f"no saga with id {args.saga_id!r} in {_shown(url)}") from None
+            raise _no_saga(args.saga_id, url) from None
         except OperatorActionRefused as exc:
             raise CommandError(str(exc)) from None
         except ValueError as exc:
@@ -477,23 +291,29 @@ async def _act(args: argparse.Namespace, url: str, out: list[str]) -> None:
         )
 
 
-async def _run_log_command(args: argparse.Namespace, out: list[str]) -> None:
+async def _run_log_command(args: argparse.Namespace, style: Style, out: list[str]) -> None:
     url = _log_url(args)
     if args.command in _DONE:
         await _act(args, url, out)
         return
-    async with _inspector(url) as inspector:
+    if (
+        args.command == "list"
+        and args.stuck is not None
+        and (args.status or args.older_than is not None)
+    ):
+        raise CommandError("list: --stuck cannot be combined with --status or --older-than", USAGE)
+    if args.command == "list" and args.held:
+        if args.stuck is not None:
+            raise CommandError("list: --stuck cannot be combined with --held", USAGE)
+        if args.status or args.older_than is not None:
+            raise CommandError(
+                "list: --held cannot be combined with --status or --older-than", USAGE
+            )
+    async with Inspector(url) as inspector:
         if args.command == "draw":
             await _draw_saga(args, inspector, url, out)
         elif args.command == "list":
             if args.stuck is not None:
-                if args.status or args.older_than is not None:
-                    raise CommandError(
-                        "list: --stuck cannot be combined with --status or --older-than",
-                        USAGE,
-                    )
-                if args.held:
-                    raise CommandError("list: --stuck cannot be combined with --held", USAGE)
                 records = await inspector.stuck(
                     no_progress_for=args.stuck,
                     timer_grace=args.timer_grace,
@@ -501,10 +321,6 @@ async def _run_log_command(args: argparse.Namespace, out: list[str]) -> None:
                     limit=args.limit,
                 )
             elif args.held:
-                if args.status or args.older_than is not None:
-                    raise CommandError(
-                        "list: --held cannot be combined with --status or --older-than", USAGE
-                    )
                 records = await inspector.held(name=args.name, limit=args.limit)
             else:
                 statuses = None if not args.status else [SagaStatus(s) for s in args.status]
@@ -512,31 +328,32 @@ async def _run_log_command(args: argparse.Namespace, out: list[str]) -> None:
                     name=args.name, status=statuses, older_than=args.older_than, limit=args.limit
                 )
             out.append(
-                _dumps([record_json(r) for r in records]) if args.json else _records_text(records)
+                _dumps([record_json(r) for r in records])
+                if args.json
+                else records_text(records, style)
             )
         elif args.command == "show":
             try:
                 timeline = await inspector.timeline(args.saga_id)
             except SagaNotFoundError:
-                raise CommandError(f"no saga with id {args.saga_id!r} in {_shown(url)}") from None
-            out.append(_dumps(timeline_json(timeline)) if args.json else _timeline_text(timeline))
+                raise _no_saga(args.saga_id, url) from None
+            out.append(
+                _dumps(timeline_json(timeline)) if args.json else timeline_text(timeline, style)
+            )
         elif args.command == "versions":
             found = await inspector.versions(name=args.name)
-            out.append(
-                _dumps([version_json(v) for v in found]) if args.json else _versions_text(found)
-            )
+            text = versions_text(found, style)
+            out.append(_dumps([version_json(v) for v in found]) if args.json else text)
         else:  # stats
             counts = await inspector.counts(name=args.name)
             if args.json:
                 out.append(_dumps({status.value: n for status, n in counts.items()}))
             else:
-                rows = [(status.value, str(n)) for status, n in counts.items()]
-                rows.append(("total", str(sum(counts.values()))))
-                out.append(_table(("STATUS", "COUNT"), rows))
+                out.append(counts_text(counts, style))
 
 
-def load_saga(target: str) -> Saga[Any]:
-    """Import ``MODULE:NAME`` and return the saga definition it names.
+def load_saga(target: str) -> Saga[Any] | Choreography:
+    """Import ``MODULE:NAME`` and return the saga definition or choreography it names.
 
     The current directory is put on ``sys.path`` first, so a module next to the caller is
     found. *NAME* may be dotted (``module:holder.saga``).
@@ -545,10 +362,10 @@ def load_saga(target: str) -> Saga[Any]:
         target: A dotted module path and an attribute name, separated by a colon.
 
     Returns:
-        The :class:`~pysaga.Saga`.
+        The :class:`~pysaga.Saga` or :class:`~pysaga.Choreography`.
 
     Raises:
-        CommandError: *target* is malformed, cannot be imported, or is not a saga.
+        CommandError: *target* is malformed, cannot be imported, or is neither.
     """
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
@@ -576,24 +393,27 @@ def load_saga(target: str) -> Saga[Any]:
             raise CommandError(
                 f"{target!r}: {module_name!r} has no attribute {attribute!r}"
             ) from None
-    if not isinstance(obj, Saga):
+    if not isinstance(obj, Saga | Choreography):
         what = f"the class {obj.__name__}" if isinstance(obj, type) else type(obj).__name__
-        raise CommandError(f"{target!r} is {what}, not a pysaga.Saga; name the Saga object")
+        raise CommandError(
+            f"{target!r} is {what}, not a pysaga.Saga or pysaga.Choreography; name the Saga "
+            "or Choreography object"
+        )
     return obj
 
 
-def _chart(args: argparse.Namespace) -> tuple[Saga[Any], str]:
-    saga = load_saga(args.target)
+def _chart(args: argparse.Namespace) -> tuple[Saga[Any] | Choreography, str]:
+    flow = load_saga(args.target)
     try:
-        return saga, saga.to_mermaid()
+        return flow, flow.to_mermaid()
     except PysagaError as exc:
         raise CommandError(f"cannot draw {args.target!r}: {_one_line(exc)}") from None
 
 
 def _draw(args: argparse.Namespace, out: list[str]) -> None:
-    saga, chart = _chart(args)
+    flow, chart = _chart(args)
     if args.json:
-        out.append(_dumps({"name": saga.name, "version": saga.version, "mermaid": chart}))
+        out.append(_dumps({"name": flow.name, "version": flow.version, "mermaid": chart}))
     else:
         out.append(chart.rstrip("\n"))
 
@@ -601,25 +421,30 @@ def _draw(args: argparse.Namespace, out: list[str]) -> None:
 async def _draw_saga(
     args: argparse.Namespace, inspector: Inspector, url: str, out: list[str]
 ) -> None:
-    saga, chart = _chart(args)
+    flow, chart = _chart(args)
     record = await inspector.log.get(args.saga)
     if record is None:
-        raise CommandError(f"no saga with id {args.saga!r} in {_shown(url)}")
-    if record.name != saga.name:
+        raise _no_saga(args.saga, url)
+    if record.name != flow.name:
         raise CommandError(
-            f"draw: saga {args.saga!r} is a {record.name!r} saga, not {saga.name!r}; name "
+            f"draw: saga {args.saga!r} is a {record.name!r} saga, not {flow.name!r}; name "
             "its definition"
         )
-    marked = mark_progress(chart, saga, record)
+    progress = (
+        progress_of(flow, record)
+        if isinstance(flow, Saga)
+        else choreography_progress_of(flow, record)
+    )
+    marked = mark_nodes(chart, progress)
     if args.json:
         out.append(
             _dumps(
                 {
-                    "name": saga.name,
-                    "version": saga.version,
+                    "name": flow.name,
+                    "version": flow.version,
                     "saga_id": record.saga_id,
                     "status": record.status.value,
-                    "progress": progress_of(saga, record),
+                    "progress": progress,
                     "mermaid": marked,
                 }
             )
@@ -647,14 +472,15 @@ def main(argv: list[str] | None = None) -> int:
         argv: The arguments, without the program name (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 on success, 1 when what was asked for cannot be found or opened,
-        2 for a usage error. Errors are printed to stderr as one line.
+        The exit status: 0 on success, 1 when what was asked for cannot be found, opened or
+        done, 2 for a usage error. Errors are printed to stderr as one line, never as a
+        traceback.
     """
     out: list[str] = []
     try:
         try:
             args = _parser().parse_args(argv)
-        except SystemExit as exc:  # --help
+        except SystemExit as exc:  # --help, --version
             return exc.code if isinstance(exc.code, int) else 0
         if args.command == "draw" and args.saga is None:
             if args.log is not None:
@@ -662,16 +488,33 @@ def main(argv: list[str] | None = None) -> int:
             _draw(args, out)
         else:
             try:
-                anyio.run(_run_log_command, args, out)
+                anyio.run(_run_log_command, args, _style(args, sys.stdout), out)
             except CommandError:
                 raise
+            except InvalidURLError as exc:
+                raise CommandError(str(exc), USAGE) from None
             except PysagaError as exc:  # the log could not be opened, read or written
-                raise CommandError(f"cannot use the saga log: {_one_line(exc)}") from None
+                text = " ".join(str(exc).split()) or type(exc).__name__
+                raise CommandError(f"cannot use the saga log: {text}") from None
             except OSError as exc:
                 raise CommandError(f"cannot use the saga log: {_one_line(exc)}") from None
+            except ImportError as exc:  # the log's extra is not installed
+                raise CommandError(f"cannot open the saga log: {_one_line(exc)}") from None
     except CommandError as exc:
         print(f"pysaga: {exc}", file=sys.stderr)
         return exc.status
+    except KeyboardInterrupt:
+        print("pysaga: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(
+            f"pysaga: unexpected error: {_one_line(exc)} (a bug in pysaga: please report it; "
+            f"{DEBUG_ENV}=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return NOT_FOUND
     for text in out:
         print(text)
     return 0

@@ -7,15 +7,18 @@ naturally catch a builtin, the error also derives from it::
     ├── SagaDefinitionError (TypeError)   a saga or step was declared wrongly
     ├── SagaNotRegisteredError (LookupError)
     ├── SagaNotFoundError (LookupError)
+    ├── InvalidURLError (ValueError)      a saga log URL is malformed or names no known log
     ├── StoreError                        the saga log failed
     │   ├── ConcurrencyError              someone else wrote the saga first (optimistic version)
-    │   │   └── LeaseLost                 this orchestrator no longer holds the saga's lease
+    │   │   ├── LeaseLost                 this orchestrator no longer holds the saga's lease
+    │   │   └── SagaIdTaken               a saga with this id exists, with other data
     │   └── SchemaVersionError            the log's schema is newer than this library
     ├── StepError                         raised *by user code* inside a step
     │   ├── BusinessError                 "no" for a business reason: never retried, compensate now
     │   └── RemoteStepError               a participant replied with a technical failure
     ├── DeadlineExceeded                  recorded when a saga's deadline passed before its pivot
     ├── OperatorActionRefused             an operator's retry/abort/resolve does not fit the saga
+    ├── UnsupportedBackend (RuntimeError) an adapter that needs asyncio runs under trio
     └── MessagingError                    sending or receiving a message failed
         ├── DecodeError (ValueError)      a message cannot be read: dead-lettered at once
         │   └── UnknownMessageType        nobody here handles the message's type
@@ -40,18 +43,21 @@ __all__ = (
     "ConcurrencyError",
     "DeadlineExceeded",
     "DecodeError",
+    "InvalidURLError",
     "LeaseLost",
     "MessagingError",
     "OperatorActionRefused",
     "PysagaError",
     "RemoteStepError",
     "SagaDefinitionError",
+    "SagaIdTaken",
     "SagaNotFoundError",
     "SagaNotRegisteredError",
     "SchemaVersionError",
     "StepError",
     "StoreError",
     "UnknownMessageType",
+    "UnsupportedBackend",
 )
 
 
@@ -82,6 +88,16 @@ class SagaNotFoundError(PysagaError, LookupError):
     def saga_id(self) -> str:
         """The id that was looked up."""
         return self._saga_id
+
+
+class InvalidURLError(PysagaError, ValueError):
+    """A saga log URL (a ``log=`` argument, ``--log``) cannot be used as written: an unknown
+    scheme, a bare name that is not a ``.db``/``.sqlite`` file, a port that is not a number,
+    an unknown option or a bad option value.
+
+    Raised before anything is opened or imported; the message says what is wrong and shows
+    the forms pysaga reads. A password in the URL is hidden in the message.
+    """
 
 
 class StoreError(PysagaError):
@@ -123,6 +139,37 @@ class LeaseLost(ConcurrencyError):
     def owner(self) -> str:
         """The orchestrator that lost the lease."""
         return self._owner
+
+
+class SagaIdTaken(ConcurrencyError):
+    """A saga was started under an id that a different saga (another definition, or other
+    data) already has.
+
+    Starting the *same* saga again under its id is not an error with
+    ``on_conflict="use_existing"``: that returns the existing saga.
+    """
+
+    def __init__(self, saga_id: str, differences: list[str]) -> None:
+        if differences:
+            message = (
+                f"a saga with id {saga_id!r} exists, and it is a different saga: "
+                f"{'; '.join(differences)}. Use another id, or start the same saga with the "
+                "same data to get the existing one"
+            )
+        else:
+            message = (
+                f"a saga with id {saga_id!r} exists already; pass on_conflict='use_existing' "
+                "to get it instead (a retried start is then safe)"
+            )
+        super().__init__(saga_id, message)
+        self._differences = tuple(differences)
+
+    @property
+    def differences(self) -> tuple[str, ...]:
+        """What differs between the saga asked for and the one under the id, one line each
+        (``"data field 'qty': 2 in the log, 3 asked"``); empty when it is the same saga
+        (started again without ``on_conflict="use_existing"``)."""
+        return self._differences
 
 
 class SchemaVersionError(StoreError):
@@ -267,3 +314,9 @@ class BrokerUnavailable(BrokerError, ConnectionError):
 
 class BrokerClosed(BrokerError):
     """The broker object was used before ``async with broker:`` entered it, or after it closed."""
+
+
+class UnsupportedBackend(PysagaError, RuntimeError):
+    """An adapter whose client library runs on asyncio only (RabbitMQ, Kafka, PostgreSQL) was
+    opened under another event loop, such as trio's. The message names the adapter, the
+    running backend and what to use instead."""

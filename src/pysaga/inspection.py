@@ -14,11 +14,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
 from . import stores
 from .errors import SagaNotFoundError
-from .models import ACTIVE_STATUSES, EntryKind, SagaRecord, SagaStatus, SagaVersion
+from .models import (
+    ACTIVE_STATUSES,
+    EntryKind,
+    LogEntry,
+    SagaRecord,
+    SagaStatus,
+    SagaVersion,
+)
 
 if TYPE_CHECKING:
     import os
@@ -27,7 +34,7 @@ if TYPE_CHECKING:
 
     from .protocols import SagaLog
 
-__all__ = ("Inspector", "Timeline", "TimelineEvent")
+__all__ = ("Inspector", "LogAccess", "StepCounts", "Timeline", "TimelineEvent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +60,43 @@ class TimelineEvent:
     owner: str | None
 
 
+@dataclass(slots=True)
+class StepCounts:
+    """How often one step ran and failed, as its history tells it (see
+    :attr:`Timeline.steps`).
+
+    Attributes:
+        attempts: Attempts of the step's action.
+        failures: Those that failed.
+        compensation_attempts: Attempts of its compensation.
+        compensation_failures: Those that failed.
+    """
+
+    attempts: int = 0
+    failures: int = 0
+    compensation_attempts: int = 0
+    compensation_failures: int = 0
+
+
+_STEP_KINDS = frozenset(
+    {
+        EntryKind.STEP_STARTED,
+        EntryKind.STEP_SUCCEEDED,
+        EntryKind.STEP_FAILED,
+        EntryKind.COMPENSATION_STARTED,
+        EntryKind.COMPENSATION_SUCCEEDED,
+        EntryKind.COMPENSATION_FAILED,
+    }
+)
+_COMPENSATION_KINDS = frozenset(
+    {
+        EntryKind.COMPENSATION_STARTED,
+        EntryKind.COMPENSATION_SUCCEEDED,
+        EntryKind.COMPENSATION_FAILED,
+    }
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Timeline:
     """A saga's current state and its whole history, oldest event first.
@@ -66,6 +110,33 @@ class Timeline:
     events: tuple[TimelineEvent, ...]
 
     @property
+    def steps(self) -> dict[str, StepCounts]:
+        """Each step's attempts and failures, going forward and compensating, counted from
+        the history (the record's counters restart when a step starts compensating, and an
+        operator's retry gives a fresh budget; the history has every attempt)."""
+        counts: dict[str, StepCounts] = {}
+        seen: dict[tuple[str, bool], set[int]] = {}
+        for event in self.events:
+            step = event.step
+            kind = event.kind
+            if step is None or kind not in _STEP_KINDS:
+                continue
+            compensating = kind in _COMPENSATION_KINDS
+            found = counts.get(step)
+            if found is None:
+                found = counts[step] = StepCounts()
+            attempts = seen.setdefault((step, compensating), set())
+            attempts.add(event.attempt)
+            failed = kind in (EntryKind.STEP_FAILED, EntryKind.COMPENSATION_FAILED)
+            if compensating:
+                found.compensation_attempts = len(attempts)
+                found.compensation_failures += failed
+            else:
+                found.attempts = len(attempts)
+                found.failures += failed
+        return counts
+
+    @property
     def duration(self) -> float:
         """Seconds from the first event to the last (0.0 with fewer than two events)."""
         if not self.events:
@@ -73,9 +144,14 @@ class Timeline:
         return self.events[-1].at - self.events[0].at
 
 
-class _LogUser:
-    """What the inspector and the operator share: a saga log given as a URL (opened and closed
-    by ``async with``) or as an open log object (used as it is), and a clock."""
+class LogAccess:
+    """The base the inspector and the operator share: a saga log given as a URL (opened and
+    closed by ``async with``) or as an open log object (used as it is), and a clock.
+
+    A log opened from a URL must exist already: neither creates one. The inspector opens it
+    read-only."""
+
+    _read_only: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -84,7 +160,7 @@ class _LogUser:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._log: SagaLog
-        self._log, self._owned = stores.log_from(log)
+        self._log, self._owned = stores.log_from(log, create=False, read_only=self._read_only)
         self._clock = clock
         self._open = not self._owned
 
@@ -122,23 +198,27 @@ class _LogUser:
         return self._log
 
 
-class Inspector(_LogUser):
+class Inspector(LogAccess):
     """Answers questions about the sagas in a saga log, without changing anything.
 
     Give it the log an orchestrator uses. A URL (or a file path, for SQLite) is opened by the
-    inspector: use it as ``async with Inspector(url) as inspector:``, which opens the log and
-    closes it at the end. A log object is used as it is: the inspector neither enters nor
-    closes it, so an orchestrator's open log (``orchestrator.log``) can be shared.
+    inspector, read-only: use it as ``async with Inspector(url) as inspector:``, which opens
+    the log and closes it at the end. Opening creates nothing: a SQLite file that does not
+    exist, or a PostgreSQL schema without the log's tables, fails with
+    :class:`~pysaga.StoreError` saying so. A log object is used as it is: the inspector
+    neither enters nor closes it, so an orchestrator's open log (``orchestrator.log``) can be
+    shared.
 
     Args:
-        log: A saga log URL (``"sqlite:///sagas.db"``, ``"memory://"``), a file path for a
-            SQLite log, or an object implementing :class:`~pysaga.SagaLog`.
+        log: A saga log URL (``"sqlite:///sagas.db"``, ``"postgresql://..."``), a file path
+            for a SQLite log (``"sagas.db"``), or an object implementing
+            :class:`~pysaga.SagaLog`.
         clock: Returns the current time in seconds since the epoch; ages such as
             ``older_than`` and ``no_progress_for`` are measured against it.
 
     Raises:
         TypeError: *log* is none of the above.
-        ValueError: *log* is a URL with a scheme pysaga does not know.
+        InvalidURLError: *log* is a malformed URL, or one with a scheme pysaga does not know.
     """
 
     async def stuck(
@@ -206,7 +286,8 @@ class Inspector(_LogUser):
         return sorted(found.values(), key=lambda r: (r.updated_at, r.saga_id))[:limit]
 
     async def timeline(self, saga_id: str) -> Timeline:
-        """The saga's current state and its history, with the time between events.
+        """The saga's current state and its history, in the order it happened, with the
+        time between events.
 
         Args:
             saga_id: The saga's id.
@@ -224,7 +305,10 @@ class Inspector(_LogUser):
             raise SagaNotFoundError(saga_id)
         events: list[TimelineEvent] = []
         previous: float | None = None
-        for entry in await log.history(saga_id):
+        # In the order things happened: a choreographed saga's events can be heard out of
+        # order, and its observer stamps each entry with the event's own time.
+        history = sorted(await log.history(saga_id), key=_time)
+        for entry in history:
             events.append(
                 TimelineEvent(
                     kind=entry.kind,
@@ -329,3 +413,7 @@ class Inspector(_LogUser):
             created_before=created_before,
             limit=limit,
         )
+
+
+def _time(entry: LogEntry) -> float:
+    return entry.at

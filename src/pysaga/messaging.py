@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = (
     "HEADER_FAILURE",
     "HEADER_IDEMPOTENCY_KEY",
+    "HEADER_SERVICE",
     "HEADER_STEP",
     "Broker",
     "DeadLetter",
@@ -86,6 +87,11 @@ HEADER_FAILURE = "x-pysaga-failure"
 """On a compensation command: why the saga turned back, as the JSON of
 :meth:`Failure.to_json() <pysaga.Failure.to_json>` (a participant reads it as
 :attr:`HandlerContext.failure <pysaga.HandlerContext.failure>`)."""
+
+# Headers an event of a choreographed flow carries.
+HEADER_SERVICE = "x-pysaga-service"
+"""The service that published the event (set by ``ctx.publish``; the observer shows it
+in the saga's history)."""
 
 
 @functools.cache

@@ -8,8 +8,11 @@ saga *data* is a pydantic model; the log keeps it as JSON text.
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from . import _clock
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -26,9 +29,24 @@ __all__ = (
     "SagaVersion",
     "StepState",
     "StepStatus",
+    "new_saga_id",
 )
 
 D = TypeVar("D")
+
+
+def new_saga_id() -> str:
+    """A new saga id: a UUID in the version 7 layout (48-bit millisecond time, then 74
+    random bits), so that ids sort by creation time.
+
+    Time-ordered ids keep the saga log's B-trees appending at their right edge instead of
+    touching a random page per write, which makes group commit several times cheaper.
+    """
+    value = int(_clock.now() * 1000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class SagaStatus(enum.StrEnum):
@@ -212,6 +230,12 @@ class StepState:
             resumed after a restart keeps its original limit.
         retry_at: After a failed attempt that will be retried: when the next attempt may
             start, so a restart waits out the rest of the backoff instead of starting over.
+        failure: The last failure of the action (or, once compensating, of the
+            compensation), kept while the step is ``FAILED`` or ``COMPENSATION_FAILED``: for
+            a compensation that gave up, the error an operator has to look at, kept beside
+            the saga's own ``failure`` (the reason it turned back) rather than over it.
+
+    A state is never changed in place: each transition makes a new one.
     """
 
     status: StepStatus
@@ -219,6 +243,7 @@ class StepState:
     failures: int = 0
     timeout_at: float | None = None
     retry_at: float | None = None
+    failure: Failure | None = None
 
 
 @dataclass(slots=True)
@@ -238,7 +263,13 @@ class SagaRecord:
         deadline_at: When the saga must have passed its pivot, if it has a deadline.
         created_at: When the saga was started.
         updated_at: When the row was last written.
-        failure: Why the saga turned back or failed, if it did.
+        failure: Why the saga turned back (the step's error, a deadline, an operator's abort),
+            or why it failed going forward (a step after the pivot, a pivot in doubt). A
+            compensation that gives up later does not replace it: see
+            :attr:`compensation_failure`.
+        incarnation: Which run of the owner holds the lease: an orchestrator takes a fresh
+            incarnation each time it starts, so a lease is held by ``(owner, incarnation)``
+            (``None`` for a holder without incarnations, such as a choreography's observer).
         fingerprint: The :attr:`~pysaga.Saga.fingerprint` of the definition the saga was
             started on; only an orchestrator hosting that same definition drives it.
             ``None`` for a saga recorded before fingerprints existed (driven, unchecked, by
@@ -261,8 +292,40 @@ class SagaRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     failure: Failure | None = None
+    incarnation: str | None = None
     fingerprint: str | None = None
     held: str | None = None
+
+    @property
+    def compensation_failure(self) -> Failure | None:
+        """The error of the compensation that gave up, when the saga is stuck on one;
+        ``None`` otherwise."""
+        return compensation_failure(self.steps)
+
+    def apply(self, update: SagaUpdate) -> None:
+        """Fold *update* into this record, as every saga log does when it writes one.
+
+        The revision is the log's to count and is left alone; ``updated_at`` becomes the time
+        of the update's last entry.
+        """
+        if update.status is not None:
+            self.status = update.status
+        if update.steps:
+            self.steps.update(update.steps)
+        if update.data is not None:
+            self.data = update.data
+        if update.failure is not None:
+            self.failure = update.failure
+        if update.entries:
+            self.updated_at = update.entries[-1].at
+
+
+def compensation_failure(steps: Mapping[str, StepState]) -> Failure | None:
+    """The failure of the compensation that gave up among *steps*, if one did."""
+    for state in steps.values():
+        if state.status is StepStatus.COMPENSATION_FAILED:
+            return state.failure  # the saga stops at the first compensation that gives up
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +396,16 @@ class SagaUpdate:
     data: str | None = None
     failure: Failure | None = None
 
+    def then(self, later: SagaUpdate) -> SagaUpdate:
+        """This update followed by *later*, as one write."""
+        return SagaUpdate(
+            entries=[*self.entries, *later.entries],
+            status=later.status if later.status is not None else self.status,
+            steps={**self.steps, **later.steps} if later.steps else self.steps,
+            data=later.data if later.data is not None else self.data,
+            failure=later.failure if later.failure is not None else self.failure,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class SagaOutcome(Generic[D]):
@@ -344,6 +417,8 @@ class SagaOutcome(Generic[D]):
         status: COMPLETED, COMPENSATED or FAILED (or RESOLVED, read back from the log).
         data: The saga's data at the end, as the saga's pydantic model.
         failure: Why it turned back or failed; ``None`` when it completed.
+        compensation_failure: When it is FAILED because a compensation gave up: that
+            compensation's error (``failure`` still says why the saga turned back).
     """
 
     saga_id: str
@@ -351,6 +426,7 @@ class SagaOutcome(Generic[D]):
     status: SagaStatus
     data: D
     failure: Failure | None = None
+    compensation_failure: Failure | None = None
 
     @property
     def ok(self) -> bool:

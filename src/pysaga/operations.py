@@ -21,25 +21,17 @@ from __future__ import annotations
 import getpass
 from typing import TYPE_CHECKING
 
-from .errors import ConcurrencyError, OperatorActionRefused, SagaNotFoundError
-from .inspection import _LogUser
-from .models import (
-    EntryKind,
-    Failure,
-    LogEntry,
-    SagaRecord,
-    SagaStatus,
-    SagaUpdate,
-    StepState,
-    StepStatus,
-)
+from . import _transitions as _machine
+from ._optimistic import until_written
+from .errors import SagaNotFoundError
+from .inspection import LogAccess
+from .models import EntryKind, Failure, LogEntry, SagaRecord, SagaUpdate
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = ("Operator", "default_operator")
 
-_ATTEMPTS = 50
 """How often an action re-reads a saga that an orchestrator keeps writing meanwhile."""
 
 
@@ -55,12 +47,14 @@ def default_operator() -> str:
         return "unknown"
 
 
-class Operator(_LogUser):
+class Operator(LogAccess):
     """Retries, aborts and resolves sagas in a saga log, for a person who decided to.
 
     Give it the log the orchestrators use, as for :class:`~pysaga.Inspector`: a URL (or a
     file path, for SQLite) that ``async with Operator(url) as operator:`` opens and closes,
-    or an open log object used as it is (``orchestrator.log``).
+    or an open log object used as it is (``orchestrator.log``). A log opened from a URL must
+    exist: a missing SQLite file or PostgreSQL log fails with :class:`~pysaga.StoreError`
+    instead of being created empty.
 
     Args:
         log: A saga log URL (``"sqlite:///sagas.db"``, ``"postgresql://..."``), a file path
@@ -69,8 +63,10 @@ class Operator(_LogUser):
 
     Raises:
         TypeError: *log* is none of the above.
-        ValueError: *log* is a URL with a scheme pysaga does not know.
+        InvalidURLError: *log* is a malformed URL, or one with a scheme pysaga does not know.
     """
+
+    _read_only = False
 
     async def retry(self, saga_id: str, *, reason: str, by: str | None = None) -> SagaRecord:
         """Send a FAILED saga back to work, with a fresh retry budget.
@@ -166,32 +162,26 @@ class Operator(_LogUser):
             raise ValueError(f"{action}: give a reason (it is kept in the saga's history)")
         who = by if by else default_operator()
         log = self._ready()
-        for _ in range(_ATTEMPTS):
+        kind, verb = _ACTIONS[action]
+        failure = Failure(
+            step=None,
+            type=f"Operator{verb.capitalize()}",
+            message=f"{verb} by {who}: {reason}",
+            details={"by": who, "reason": reason},
+        )
+
+        async def attempt() -> None:
             record = await log.get(saga_id)
             if record is None:
                 raise SagaNotFoundError(saga_id)
-            kind, verb = _ACTIONS[action]
-            failure = Failure(
-                step=None,
-                type=f"Operator{verb.capitalize()}",
-                message=f"{verb} by {who}: {reason}",
-                details={"by": who, "reason": reason},
-            )
             entry = LogEntry(kind, at=self._clock(), failure=failure, owner=who)
-            update = plan(record, entry, failure)
-            try:
-                await log.intervene(saga_id, update, revision=record.revision)
-            except ConcurrencyError:
-                continue  # an orchestrator wrote it meanwhile: look again, decide again
-            written = await log.get(saga_id)
-            if written is None:  # pragma: no cover - a saga is never deleted
-                raise SagaNotFoundError(saga_id)
-            return written
-        raise ConcurrencyError(
-            saga_id,
-            f"saga {saga_id!r} changed {_ATTEMPTS} times while trying to {action} it; "
-            "nothing was written: try again",
-        )
+            await log.intervene(saga_id, plan(record, entry, failure), revision=record.revision)
+
+        await until_written(attempt, saga_id=saga_id, doing=f"trying to {action} it")
+        written = await log.get(saga_id)
+        if written is None:  # pragma: no cover - a saga is never deleted
+            raise SagaNotFoundError(saga_id)
+        return written
 
 
 _ACTIONS = {
@@ -201,76 +191,13 @@ _ACTIONS = {
 }
 
 
-def _refuse(record: SagaRecord, action: str, why: str) -> OperatorActionRefused:
-    return OperatorActionRefused(record.saga_id, action, why)
-
-
-def _ended(record: SagaRecord) -> str:
-    if record.status is SagaStatus.RESOLVED:
-        return "an operator resolved it already; it is finished"
-    return f"it ended {record.status.value.upper()}; it is finished"
-
-
 def _retry_update(record: SagaRecord, entry: LogEntry, failure: Failure) -> SagaUpdate:
-    if record.status is not SagaStatus.FAILED:
-        if record.status.is_terminal:
-            why = _ended(record)
-        else:
-            why = (
-                f"it is {record.status.value.upper()}, not FAILED: an orchestrator is still "
-                "driving it (abort it to turn it back)"
-            )
-        raise _refuse(record, "retry", why)
-    gave_up = {
-        name: StepState(StepStatus.COMPENSATING, state.attempts, 0)
-        for name, state in record.steps.items()
-        if state.status is StepStatus.COMPENSATION_FAILED
-    }
-    if gave_up:
-        return SagaUpdate(entries=[entry], status=SagaStatus.COMPENSATING, steps=gave_up)
-    gave_up = {
-        name: StepState(state.status, state.attempts, 0)
-        for name, state in record.steps.items()
-        if state.status in (StepStatus.FAILED, StepStatus.STARTED)
-    }
-    if not gave_up:
-        raise _refuse(
-            record,
-            "retry",
-            "none of its steps or compensations gave up, so there is nothing to retry "
-            "(its history says why it failed; resolve it once it is settled)",
-        )
-    return SagaUpdate(entries=[entry], status=SagaStatus.RUNNING, steps=gave_up)
+    return _machine.retry(record, entry)
 
 
 def _abort_update(record: SagaRecord, entry: LogEntry, failure: Failure) -> SagaUpdate:
-    if record.status is not SagaStatus.RUNNING:
-        if record.status is SagaStatus.COMPENSATING:
-            why = "it is COMPENSATING already"
-        elif record.status is SagaStatus.FAILED:
-            why = "it is FAILED, not RUNNING (retry it, or resolve it once it is settled)"
-        else:
-            why = _ended(record)
-        raise _refuse(record, "abort", why)
-    # Timers of attempts the abort cuts short are dropped: nobody waits on them any more.
-    untimed = {
-        name: StepState(state.status, state.attempts, state.failures)
-        for name, state in record.steps.items()
-        if state.timeout_at is not None or state.retry_at is not None
-    }
-    return SagaUpdate(
-        entries=[entry], status=SagaStatus.COMPENSATING, steps=untimed, failure=failure
-    )
+    return _machine.abort(record, entry, failure)
 
 
 def _resolve_update(record: SagaRecord, entry: LogEntry, failure: Failure) -> SagaUpdate:
-    if record.status is not SagaStatus.FAILED:
-        if record.status.is_terminal:
-            why = _ended(record)
-        else:
-            why = (
-                f"it is {record.status.value.upper()}, not FAILED: an orchestrator is still "
-                "driving it (abort it first, or wait for it to end)"
-            )
-        raise _refuse(record, "resolve", why)
-    return SagaUpdate(entries=[entry], status=SagaStatus.RESOLVED)
+    return _machine.resolve(record, entry)

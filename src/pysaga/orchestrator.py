@@ -12,82 +12,103 @@ saga can continue from its last durable record in any process, after any crash:
 To save commits, a step's outcome is written together with the next step's intent (or with the
 saga's end): the outcome is still durable before anything else happens.
 
-Each saga in the log carries a lease (owner and expiry) that its orchestrator renews while it
-runs. On start-up, and then periodically, an orchestrator claims unfinished sagas whose lease
-expired and resumes them. A write is refused (``LeaseLost``) once another orchestrator has
-claimed the saga, which stops the old holder from touching it again.
+Each saga in the log carries a lease (owner, incarnation and expiry) that its orchestrator
+renews while it runs. The incarnation is a fresh id each time an orchestrator starts, so a
+restarted orchestrator never mistakes its dead predecessor's sagas for ones it drives: on
+start-up it takes back at once the sagas its name still holds, and it renews only its own
+incarnation's leases. On start-up, and then whenever a lease it does not hold runs out, an
+orchestrator claims unfinished sagas whose lease expired and resumes them. A write is refused
+(``LeaseLost``, or ``ConcurrencyError`` for a holder of the same name) once another
+orchestrator has claimed the saga, which stops the old holder from touching it again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
 import uuid
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 import anyio
 import anyio.abc
 from pydantic import BaseModel, ValidationError
 
 from . import _clock, stores
+from . import _transitions as _machine
 from ._engine import Run as _Run
-from ._engine import timeout_at as _timeout_at
+from ._engine import Steps as _Steps
+from ._engine import first_timeouts as _first_timeouts
 from ._remote import Requester as _Requester
 from .definition import Saga, describe_changes
 from .errors import (
     ConcurrencyError,
     LeaseLost,
     SagaDefinitionError,
+    SagaIdTaken,
     SagaNotFoundError,
     SagaNotRegisteredError,
 )
+from .interceptors import chain as _chain
 from .models import (
     ACTIVE_STATUSES,
     OBSERVER_PREFIX,
     DefinitionRecord,
-    EntryKind,
     LogEntry,
     SagaOutcome,
     SagaRecord,
     SagaStatus,
     SagaVersion,
-    StepState,
-    StepStatus,
+    new_saga_id,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
     from types import TracebackType
 
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
+    from .interceptors import Interceptor, Invoke
     from .messaging import Broker
     from .protocols import SagaLog
 
 from .tracing import Telemetry, telemetry
 
-__all__ = ("Orchestrator", "new_saga_id")
+__all__ = ("Orchestrator",)
 
 logger = logging.getLogger("pysaga.orchestrator")
 
 DataT = TypeVar("DataT", bound=BaseModel)
 
+_CLAIM_MARGIN = 0.01
+"""Seconds after a lease runs out at which a claim looks for it (a claim takes only leases
+that ended strictly before its time)."""
 
-def new_saga_id() -> str:
-    """A new saga id: a UUID in the version 7 layout (48-bit millisecond time, then 74
-    random bits), so that ids sort by creation time.
 
-    Time-ordered ids keep the saga log's B-trees appending at their right edge instead of
-    touching a random page per write, which makes group commit several times cheaper.
-    """
-    value = int(_clock.now() * 1000) << 80 | int.from_bytes(os.urandom(10), "big")
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+class _Latch:
+    """A one-shot event whose waitable is made only when someone waits before it is set
+    (most never are waited on: one per saga run is on the hot path)."""
+
+    __slots__ = ("_event", "is_set")
+
+    def __init__(self) -> None:
+        self.is_set = False
+        self._event: anyio.Event | None = None
+
+    def set(self) -> None:
+        self.is_set = True
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> None:
+        if self.is_set:
+            return
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
 
 
 class _Completion:
@@ -96,7 +117,7 @@ class _Completion:
     __slots__ = ("event", "outcome")
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
+        self.event = _Latch()
         self.outcome: SagaOutcome[Any] | None = None
 
 
@@ -107,7 +128,7 @@ class _Driving:
 
     def __init__(self) -> None:
         self.scope = anyio.CancelScope()
-        self.ended = anyio.Event()
+        self.ended = _Latch()
 
 
 class Orchestrator:
@@ -119,22 +140,30 @@ class Orchestrator:
             name starts on the newest, and each saga in the log is resumed on the version
             it was started on. Two different definitions under one name and version are
             refused.
-        log: A saga log URL (``"sqlite:///sagas.db"``, ``"memory://"``), a file path
-            (``pathlib.Path``: a SQLite log in that file), or a :class:`~pysaga.SagaLog`
-            object. Entering the orchestrator enters the log.
+        log: A saga log URL (``"sqlite:///sagas.db"``, ``"postgresql://..."``,
+            ``"memory://"``), a SQLite file path (``"sagas.db"``, a ``pathlib.Path``), or a
+            :class:`~pysaga.SagaLog` object. Entering the orchestrator enters the log; one
+            opened from a URL or path is created if missing (logged at INFO, with where).
         lease: Seconds a saga stays claimed by this orchestrator without a renewal. After a
-            crash, its sagas are resumed by another orchestrator (or this one, restarted)
-            once their lease has run out.
-        claim_interval: Seconds between looks for abandoned sagas (default: ``lease / 2``).
+            crash, its sagas are resumed by another orchestrator once their lease has run
+            out, or at once by this one restarted under the same ``owner=`` name.
+        claim_interval: The longest wait, in seconds, between looks for abandoned sagas
+            (default: ``lease / 2``); the orchestrator also looks as soon as the next lease
+            it does not hold runs out.
         drain_timeout: On a normal exit, seconds to let running sagas finish before they are
             interrupted (they resume later from the log).
         owner: This orchestrator's name in the log (default: host, pid and a random part).
+            A name given here survives restarts: an orchestrator started under the name of
+            one that died takes that one's unfinished sagas back at once. Two orchestrators
+            running at the same time must not share a name.
         tracer_provider: Where spans go (default: the global OpenTelemetry provider).
         meter_provider: Where metrics go (default: the global OpenTelemetry provider).
         broker: Where remote steps' commands go: a broker URL (``"memory://shop"``,
             ``"amqp://..."``, ``"kafka://..."``), which the orchestrator opens and closes, or
             a :class:`~pysaga.Broker` object that the caller has entered. Needed only when a
             saga has remote steps.
+        interceptors: Wrap every attempt of every step and compensation, outermost first
+            (see :mod:`pysaga.interceptors`); tracing is added inside them.
 
     Use it as an async context manager, or run :meth:`serve` in a task group::
 
@@ -154,6 +183,7 @@ class Orchestrator:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         broker: str | Broker | None = None,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self._sagas: dict[str, Saga[Any]] = {}  # the newest version of each name
         self._versions: dict[tuple[str, int], Saga[Any]] = {}
@@ -200,11 +230,24 @@ class Orchestrator:
         self.claim_interval = claim_interval if claim_interval is not None else lease / 2
         self.drain_timeout = drain_timeout
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._incarnation = uuid.uuid4().hex
+        self._started = False
+        self._claimed_at = 0.0  # the time the last claim looked for lapsed leases at
         self._telemetry = (
             Telemetry(tracer_provider, meter_provider)
             if tracer_provider is not None or meter_provider is not None
             else telemetry
         )
+        self._interceptors = tuple(interceptors)
+        for interceptor in self._interceptors:
+            if not callable(interceptor):
+                raise TypeError(
+                    f"interceptors=[...] takes 'async def f(call, proceed)' functions, got "
+                    f"{interceptor!r}"
+                )
+        # How runs call each saga's steps: through the interceptors, and through tracing too
+        # while an SDK is installed (checked once per run).
+        self._calls: dict[tuple[str, int, bool], _Steps] = {}  # by name, version, traced
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._running: dict[str, _Run[Any]] = {}
@@ -213,12 +256,12 @@ class Orchestrator:
         self._quarantined: set[str] = set()
         self._abandoned: set[str] = set()  # stopped driving them; their release failed
         self._unknown: set[tuple[str, int]] = set()
-        self._idle = anyio.Event()
+        self._idle = _Latch()
         self._idle.set()
 
     def __repr__(self) -> str:
         hosted = sorted(f"{name} v{version}" for name, version in self._versions)
-        return f"<Orchestrator {self.owner} sagas={hosted} log={self._log!r}>"
+        return f"<Orchestrator {self.owner} ({self._incarnation}) sagas={hosted} log={self._log!r}>"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -226,6 +269,13 @@ class Orchestrator:
     def log(self) -> SagaLog:
         """The saga log this orchestrator writes to."""
         return self._log
+
+    @property
+    def incarnation(self) -> str:
+        """This run of the orchestrator: a fresh id each time it starts, recorded with
+        ``owner`` on the sagas whose lease it holds. It tells a restarted orchestrator's
+        sagas from those its predecessor of the same name left behind."""
+        return self._incarnation
 
     @property
     def unknown_sagas(self) -> frozenset[tuple[str, int]]:
@@ -236,6 +286,9 @@ class Orchestrator:
     async def __aenter__(self) -> Self:
         if self._stack is not None:
             raise RuntimeError("this Orchestrator is already running; enter it once")
+        if self._started:  # entered again: a new run, so a new incarnation
+            self._incarnation = uuid.uuid4().hex
+        self._started = True
         async with contextlib.AsyncExitStack() as stack:
             await stack.enter_async_context(self._log)
             if self._own_broker is not None:
@@ -247,8 +300,10 @@ class Orchestrator:
             stack.push_async_callback(self._shutdown)
             await self._define()
             await self._report_unknown()
-            await self._claim()
-            self._tg.start_soon(self._maintain)
+            await self._claim(predecessors=True)
+            # asked here, before any saga starts, so it takes no connection from a first write
+            first_claim = await self._until_next_claim()
+            self._tg.start_soon(self._maintain, first_claim)
             self._stack = stack.pop_all()
         return self
 
@@ -276,7 +331,7 @@ class Orchestrator:
     async def _shutdown(self) -> None:
         with anyio.CancelScope(shield=True):
             try:
-                await self._log.release(self.owner)
+                await self._log.release(self.owner, incarnation=self._incarnation)
             except Exception:  # the log may be the reason we stop
                 logger.warning("could not release the leases of %s", self.owner, exc_info=True)
 
@@ -292,18 +347,45 @@ class Orchestrator:
             task_status.started()
             await anyio.sleep_forever()
 
-    async def _maintain(self) -> None:
+    async def _maintain(self, first_claim: float) -> None:
+        """Renew this incarnation's leases every ``lease / 3``; claim abandoned sagas as soon
+        as the next lease this incarnation does not hold runs out (and at least every
+        ``claim_interval``), the first time in *first_claim* seconds."""
         renew_every = self.lease / 3
-        next_claim = anyio.current_time() + self.claim_interval
+        next_renew = anyio.current_time() + renew_every
+        next_claim = anyio.current_time() + first_claim
         while True:
-            await anyio.sleep(min(renew_every, self.claim_interval))
+            await anyio.sleep(max(0.0, min(next_renew, next_claim) - anyio.current_time()))
             try:
-                await self._log.renew(self.owner, until=_clock.now() + self.lease)
+                if anyio.current_time() >= next_renew:
+                    next_renew = anyio.current_time() + renew_every
+                    await self._log.renew(
+                        self.owner, incarnation=self._incarnation, until=_clock.now() + self.lease
+                    )
                 if anyio.current_time() >= next_claim:
                     next_claim = anyio.current_time() + self.claim_interval
                     await self._claim()
+                    next_claim = anyio.current_time() + await self._until_next_claim()
             except Exception:
                 logger.exception("orchestrator %s: lease upkeep failed; will retry", self.owner)
+
+    async def _until_next_claim(self) -> float:
+        """Seconds until a claim may find a saga: until just after the earliest lease this
+        incarnation does not hold runs out (at once if it ran out since the last claim), or
+        ``claim_interval`` if that is sooner. A lease that had run out already when the last
+        claim looked, yet was not taken (another claimer is taking it), is looked at again
+        after a tenth of ``claim_interval``, not in a tight loop."""
+        expiry = await self._log.next_expiry(
+            self.owner,
+            incarnation=self._incarnation,
+            kinds=set(self._versions),
+            fingerprints=self._fingerprints(),
+        )
+        if expiry is None:
+            return self.claim_interval
+        if expiry < self._claimed_at:
+            return self.claim_interval / 10
+        return min(self.claim_interval, max(0.0, expiry - _clock.now()) + _CLAIM_MARGIN)
 
     async def _observed(self, name: str) -> bool:
         """Whether the unfinished sagas named *name* are choreographed ones, which a
@@ -319,6 +401,11 @@ class Orchestrator:
             await self._log.define(
                 DefinitionRecord(saga.name, saga.version, saga.fingerprint, saga.outline(), now)
             )
+
+    def _fingerprints(self) -> dict[tuple[str, int], str]:
+        """The fingerprint hosted here for each name and version: only sagas started on it
+        (or recorded before fingerprints existed) are claimed."""
+        return {key: saga.fingerprint for key, saga in self._versions.items()}
 
     async def _hold_changed(self) -> None:
         """Hold for an operator the unfinished sagas of a name and version hosted here that
@@ -388,19 +475,29 @@ class Orchestrator:
                 )
         self._unknown = unknown
 
-    async def _claim(self) -> None:
+    async def _claim(self, *, predecessors: bool = False) -> None:
+        """Claim and resume abandoned sagas. With *predecessors* (on start-up), the sagas
+        an earlier incarnation of this owner name holds are taken back at once. First, the
+        sagas of a hosted name and version whose definition changed are held for an operator."""
         await self._hold_changed()
         kinds = set(self._versions)
-        fingerprints = {key: saga.fingerprint for key, saga in self._versions.items()}
+        fingerprints = self._fingerprints()
+        taken_back = 0
         while True:
+            now = _clock.now()
             claimed = await self._log.claim(
                 self.owner,
+                incarnation=self._incarnation,
                 kinds=kinds,
                 lease=self.lease,
-                now=_clock.now(),
+                now=now,
                 limit=100,
+                predecessors=predecessors,
                 fingerprints=fingerprints,
             )
+            self._claimed_at = now
+            if predecessors:
+                taken_back += len(claimed)
             for record in claimed:
                 stale = self._driving.get(record.saga_id)
                 if stale is not None:
@@ -415,6 +512,15 @@ class Orchestrator:
                     continue
                 self._resume(record)
             if len(claimed) < 100:
+                if taken_back:
+                    logger.info(
+                        "orchestrator %s (incarnation %s) claimed %d unfinished saga(s) as "
+                        "it started: those an earlier run under this name held, and any "
+                        "whose lease had run out",
+                        self.owner,
+                        self._incarnation,
+                        taken_back,
+                    )
                 return
 
     def _resume(self, record: SagaRecord) -> None:
@@ -469,10 +575,44 @@ class Orchestrator:
         except Exception:
             logger.warning("orchestrator %s: claim failed; will retry", self.owner, exc_info=True)
 
-    def _new_run(self, saga: Saga[DataT], record: SagaRecord, data: DataT) -> _Run[DataT]:
-        run = _Run(self._log, self.owner, saga, record, data, self._telemetry)
-        run.requester = self._requester
-        return run
+    def _new_run(
+        self, saga: Saga[DataT], record: SagaRecord, data: DataT, *, created: bool = False
+    ) -> _Run[DataT]:
+        traced = self._telemetry.active
+        key = (saga.name, saga.version, traced)
+        steps = self._calls.get(key)
+        if steps is None:
+            steps = self._calls[key] = self._steps_of(saga, traced=traced)
+        return _Run(self._log, self.owner, saga, steps, record, data, created=created)
+
+    def _steps_of(self, saga: Saga[Any], *, traced: bool) -> _Steps:
+        """How runs of *saga* call its steps: each step's own call (local, or a command sent
+        over the broker), wrapped in the interceptors."""
+        interceptors = list(self._interceptors)
+        if traced:
+            interceptors.append(self._telemetry.trace_attempt)
+        steps: _Steps = {}
+        for step in saga.steps:
+            if step.remote is not None:
+                assert self._requester is not None  # checked when the orchestrator was made
+                action: Invoke = self._requester.invoker(step.remote, compensating=False)
+                undo: Invoke | None = (
+                    self._requester.invoker(step.remote, compensating=True)
+                    if step.compensation is not None
+                    else None
+                )
+            else:
+                action = _local(step.action, step.wants_context)
+                undo = (
+                    _local(step.compensation, step.compensation_wants_context)
+                    if step.compensation is not None
+                    else None
+                )
+            steps[step.name] = (
+                _chain(step, action, interceptors),
+                None if undo is None else _chain(step, undo, interceptors),
+            )
+        return steps
 
     def _launch(self, run: _Run[Any]) -> None:
         if self._tg is None:
@@ -487,8 +627,8 @@ class Orchestrator:
         """Count *run* as in flight here (the drain on exit waits for it)."""
         self._running[run.saga_id] = run
         self._driving.setdefault(run.saga_id, _Driving())
-        if self._idle.is_set():
-            self._idle = anyio.Event()
+        if self._idle.is_set:
+            self._idle = _Latch()
 
     def _untrack(self, saga_id: str) -> None:
         self._running.pop(saga_id, None)
@@ -524,7 +664,7 @@ class Orchestrator:
         """
         with anyio.CancelScope(shield=True):
             try:
-                await self._log.release(self.owner, [saga_id])
+                await self._log.release(self.owner, [saga_id], incarnation=self._incarnation)
             except Exception:
                 self._abandoned.add(saga_id)
                 if self._tg is not None and len(self._abandoned) == 1:
@@ -536,7 +676,7 @@ class Orchestrator:
             await anyio.sleep(delay)
             ids = sorted(self._abandoned)
             try:
-                await self._log.release(self.owner, ids)
+                await self._log.release(self.owner, ids, incarnation=self._incarnation)
             except Exception:
                 delay = min(delay * 2, self.lease / 3)
                 logger.warning(
@@ -555,7 +695,7 @@ class Orchestrator:
         driving = self._driving.setdefault(run.saga_id, _Driving())
         try:
             with driving.scope:
-                outcome = await run.drive()
+                outcome = await self._drive_one(run)
             if driving.scope.cancelled_caught:
                 self._taken_over(run)
         except LeaseLost as exc:
@@ -617,6 +757,7 @@ class Orchestrator:
         data: DataT | Mapping[str, Any],
         *,
         saga_id: str | None = None,
+        on_conflict: Literal["raise", "use_existing"] = "raise",
     ) -> str:
         """Record a new saga in the log and start running it; return its id at once.
 
@@ -626,60 +767,87 @@ class Orchestrator:
             data: The saga's input: an instance of its data model, or a mapping validated
                 into one.
             saga_id: Your own id for the saga (default: :func:`new_saga_id`, a time-ordered
-                UUID). Starting the same id twice fails, which makes a retried request safe.
+                UUID).
+            on_conflict: What to do when a saga with *saga_id* exists already: ``"raise"``
+                (:class:`~pysaga.SagaIdTaken`), or ``"use_existing"``: return its id when it is
+                the same saga with the same data (and raise ``SagaIdTaken``, naming what
+                differs, when it is not). With ``"use_existing"``, a ``start()`` that failed
+                with :class:`~pysaga.StoreError` (the write may or may not have landed) can
+                always be retried with the same id.
 
         Raises:
             pydantic.ValidationError: *data* does not fit the saga's data model (nothing is
                 written).
-            ConcurrencyError: a saga with *saga_id* exists already.
+            SagaIdTaken: a saga with *saga_id* exists already (see *on_conflict*).
             SagaNotRegisteredError: *saga* was not given to this orchestrator.
+            StoreError: the saga log failed; the saga may or may not be in it.
         """
-        run = await self._create(saga, data, saga_id)
-        self._launch(run)
-        return run.saga_id
+        run = await self._create(saga, data, saga_id, on_conflict)
+        if run is not None:
+            self._launch(run)
+            return run.saga_id
+        assert saga_id is not None
+        return saga_id
 
     async def _create(
-        self, saga: Saga[DataT] | str, data: DataT | Mapping[str, Any], saga_id: str | None
-    ) -> _Run[DataT]:
-        """Validate the input, write the new saga to the log, and return its driver."""
+        self,
+        saga: Saga[DataT] | str,
+        data: DataT | Mapping[str, Any],
+        saga_id: str | None,
+        on_conflict: str,
+    ) -> _Run[DataT] | None:
+        """Validate the input, write the new saga to the log, and return its driver; or
+        ``None`` when the saga exists already and *on_conflict* says to use it."""
         definition = self._registered(saga)
         model = definition.data_type.model_validate(data)
+        if on_conflict not in ("raise", "use_existing"):
+            raise ValueError(f"on_conflict={on_conflict!r}: use 'raise' or 'use_existing'")
         if self._tg is None:
             raise RuntimeError(
                 "the Orchestrator is not running; use 'async with Orchestrator(...) as orch:'"
             )
         now = _clock.now()
-        # The first stage's intent is written with the saga itself: one commit fewer, and
-        # still before the step runs.
-        first = definition.stages[0]
         record = SagaRecord(
-            saga_id=saga_id or new_saga_id(),
-            name=definition.name,
-            version=definition.version,
-            fingerprint=definition.fingerprint,
-            status=SagaStatus.RUNNING,
-            data=model.model_dump_json(),
+            saga_id or new_saga_id(),
+            definition.name,
+            definition.version,
+            SagaStatus.RUNNING,
+            model.model_dump_json(),
             owner=self.owner,
+            incarnation=self._incarnation,
+            fingerprint=definition.fingerprint,
             lease_expires_at=now + self.lease,
             deadline_at=now + definition.deadline if definition.deadline else None,
             created_at=now,
             updated_at=now,
-            steps={
-                step.name: StepState(
-                    StepStatus.STARTED, 1, 0, _timeout_at(step, now, definition.deadline)
-                )
-                for step in first
-            },
         )
-        entries = [LogEntry(EntryKind.SAGA_STARTED, at=now, owner=self.owner)]
-        entries.extend(
-            LogEntry(EntryKind.STEP_STARTED, at=now, step=step.name, attempt=1, owner=self.owner)
-            for step in first
-        )
-        await self._log.create(record, entries)
-        run = self._new_run(definition, record, model)
-        run.fresh_intents.update(step.name for step in first)
-        return run
+        # The first stage's intents are written with the saga itself: one commit fewer, and
+        # still before the steps run.
+        entries = _machine.start(record, _first_timeouts(definition, now), at=now, owner=self.owner)
+        try:
+            await self._log.create(record, entries)
+        except ConcurrencyError:
+            existing = await self._log.get(record.saga_id)
+            if existing is None:  # pragma: no cover - a saga is never deleted
+                raise
+            differences = _differences(existing, record)
+            if differences or on_conflict == "raise":
+                raise SagaIdTaken(record.saga_id, differences) from None
+            self._adopt(existing)
+            return None
+        return self._new_run(definition, record, model, created=True)
+
+    def _adopt(self, record: SagaRecord) -> None:
+        """A saga asked for again exists: drive it here if it is this orchestrator's and no
+        run here drives it (its creation landed although the log reported a failure)."""
+        if (
+            record.owner == self.owner
+            and record.incarnation in (None, self._incarnation)
+            and record.status in ACTIVE_STATUSES
+            and record.saga_id not in self._running
+            and record.saga_id not in self._driving
+        ):
+            self._resume(record)
 
     async def run(
         self,
@@ -687,26 +855,32 @@ class Orchestrator:
         data: DataT | Mapping[str, Any],
         *,
         saga_id: str | None = None,
+        on_conflict: Literal["raise", "use_existing"] = "raise",
     ) -> SagaOutcome[DataT]:
         """Start a saga and wait for its outcome (COMPLETED, COMPENSATED or FAILED).
 
         The saga runs in the calling task (no hand-off). If the caller is cancelled, the saga
         is not: it goes on in the orchestrator's background from where it was, and
-        :meth:`wait` can still collect its outcome. *saga* and *data* are as for
-        :meth:`start` (a name runs the newest version hosted).
+        :meth:`wait` can still collect its outcome. With ``on_conflict="use_existing"`` and a
+        *saga_id* that exists (with the same data), it waits for that saga's outcome. *saga* and
+        *data* are as for :meth:`start` (a name runs the newest version hosted).
 
         Raises:
             pydantic.ValidationError: *data* does not fit the saga's data model (nothing is
                 written).
+            SagaIdTaken: a saga with *saga_id* exists already (see :meth:`start`).
             StoreError: the saga log failed; the saga stays in the log and is resumed later.
         """
-        run = await self._create(saga, data, saga_id)
+        run = await self._create(saga, data, saga_id, on_conflict)
+        if run is None:
+            assert saga_id is not None
+            return await self.wait(saga_id)
         self._track(run)
         driving = self._driving[run.saga_id]
         handed_off = False
         try:
             with driving.scope:
-                return await run.drive()
+                return await self._drive_one(run)
             self._taken_over(run)  # the scope was cancelled: a new run here goes on
         except LeaseLost as exc:
             logger.warning("%s", exc)
@@ -730,6 +904,15 @@ class Orchestrator:
                 self._untrack(run.saga_id)
                 self._stop_driving(run.saga_id)
         return await self.wait(run.saga_id)  # whoever drives it now finishes it
+
+    def _drive_one(self, run: _Run[DataT]) -> Awaitable[SagaOutcome[DataT]]:
+        """Drive *run*, in the saga's span while an SDK takes spans or metrics."""
+        if not self._telemetry.active:
+            return run.drive()
+        record = run.record
+        return self._telemetry.observe_saga(
+            record.saga_id, record.name, record.version, record.created_at, run.drive
+        )
 
     async def wait(self, saga_id: str, *, poll_interval: float = 0.1) -> SagaOutcome[Any]:
         """Wait until the saga *saga_id* ends and return its outcome.
@@ -774,4 +957,41 @@ class Orchestrator:
         data: Any = (
             saga.data_type.model_validate_json(record.data) if saga is not None else record.data
         )
-        return SagaOutcome(record.saga_id, record.name, record.status, data, record.failure)
+        return SagaOutcome(
+            record.saga_id,
+            record.name,
+            record.status,
+            data,
+            record.failure,
+            record.compensation_failure,
+        )
+
+
+def _local(fn: Callable[..., Awaitable[Any]], wants_context: bool) -> Invoke:
+    """A local step's (or compensation's) own call, as ``invoke(data, ctx)``."""
+    if wants_context:
+        return fn
+
+    async def without_context(data: Any, ctx: Any) -> Any:
+        return await fn(data)
+
+    return without_context
+
+
+def _differences(existing: SagaRecord, asked: SagaRecord) -> list[str]:
+    """What differs between a saga in the log and one asked for under the same id."""
+    if (existing.name, existing.version) != (asked.name, asked.version):
+        return [
+            f"the log has {existing.name!r} version {existing.version}, "
+            f"not {asked.name!r} version {asked.version}"
+        ]
+    before, after = json.loads(existing.data), json.loads(asked.data)
+    return [
+        f"data field {field!r}: {before.get(field, '(missing)')!r} in the log, "
+        f"{after.get(field, '(missing)')!r} asked"
+        for field in sorted(set(before) | set(after))
+        if before.get(field, _MISSING) != after.get(field, _MISSING)
+    ]
+
+
+_MISSING = object()

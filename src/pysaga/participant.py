@@ -39,7 +39,7 @@ import time
 import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -48,10 +48,12 @@ from opentelemetry import propagate
 from pydantic import BaseModel
 
 from . import stores
+from ._keyed_lock import KeyedLock
 from .errors import BusinessError, DecodeError, SagaDefinitionError, UnknownMessageType
 from .messaging import (
     HEADER_FAILURE,
     HEADER_IDEMPOTENCY_KEY,
+    HEADER_SERVICE,
     HEADER_STEP,
     Broker,
     Done,
@@ -81,9 +83,18 @@ logger = logging.getLogger("pysaga.participant")
 
 C = TypeVar("C", bound=BaseModel)
 
-HEADER_SERVICE = "x-pysaga-service"
-"""The header naming the service that published an event (set by ``ctx.publish``)."""
 _HandlerT = TypeVar("_HandlerT", bound=Callable[..., Awaitable[Any]])
+
+
+class _Published:
+    """The events a handler published with ``ctx.publish``, in order. The participant hands
+    one to the handler's context and, once the handler returned, sends them (or writes them
+    to the outbox in the handler's transaction)."""
+
+    __slots__ = ("events",)
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Envelope]] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +118,9 @@ class HandlerContext:
             as the orchestrator sent it. ``None`` for other commands, for events, and for a
             compensation command that carries no readable reason (one not sent by a pysaga
             orchestrator, say).
+        sent_at: When the message was created (its envelope's timestamp, in seconds since the
+            epoch): for an event, when it happened, which may be before an event heard
+            earlier.
 
     For an event handler (:meth:`Participant.on`) the message is the event: ``saga_id`` is
     the choreographed saga's id, ``idempotency_key`` the event's id (the same on every
@@ -121,7 +135,8 @@ class HandlerContext:
     headers: Mapping[str, str]
     transaction: Any = None
     failure: Failure | None = None
-    _events: list[tuple[str, Envelope]] = field(default_factory=list, repr=False, compare=False)
+    sent_at: float | None = None
+    _published: _Published = field(default_factory=_Published, repr=False, compare=False)
     _flow: Choreography | None = field(default=None, repr=False, compare=False)
 
     @overload
@@ -172,12 +187,12 @@ class HandlerContext:
             )
         envelope = Envelope.of(
             message,
-            id=f"{self.message_id}#event-{len(self._events) + 1}",
+            id=f"{self.message_id}#event-{len(self._published.events) + 1}",
             correlation_id=self.saga_id,
             causation_id=self.message_id,
             headers={HEADER_SERVICE: self.service},
         )
-        self._events.append((destination, envelope))
+        self._published.events.append((destination, envelope))
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,26 +203,6 @@ class _Route:
     compensation: bool
     flow: Choreography | None = None
     """The choreographed flow of an event handler; ``None`` for a command handler."""
-
-
-class _Guards:
-    """Handles messages with one key in turn: the second waits for the first to finish (a
-    second copy then finds its reply in the inbox). Costs two dictionary operations when
-    nothing else holds the key."""
-
-    def __init__(self) -> None:
-        self._busy: dict[str, list[anyio.Event]] = {}
-
-    async def acquire(self, key: str) -> None:
-        while (waiters := self._busy.get(key)) is not None:
-            event = anyio.Event()
-            waiters.append(event)
-            await event.wait()
-        self._busy[key] = []
-
-    def release(self, key: str) -> None:
-        for event in self._busy.pop(key, ()):
-            event.set()
 
 
 class _RollBack(Exception):
@@ -244,6 +239,19 @@ class Participant:
         tracer_provider: Where spans go (default: the global OpenTelemetry provider).
         flows: The choreographed flows (:class:`~pysaga.Choreography`) whose events this
             service reacts to with :meth:`on`.
+        event_groups: The consumer group the service reads its events' destinations in.
+            ``"service"`` (the default): its own, *group*, so every service that reacts to
+            an event gets a copy and the copies of one service share them. ``"destination"``:
+            the destination's own group, which the broker keeps from the first publish on,
+            so events published before the service first ran wait for it; every reader in
+            that group shares the events, so only one kind of service per flow may read so
+            (the :class:`~pysaga.ChoreographyObserver` does).
+        on_commit: Hooks called, in order, with each message's envelope right after the
+            transaction that handled it commits and before the reply and events it wrote to
+            the outbox are sent (with a transactional inbox only): for metrics, or for a crash
+            test that kills the process at that point. A hook may be a plain or an async
+            function; an exception from it is logged and does not undo the commit (the
+            outbox relay sends what it wrote).
 
     Example::
 
@@ -270,6 +278,8 @@ class Participant:
         relay_grace: float = 5.0,
         tracer_provider: TracerProvider | None = None,
         flows: Iterable[Choreography] = (),
+        event_groups: Literal["service", "destination"] = "service",
+        on_commit: Iterable[Callable[[Envelope], object]] = (),
     ) -> None:
         if not isinstance(service, str) or not service:
             raise ValueError("a participant needs a service name, like Participant('stock')")
@@ -277,6 +287,11 @@ class Participant:
             raise ValueError(f"relay_interval must be positive, got {relay_interval!r}")
         if not relay_grace >= 0:
             raise ValueError(f"relay_grace must not be negative, got {relay_grace!r}")
+        if event_groups not in ("service", "destination"):
+            raise ValueError(
+                f"event_groups is 'service' (each service its own group, the default) or "
+                f"'destination' (the destination's own group), got {event_groups!r}"
+            )
         self.service = service
         self.group = group or service
         self.concurrency = concurrency
@@ -291,17 +306,17 @@ class Participant:
         self._transactional = self._inbox if isinstance(self._inbox, TransactionalInbox) else None
         self._routes: dict[str, _Route] = {}
         self._flows: tuple[Choreography, ...] = tuple(flows)
-        self._own_event_groups = False
-        """Consume event destinations in their own groups (the choreography observer does)."""
+        self.event_groups = event_groups
         self._subscriptions: list[Subscription] = []
-        self._guards = _Guards()
+        self._guards = KeyedLock()
         self._telemetry = Telemetry(tracer_provider) if tracer_provider else telemetry
         self._stack: contextlib.AsyncExitStack | None = None
         self._broker: Broker | None = None
         self._subscription: Subscription | None = None
-        self._after_commit: Callable[[], object] | None = None
-        """Test-only: called right after a handler's transaction commits, before what it wrote
-        to the outbox is sent (a crash test kills the process here). Not an API."""
+        self._on_commit = tuple(on_commit)
+        for hook in self._on_commit:
+            if not callable(hook):
+                raise TypeError(f"on_commit=[...] takes functions of the envelope, got {hook!r}")
 
     def __repr__(self) -> str:
         return f"<Participant {self.service!r} handles={sorted(self._routes)}>"
@@ -479,7 +494,7 @@ class Participant:
                 subscription = await broker.subscribe(
                     route.flow.destination(route.model),
                     self.handle_message,
-                    group=None if self._own_event_groups else self.group,
+                    group=None if self.event_groups == "destination" else self.group,
                     concurrency=self.concurrency,
                 )
                 self._subscriptions.append(subscription)
@@ -615,7 +630,10 @@ class Participant:
                 envelope.type,
             )
             return record
-        ctx = self._context(envelope, flow=route.flow, compensation=route.compensation)
+        published = _Published()
+        ctx = self._context(
+            envelope, flow=route.flow, compensation=route.compensation, published=published
+        )
         try:
             reply = await self._call_handler(route, command, envelope, ctx)
         except DecodeError:
@@ -624,7 +642,7 @@ class Participant:
             await self._technical_failure(envelope, exc)
             return None
         if not isinstance(reply, Refused):
-            for destination, event in ctx._events:
+            for destination, event in published.events:
                 await self._broker_or_fail().publish(destination, event)
         fresh = _record(reply)
         record = await self._inbox.put(self.service, envelope.id, fresh)
@@ -658,8 +676,13 @@ class Participant:
                 key = envelope.headers.get(HEADER_IDEMPOTENCY_KEY)
                 if route.compensation and key:
                     await tx.add(command_id(key), _record(_LATE_REFUSAL))
+                published = _Published()
                 ctx = self._context(
-                    envelope, tx.connection, route.flow, compensation=route.compensation
+                    envelope,
+                    tx.connection,
+                    route.flow,
+                    compensation=route.compensation,
+                    published=published,
                 )
                 try:
                     async with tx.savepoint():
@@ -667,13 +690,13 @@ class Participant:
                         if isinstance(reply, Refused):
                             raise _RollBack  # undo the handler's writes, keep the refusal
                 except _RollBack:
-                    ctx._events.clear()
+                    published.events.clear()
                 except DecodeError:
                     raise
                 except Exception as exc:
                     failure = exc
                     raise _RollBack from None
-                events = ctx._events
+                events = published.events
                 if events and self._telemetry.tracer is not None:
                     events = [(d, _traced(e)) for d, e in events]
                 outbox = [(OutboxMessage(d, e.encode()), d, e) for d, e in events]
@@ -691,11 +714,24 @@ class Participant:
             assert failure is not None
             await self._technical_failure(envelope, failure)
             return None
-        if self._after_commit is not None:
-            self._after_commit()
+        for hook in self._on_commit:
+            await self._committed(hook, envelope)
         if ids:
             await self._send_committed(inbox, ids, [(m, e) for m, _, e in outbox])
         return None
+
+    async def _committed(self, hook: Callable[[Envelope], object], envelope: Envelope) -> None:
+        try:
+            result = hook(envelope)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception(
+                "%s: an on_commit hook failed after message %s committed; what it wrote to "
+                "the outbox is still sent",
+                self.service,
+                envelope.id,
+            )
 
     async def _answer_handled(
         self, tx: InboxTransaction, found: InboxRecord, envelope: Envelope
@@ -781,6 +817,7 @@ class Participant:
         flow: Choreography | None = None,
         *,
         compensation: bool = False,
+        published: _Published,
     ) -> HandlerContext:
         return HandlerContext(
             service=self.service,
@@ -791,6 +828,8 @@ class Participant:
             headers=envelope.headers,
             transaction=transaction,
             failure=self._failure(envelope) if compensation and flow is None else None,
+            sent_at=envelope.timestamp.timestamp(),
+            _published=published,
             _flow=flow,
         )
 

@@ -209,8 +209,8 @@ class SagaLog(Protocol):
 
     It keeps, per saga, an append-only history of :class:`~pysaga.LogEntry` and one
     current-state :class:`~pysaga.SagaRecord` with an optimistic-concurrency ``revision``
-    and a lease (``owner``, ``lease_expires_at``). Every write is atomic: the entries and the
-    new state land together or not at all.
+    and a lease (``owner``, ``incarnation``, ``lease_expires_at``). Every write is atomic:
+    the entries and the new state land together or not at all.
 
     Use it as an async context manager: entering opens it (and applies the schema), leaving
     closes it.
@@ -278,23 +278,34 @@ class SagaLog(Protocol):
         self,
         owner: str,
         *,
+        incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
         lease: float,
         now: float,
         limit: int = 100,
+        predecessors: bool = False,
         fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> list[SagaRecord]:
         """Take the lease of unfinished sagas whose lease expired before *now*.
 
-        Sagas *owner* itself holds are not taken back unless it released them: an
-        orchestrator that is alive to claim is driving its own sagas, even if a stalled event
-        loop let their leases lapse.
+        A lease is held by an ``(owner, incarnation)`` pair: *owner* is the orchestrator's
+        name, *incarnation* the id of the run of it that holds the lease (a fresh one each
+        time an orchestrator starts). Sagas the caller's own incarnation holds are not taken
+        back unless it released them: an orchestrator that is alive to claim is driving its
+        own sagas, even if a stalled event loop let their leases lapse. Sagas another
+        incarnation of the same *owner* holds are taken like anyone else's once their lease
+        lapsed.
+
+        With *predecessors*, the sagas held under *owner* by any other incarnation are taken
+        too, whatever their lease: an orchestrator that starts under the name of one that
+        died takes its predecessor's sagas back at once instead of waiting for their leases
+        to run out. (Two live orchestrators must therefore never share a name.)
 
         Only sagas whose ``(name, version)`` is in *kinds* are claimed; with *fingerprints*,
         only those whose fingerprint is ``fingerprints[(name, version)]`` or ``None`` (a saga
-        recorded before fingerprints existed). Each claim adds one to the revision, clears
-        the saga's ``held`` mark and appends a ``SAGA_CLAIMED`` entry. Returns the claimed
-        records.
+        recorded before fingerprints existed). Each claim sets the owner and incarnation,
+        adds one to the revision, clears the saga's ``held`` mark and appends a
+        ``SAGA_CLAIMED`` entry. Returns the claimed records, those of lapsed leases first.
         """
         ...
 
@@ -336,17 +347,46 @@ class SagaLog(Protocol):
         """
         ...
 
-    async def renew(self, owner: str, *, until: float) -> int:
-        """Extend every lease *owner* holds on an unfinished saga; return how many.
+    async def next_expiry(
+        self,
+        owner: str,
+        *,
+        incarnation: str | None = None,
+        kinds: Collection[tuple[str, int]],
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
+    ) -> float | None:
+        """When :meth:`claim` will next find a saga to take: the earliest lease expiry
+        (epoch seconds) among unfinished sagas of *kinds* (and, with *fingerprints*, of those
+        fingerprints or none, as :meth:`claim` takes them) that ``(owner, incarnation)`` does
+        not hold (a released saga counts, with its expiry of 0). ``None`` when there is no
+        such saga.
 
-        A saga *owner* released (see :meth:`release`) is not renewed: it stays free for the
-        next claimer, even though its owner is still named on it.
+        An orchestrator sleeps until then instead of polling, so a saga whose holder died is
+        resumed as soon as its lease lapses.
         """
         ...
 
-    async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
-        """Give up *owner*'s leases on unfinished sagas (all of them, or those of
-        *saga_ids*) so that another orchestrator can claim them at once."""
+    async def renew(self, owner: str, *, incarnation: str | None = None, until: float) -> int:
+        """Extend the leases ``(owner, incarnation)`` holds on unfinished sagas; return how
+        many.
+
+        Only that incarnation's leases are renewed: sagas an earlier incarnation of the same
+        *owner* left behind (it was killed) are not, so they lapse and can be claimed. A saga
+        the incarnation released (see :meth:`release`) is not renewed either: it stays free
+        for the next claimer, even though its owner is still named on it.
+        """
+        ...
+
+    async def release(
+        self,
+        owner: str,
+        saga_ids: Collection[str] | None = None,
+        *,
+        incarnation: str | None = None,
+    ) -> None:
+        """Give up the leases ``(owner, incarnation)`` holds on unfinished sagas (all of
+        them, or those of *saga_ids*) so that another orchestrator can claim them at once.
+        Leases another incarnation of *owner* holds are left alone."""
         ...
 
     async def active_kinds(self) -> set[tuple[str, int]]:

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import TYPE_CHECKING, Any, cast
 
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, Status, StatusCode
 
+from . import _clock
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Awaitable, Callable, Iterator
+
+    from .interceptors import Proceed, StepCall
+    from .models import SagaOutcome
 
 __all__ = (
     "ATTR_ATTEMPT",
@@ -194,6 +199,74 @@ class Telemetry:
                 )
             )
         return self._instruments
+
+    @property
+    def active(self) -> bool:
+        """Whether an SDK takes spans or metrics (checked once per saga run)."""
+        return self.tracer is not None or self.instruments is not None
+
+    async def trace_attempt(self, call: StepCall, proceed: Proceed) -> Any:
+        """The tracing interceptor: a span and the metrics of one step or compensation
+        attempt (``step <name>`` / ``compensate <name>``, a child of the saga's span)."""
+        ctx = call.ctx
+        instruments = self.instruments
+        attributes = {
+            ATTR_SAGA_ID: ctx.saga_id,
+            ATTR_SAGA_NAME: ctx.saga_name,
+            ATTR_STEP_NAME: ctx.step,
+            ATTR_ATTEMPT: ctx.attempt,
+        }
+        started = time.perf_counter()
+        outcome = "succeeded"
+        with self.span(
+            f"{'compensate' if ctx.compensating else 'step'} {ctx.step}", attributes
+        ) as span:
+            try:
+                return await proceed(call)
+            except Exception as exc:
+                outcome = "failed"
+                mark_error(span, exc)
+                raise
+            finally:
+                if span is not None:
+                    span.set_attribute(ATTR_OUTCOME, outcome)
+                if instruments is not None:
+                    labels = {
+                        ATTR_SAGA_NAME: ctx.saga_name,
+                        ATTR_STEP_NAME: ctx.step,
+                        ATTR_OUTCOME: outcome,
+                    }
+                    elapsed = time.perf_counter() - started
+                    if ctx.compensating:
+                        instruments.compensations.add(1, labels)
+                        instruments.compensation_duration.record(elapsed, labels)
+                    else:
+                        instruments.steps.add(1, labels)
+                        instruments.step_duration.record(elapsed, labels)
+
+    async def observe_saga(
+        self,
+        saga_id: str,
+        name: str,
+        version: int,
+        created_at: float,
+        drive: Callable[[], Awaitable[SagaOutcome[Any]]],
+    ) -> SagaOutcome[Any]:
+        """Run *drive* (one orchestrator's run of a saga) in the saga's span, and count the
+        saga in the metrics once it has ended."""
+        attributes = {ATTR_SAGA_ID: saga_id, ATTR_SAGA_NAME: name, ATTR_SAGA_VERSION: version}
+        with self.span(f"saga {name}", attributes) as span:
+            outcome = await drive()
+            if span is not None:
+                span.set_attribute(ATTR_SAGA_STATUS, outcome.status.value)
+                if outcome.failure is not None:
+                    span.set_attribute("saga.failure", str(outcome.failure))
+        instruments = self.instruments
+        if instruments is not None and outcome.status.is_terminal:
+            labels = {ATTR_SAGA_NAME: name, ATTR_SAGA_STATUS: outcome.status.value}
+            instruments.sagas.add(1, labels)
+            instruments.saga_duration.record(max(0.0, _clock.now() - created_at), labels)
+        return outcome
 
     @contextlib.contextmanager
     def span(self, name: str, attributes: dict[str, Any]) -> Iterator[Span | None]:

@@ -23,6 +23,8 @@ def test_benchmark_runs_and_reports_every_contender() -> None:
             "1",
             "--in-flight",
             "10",
+            "--waiting",
+            "200",
         ],
         cwd=REPO,
         capture_output=True,
@@ -34,6 +36,7 @@ def test_benchmark_runs_and_reports_every_contender() -> None:
     out = result.stdout
     for contender in (
         "hand-written floor",
+        "hand-written fsync'd JSON lines",
         "pysaga memory",
         "pysaga sqlite normal",
         "pysaga sqlite full",
@@ -41,3 +44,5 @@ def test_benchmark_runs_and_reports_every_contender() -> None:
         assert out.count(contender) >= 4, contender  # 2 paths x 2 concurrency levels
     assert "Store ceiling" in out
     assert "Aims" in out
+    assert "vs the fsync'd JSON-lines floor" in out
+    assert out.count("memory per in-flight saga waiting on a slow step") == 2

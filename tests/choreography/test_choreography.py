@@ -23,8 +23,7 @@ from pysaga import (
     StepStatus,
 )
 from pysaga.brokers.memory import MemoryBroker
-from pysaga.messaging import Broker, Envelope
-from pysaga.participant import HEADER_SERVICE
+from pysaga.messaging import HEADER_SERVICE, Broker, Envelope
 from pysaga.stores.memory import InMemorySagaLog
 from pysaga.stores.sqlite import SQLiteSagaLog
 
@@ -349,3 +348,64 @@ async def test_several_observers_share_the_events_without_corrupting_a_record(
                 assert records[saga_id].status is expected
     assert purchase.ledger.repeated() == []
     assert purchase.ledger.stock == 1_000 - sum(1 for n in range(24) if n % 3 != 0 and n % 4 != 1)
+
+
+async def test_events_heard_out_of_order_are_told_in_the_order_they_happened(
+    suffix: str,
+) -> None:
+    """The refusal and the end it led to reach the observer last-first (a slow consumer, a
+    redelivery): the history keeps each event's own time, and the timeline, the inspector and
+    the command line tell the story in that order."""
+    from .purchase import OrderRejected, PaymentFailed, StockReleased
+
+    purchase = Purchase(suffix)
+    flow = purchase.flow
+    log = InMemorySagaLog()
+    saga_id = f"late-{suffix}"
+    first = order(5, amount=10_000)
+    sent = [
+        (first, "orders"),
+        (
+            StockReserved(
+                order_id=first.order_id, sku=first.sku, qty=first.qty, amount=first.amount
+            ),
+            "stock",
+        ),
+        (
+            PaymentFailed(
+                order_id=first.order_id, sku=first.sku, qty=first.qty, reason="card declined"
+            ),
+            "payments",
+        ),
+        (StockReleased(order_id=first.order_id), "stock"),
+        (OrderRejected(order_id=first.order_id, reason="card declined"), "orders"),
+    ]
+    envelopes = []
+    for event, source in sent:
+        envelopes.append(
+            Envelope.of(event, correlation_id=saga_id, headers={HEADER_SERVICE: source})
+        )
+        await anyio.sleep(0.01)  # each a little later than the one before
+    heard = [envelopes[i] for i in (0, 1, 4, 3, 2)]  # the end first, the refusal last
+    async with MemoryBroker() as broker, ChoreographyObserver(flow, log=log, broker=broker):
+        for envelope in heard:
+            await broker.publish(
+                flow.destination(sent[envelopes.index(envelope)][0].__class__), envelope
+            )
+            await wait_history(log, saga_id, 1)
+            await anyio.sleep(0.02)
+        await wait_history(log, saga_id, 6)
+        async with Inspector(log) as inspector:
+            timeline = await inspector.timeline(saga_id)
+    order_told = [(event.kind.value, event.step) for event in timeline.events]
+    assert order_told.index(("step_failed", "charge_payment")) < order_told.index(
+        ("saga_compensated", None)
+    )
+    assert order_told.index(("step_failed", "charge_payment")) < order_told.index(
+        ("compensation_succeeded", "reserve_stock")
+    )
+    assert [event.at for event in timeline.events] == sorted(event.at for event in timeline.events)
+    record = timeline.record
+    assert record.status is SagaStatus.COMPENSATED
+    assert record.failure is not None
+    assert record.failure.type == "PaymentFailed"  # the step's refusal, not the ending event

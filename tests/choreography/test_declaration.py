@@ -17,6 +17,7 @@ from pysaga import (
     StepEvents,
 )
 from pysaga.brokers.memory import MemoryBroker
+from pysaga.choreography import EventMeaning
 from pysaga.messaging import Envelope
 
 from .purchase import (
@@ -87,6 +88,20 @@ def test_a_good_declaration() -> None:
     assert purchase.declares(PaymentFailed)
     assert not purchase.declares(Other)
     assert not purchase.declares(AlsoOrderCreated)
+
+
+def test_each_event_has_one_meaning_to_read() -> None:
+    """What an event means for a saga is the flow's public, read-only answer (the observer
+    records events by it)."""
+    purchase = flow()
+    assert purchase.meanings["OrderCreated"] == EventMeaning("start", OrderCreated)
+    assert purchase.meanings["StockReleased"] == EventMeaning(
+        "compensated", StockReleased, "reserve_stock"
+    )
+    assert purchase.meanings["OrderRejected"] == EventMeaning("compensates", OrderRejected)
+    assert set(purchase.meanings) == set(purchase.events)
+    with pytest.raises(TypeError):
+        purchase.meanings["Other"] = EventMeaning("done", Other, "x")  # type: ignore[index]
 
 
 @pytest.mark.parametrize(
@@ -160,6 +175,8 @@ def test_event_handlers_are_checked() -> None:
     assert Participant("x").on(OrderCreated, flow=other)(reserve) is reserve
     with pytest.raises(TypeError, match="takes a pysaga.Choreography"):
         ChoreographyObserver("purchase", log="memory://", broker="memory://")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="event_groups is 'service'"):
+        Participant("x", event_groups="flow")  # type: ignore[arg-type]
 
 
 async def test_publishing_an_undeclared_event_fails_the_handler() -> None:

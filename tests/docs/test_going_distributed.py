@@ -1,13 +1,15 @@
-"""The "From one process to many" tutorial's program runs as the page says: a stock and a
-payments service and an orchestrator, each a process of its own, on RabbitMQ and PostgreSQL,
-and a fourth process that places three orders prints what the page shows. (Killing
-orchestrators mid-run is what tests/scale proves.)"""
+"""The "From one process to many" tutorial's program runs as the page says: pasted from the
+page's blocks in page order into one file, it runs as a stock and a payments service and an
+orchestrator, each a process of its own, on RabbitMQ and PostgreSQL, and a fourth process that
+places three orders prints what the page shows. (Killing orchestrators mid-run is what
+tests/scale proves.)"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,11 +18,12 @@ import asyncpg
 import pytest
 
 from tests.docs.test_snippets import pasted_output
+from tests.docs.tutorial import page_program
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-SNIPPETS = ROOT / "docs" / "snippets"
+PAGE = ROOT / "docs" / "getting-started" / "going-distributed.md"
 
 
 @pytest.fixture
@@ -29,10 +32,24 @@ def database(postgres_database: str) -> str:
     return postgres_database
 
 
-def run(role: str, broker: str, database: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture
+def broker(amqp_url: str) -> str:
+    """The page's broker URL, with a prefix of this test's own, as the page gives one: its
+    queues (``stock``, ``payments``) never meet another run's, or another application's."""
+    return f"{amqp_url}?prefix=t{uuid.uuid4().hex[:8]}."
+
+
+@pytest.fixture
+def program(tmp_path: Path) -> Path:
+    """The directory of the page's program, pasted from its blocks."""
+    (tmp_path / "going_distributed.py").write_text(page_program(PAGE), encoding="utf-8")
+    return tmp_path
+
+
+def run(where: Path, role: str, broker: str, database: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "going_distributed.py", role, broker, database],
-        cwd=SNIPPETS,
+        cwd=where,
         capture_output=True,
         text=True,
         timeout=120,
@@ -41,10 +58,10 @@ def run(role: str, broker: str, database: str) -> subprocess.CompletedProcess[st
 
 
 @contextmanager
-def serving(role: str, broker: str, database: str) -> Iterator[subprocess.Popen[str]]:
+def serving(where: Path, role: str, broker: str, database: str) -> Iterator[subprocess.Popen[str]]:
     process = subprocess.Popen(
         [sys.executable, "going_distributed.py", role, broker, database],
-        cwd=SNIPPETS,
+        cwd=where,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -59,14 +76,14 @@ def serving(role: str, broker: str, database: str) -> Iterator[subprocess.Popen[
         process.wait()
 
 
-async def test_the_orders_end_as_the_page_says(amqp_url: str, database: str) -> None:
-    run("setup", amqp_url, database)
+async def test_the_orders_end_as_the_page_says(amqp_url: str, database: str, program: Path) -> None:
+    run(program, "setup", amqp_url, database)
     with (
-        serving("stock", amqp_url, database),
-        serving("payments", amqp_url, database),
-        serving("orchestrator", amqp_url, database),
+        serving(program, "stock", amqp_url, database),
+        serving(program, "payments", amqp_url, database),
+        serving(program, "orchestrator", amqp_url, database),
     ):
-        placed = run("place", amqp_url, database)
+        placed = run(program, "place", amqp_url, database)
     assert placed.stdout == pasted_output("going_distributed")
     conn = await asyncpg.connect(database)
     try:

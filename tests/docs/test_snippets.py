@@ -93,6 +93,7 @@ class TestTheDocsAreCovered:
             "recovery",
             "sqlite_log",
             "retries",
+            "interceptors",
             "parallel_steps",
             "changing_sagas",
             "tracing_setup",
@@ -105,6 +106,7 @@ class TestTheDocsAreCovered:
             "choreography",  # run by tests/choreography/test_snippet.py
             "testing_kit",  # run under pytest by tests/testing_kit/test_docs_snippet.py
             "shop_http",  # run against a served shop by tests/examples/test_http.py
+            "log_urls",  # run by tests/stores/test_log_urls.py
         }
     )
 
@@ -325,6 +327,20 @@ class TestSQLiteLog:
 
 
 @pytest.mark.anyio
+class TestInterceptors:
+    """docs/guides/interceptors.md"""
+
+    async def test_every_attempt_goes_through_the_interceptors(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        interceptors = load("interceptors", monkeypatch)
+        with caplog.at_level("INFO", logger="shop.audit"):
+            await interceptors.main()
+        logged = "".join(f"{r.getMessage()}\n" for r in caplog.records if r.name == "shop.audit")
+        assert pasted_output("interceptors") == logged
+        assert interceptors.slow == []  # nothing here takes a second
+
+
 class TestRetries:
     """docs/guides/retries-timeouts-deadlines.md"""
 

@@ -174,7 +174,7 @@ def test_the_trace_on_the_tracing_page_is_the_demos(
 ) -> None:
     """The shop's trace pasted in the tracing guide is the one the demo prints: the same spans
     at the same depths (siblings may come in another order from run to run)."""
-    assert main(["--data-dir", str(tmp_path / "shop")]) == 0
+    assert main(["--data-dir", str(tmp_path / "shop"), "--trace"]) == 0
     out = capsys.readouterr().out
     printed = out[out.index("The trace of o-0005 (declined):") :].split("\n\n")[0]
     page = (ROOT / "docs" / "guides" / "tracing-metrics.md").read_text(encoding="utf-8")

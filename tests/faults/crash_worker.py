@@ -168,14 +168,23 @@ class CountingLog:
         self,
         owner: str,
         *,
+        incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
         lease: float,
         now: float,
         limit: int = 100,
+        predecessors: bool = False,
         fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> list[SagaRecord]:
         claimed = await self.inner.claim(
-            owner, kinds=kinds, lease=lease, now=now, limit=limit, fingerprints=fingerprints
+            owner,
+            incarnation=incarnation,
+            kinds=kinds,
+            lease=lease,
+            now=now,
+            limit=limit,
+            predecessors=predecessors,
+            fingerprints=fingerprints,
         )
         if claimed:
             self.killer.point("after-claim", saga_ids=[r.saga_id for r in claimed])

@@ -46,11 +46,11 @@ class Outage:
             raise StoreError("the connection to the saga log was lost")
         return await self.inner.update(saga_id, update, revision=revision, owner=owner)
 
-    async def release(self, owner: str, saga_ids: Any = None) -> None:
+    async def release(self, owner: str, saga_ids: Any = None, *, incarnation: Any = None) -> None:
         if self.release_failures > 0:
             self.release_failures -= 1
             raise StoreError("the connection to the saga log was lost")
-        await self.inner.release(owner, saga_ids)
+        await self.inner.release(owner, saga_ids, incarnation=incarnation)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

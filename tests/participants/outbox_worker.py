@@ -4,7 +4,7 @@ Usage: ``python -m tests.participants.outbox_worker <broker-url> <inbox-url> <se
 
 Mode ``crash``: the process kills itself with SIGKILL right after the first handler's
 transaction commits, before the reply written to the outbox is sent (through the
-participant's test-only ``_after_commit`` hook). Mode ``serve``: it runs until it is killed,
+participant's ``on_commit`` hook). Mode ``serve``: it runs until it is killed,
 with a relay that sends outbox messages older than 0.2 s. Either prints ``ready`` once it
 consumes its commands.
 """
@@ -17,10 +17,15 @@ import sys
 
 import anyio
 
+from pysaga.messaging import Envelope
+
 from .stock import stock_service
 
 
 async def main(broker_url: str, inbox_url: str, service: str, mode: str) -> None:
+    def die(envelope: Envelope) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
     stock, _ = stock_service(
         service,
         broker_url,
@@ -28,9 +33,8 @@ async def main(broker_url: str, inbox_url: str, service: str, mode: str) -> None
         events=f"{service}-events",
         relay_grace=0.2,
         relay_interval=0.1,
+        on_commit=[die] if mode == "crash" else [],
     )
-    if mode == "crash":
-        stock._after_commit = lambda: os.kill(os.getpid(), signal.SIGKILL)
     async with stock:
         print("ready", flush=True)
         await anyio.sleep_forever()

@@ -229,7 +229,12 @@ def check(shape: Shape, open_log: Callable[[], SagaLog]) -> None:
                     assert world.effects.get(key + name, 0) == 0, (name, shape, world)
         else:
             assert outcome.failure is not None
-            failed = saga.get_step(outcome.failure.step or "")
+            # what it is stuck on: a compensation that gave up (kept beside the reason it
+            # turned back), or the step that failed going forward
+            stuck = outcome.compensation_failure or outcome.failure
+            if outcome.compensation_failure is not None:
+                assert record.failure == outcome.failure, "the reason it turned back is kept"
+            failed = saga.get_step(stuck.step or "")
             state = record.steps[failed.name].status
             assert (
                 state is StepStatus.COMPENSATION_FAILED

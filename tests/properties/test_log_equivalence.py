@@ -1,7 +1,8 @@
 """The two saga logs are interchangeable: a hypothesis state machine drives random sequences
-of creates, updates (fresh or stale, by the holder or not), claims, renewals and releases
-against the in-memory log and the SQLite log side by side, and every answer (results, errors,
-records, histories, listings) must be the same from both."""
+of creates, updates (fresh or stale, by the holder or not), claims (taking predecessors'
+sagas back or not), renewals, releases and looks at the next lease expiry, by owners with
+several incarnations, against the in-memory log and the SQLite log side by side, and every
+answer (results, errors, records, histories, listings) must be the same from both."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from pysaga.stores.sqlite import SQLiteSagaLog
 
 IDS = st.sampled_from(["a", "b", "c", "d"])
 OWNERS = st.sampled_from(["o1", "o2", "o3"])
+INCARNATIONS = st.sampled_from([None, "i1", "i2"])
 NAMES = st.sampled_from([("s", 1), ("s", 2), ("t", 1)])
 STATUSES = st.sampled_from(list(SagaStatus))
 STEP_STATES = st.dictionaries(
@@ -74,7 +76,7 @@ class LogsAgree(RuleBasedStateMachine):
         self.portal.call(self.memory.__aenter__)
         self.portal.call(self.sqlite.__aenter__)
         for saga_id, owner in (("a", "o1"), ("b", "o2")):
-            self.create(saga_id, ("s", 1), owner, 50.0, SagaStatus.RUNNING, {}, 0.0)
+            self.create(saga_id, ("s", 1), owner, "i1", 50.0, SagaStatus.RUNNING, {}, 0.0)
 
     def teardown(self) -> None:
         self.portal.call(self.sqlite.aclose)
@@ -93,6 +95,7 @@ class LogsAgree(RuleBasedStateMachine):
         saga_id=IDS,
         kind=NAMES,
         owner=OWNERS,
+        incarnation=INCARNATIONS,
         lease=TIMES,
         status=STATUSES,
         steps=STEP_STATES,
@@ -103,6 +106,7 @@ class LogsAgree(RuleBasedStateMachine):
         saga_id: str,
         kind: tuple[str, int],
         owner: str,
+        incarnation: str | None,
         lease: float,
         status: SagaStatus,
         steps: dict[str, StepState],
@@ -119,6 +123,7 @@ class LogsAgree(RuleBasedStateMachine):
             lease_expires_at=lease,
             created_at=at,
             updated_at=at,
+            incarnation=incarnation,
         )
         self.both("create", record, [LogEntry(EntryKind.SAGA_STARTED, at=at, owner=owner)])
 
@@ -162,14 +167,37 @@ class LogsAgree(RuleBasedStateMachine):
             owner=owner,
         )
 
-    @rule(owner=OWNERS, kinds=st.sets(NAMES), lease=TIMES, now=TIMES)
-    def claim(self, owner: str, kinds: set[tuple[str, int]], lease: float, now: float) -> None:
+    @rule(
+        owner=OWNERS,
+        incarnation=INCARNATIONS,
+        kinds=st.sets(NAMES),
+        lease=TIMES,
+        now=TIMES,
+        predecessors=st.booleans(),
+    )
+    def claim(
+        self,
+        owner: str,
+        incarnation: str | None,
+        kinds: set[tuple[str, int]],
+        lease: float,
+        now: float,
+        predecessors: bool,
+    ) -> None:
         # (a limit above the number of sagas: which ones a limited claim takes first is the
         # log's choice; the contract suite checks the limit itself)
         answers = [
             outcome(
                 lambda log=log: self.portal.call(
-                    lambda: log.claim(owner, kinds=kinds, lease=lease, now=now, limit=10)
+                    lambda: log.claim(
+                        owner,
+                        incarnation=incarnation,
+                        kinds=kinds,
+                        lease=lease,
+                        now=now,
+                        limit=10,
+                        predecessors=predecessors,
+                    )
                 )
             )
             for log in (self.memory, self.sqlite)
@@ -178,13 +206,17 @@ class LogsAgree(RuleBasedStateMachine):
         taken = [sorted(records, key=lambda r: r.saga_id) for _, records in answers]
         assert taken[0] == taken[1]
 
-    @rule(owner=OWNERS, until=TIMES)
-    def renew(self, owner: str, until: float) -> None:
-        self.both("renew", owner, until=until)
+    @rule(owner=OWNERS, incarnation=INCARNATIONS, until=TIMES)
+    def renew(self, owner: str, incarnation: str | None, until: float) -> None:
+        self.both("renew", owner, incarnation=incarnation, until=until)
 
-    @rule(owner=OWNERS, ids=st.none() | st.sets(IDS, max_size=2))
-    def release(self, owner: str, ids: set[str] | None) -> None:
-        self.both("release", owner, ids)
+    @rule(owner=OWNERS, incarnation=INCARNATIONS, ids=st.none() | st.sets(IDS, max_size=2))
+    def release(self, owner: str, incarnation: str | None, ids: set[str] | None) -> None:
+        self.both("release", owner, ids, incarnation=incarnation)
+
+    @rule(owner=OWNERS, incarnation=INCARNATIONS, kinds=st.sets(NAMES))
+    def next_expiry(self, owner: str, incarnation: str | None, kinds: set[tuple[str, int]]) -> None:
+        self.both("next_expiry", owner, incarnation=incarnation, kinds=kinds)
 
     @invariant()
     def same_state(self) -> None:

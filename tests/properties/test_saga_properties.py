@@ -208,7 +208,10 @@ def check(shape: Shape, log_url: str) -> None:
             assert sum(world.effects[f"{key}s{i}"] for i in compensatable) == 0
         else:
             assert outcome.failure is not None
-            assert outcome.failure.step == failing
+            # what it is stuck on: the compensation that gave up (its error kept beside the
+            # reason the saga turned back), or the step that failed after the pivot
+            stuck = outcome.compensation_failure or outcome.failure
+            assert stuck.step == failing
             failed_step = saga.get_step(failing or "")
             if failed_step.kind is StepKind.RETRIABLE:
                 assert not world.undone  # nothing is compensated after the pivot

@@ -36,6 +36,7 @@ def record(
     lease: float = 100.0,
     created_at: float = 1.0,
     status: SagaStatus = SagaStatus.RUNNING,
+    incarnation: str | None = None,
 ) -> SagaRecord:
     return SagaRecord(
         saga_id=saga_id,
@@ -48,6 +49,7 @@ def record(
         deadline_at=None,
         created_at=created_at,
         updated_at=created_at,
+        incarnation=incarnation,
     )
 
 
@@ -58,7 +60,7 @@ def started(at: float = 1.0) -> list[LogEntry]:
 class TestCreateAndRead:
     async def test_round_trip(self, saga_log: SagaLog) -> None:
         """What is created reads back the same."""
-        rec = record("a")
+        rec = record("a", incarnation="run-1")
         rec.deadline_at = 50.5
         rec.steps = {"x": StepState(StepStatus.SUCCEEDED, 2, 1)}
         await saga_log.create(rec, started())
@@ -356,6 +358,174 @@ class TestOwnLeases:
         assert [r.saga_id for r in claimed] == ["released"]
         taken = await saga_log.claim("other", kinds={("s", 1)}, lease=30.0, now=10.0)
         assert [r.saga_id for r in taken] == ["lapsed"]
+
+
+class TestIncarnations:
+    """A lease is held by an (owner, incarnation) pair: an orchestrator restarted under the
+    same name is a new incarnation, and its predecessor's sagas are not its own."""
+
+    async def test_renew_covers_only_the_incarnation(self, saga_log: SagaLog) -> None:
+        """Renewal extends the leases of the caller's incarnation only: those an earlier
+        incarnation of the same owner left behind run out."""
+        await saga_log.create(record("mine", lease=5.0, incarnation="now"), started())
+        await saga_log.create(record("left", lease=5.0, incarnation="before"), started())
+        await saga_log.create(record("plain", lease=5.0), started())
+        assert await saga_log.renew("me", incarnation="now", until=99.0) == 1
+        leases = {
+            saga_id: rec.lease_expires_at
+            for saga_id in ("mine", "left", "plain")
+            if (rec := await saga_log.get(saga_id)) is not None
+        }
+        assert leases == {"mine": 99.0, "left": 5.0, "plain": 5.0}
+        # an owner without incarnations (None) is its own holder
+        assert await saga_log.renew("me", until=42.0) == 1
+        got = await saga_log.get("plain")
+        assert got is not None
+        assert got.lease_expires_at == 42.0
+
+    async def test_a_predecessors_lapsed_saga_is_claimed_by_its_successor_or_anyone(
+        self, saga_log: SagaLog
+    ) -> None:
+        """Once its lease lapsed, a saga an earlier incarnation held is claimable: by the
+        new incarnation of the same owner, and by any other orchestrator. The caller's own
+        incarnation's lapsed leases are still not taken back."""
+        await saga_log.create(record("left", lease=5.0, incarnation="before"), started())
+        await saga_log.create(record("mine", lease=5.0, incarnation="now"), started())
+        await saga_log.create(record("other", lease=5.0, incarnation="before"), started())
+        claimed = await saga_log.claim(
+            "me", incarnation="now", kinds={("s", 1)}, lease=30.0, now=10.0, limit=1
+        )
+        assert [r.saga_id for r in claimed] in (["left"], ["other"])
+        got = await saga_log.get(claimed[0].saga_id)
+        assert got is not None
+        assert (got.owner, got.incarnation, got.lease_expires_at) == ("me", "now", 40.0)
+        assert claimed[0] == got
+        more = await saga_log.claim("me", incarnation="now", kinds={("s", 1)}, lease=30.0, now=10.0)
+        assert {r.saga_id for r in more} == {"left", "other"} - {claimed[0].saga_id}
+        mine = await saga_log.get("mine")
+        assert mine is not None
+        assert (mine.owner, mine.incarnation, mine.revision) == ("me", "now", 0)
+        # anyone else takes the lapsed lease of "now" (and the one it just took, later)
+        rest = await saga_log.claim("you", incarnation="x", kinds={("s", 1)}, lease=30.0, now=10.0)
+        assert [(r.saga_id, r.owner, r.incarnation) for r in rest] == [("mine", "you", "x")]
+
+    async def test_predecessors_sagas_are_taken_back_at_once(self, saga_log: SagaLog) -> None:
+        """With ``predecessors``, a claim also takes, whatever their lease, the sagas held
+        under the caller's name by any other incarnation; not other owners' live ones, not
+        finished ones, not unknown kinds, not the caller's own incarnation's."""
+        await saga_log.create(record("old", lease=500.0, incarnation="first"), started())
+        await saga_log.create(record("older", lease=500.0, incarnation="zero"), started())
+        await saga_log.create(record("plain", lease=500.0), started())
+        await saga_log.create(record("lapsed", owner="gone", lease=5.0), started())
+        await saga_log.create(record("alive", owner="other", lease=500.0), started())
+        await saga_log.create(record("own", lease=500.0, incarnation="second"), started())
+        await saga_log.create(
+            record("done", lease=500.0, incarnation="first", status=SagaStatus.COMPLETED),
+            started(),
+        )
+        await saga_log.create(
+            record("stranger", name="zz", lease=500.0, incarnation="first"), started()
+        )
+        # without it, live leases stay where they are
+        assert [
+            r.saga_id
+            for r in await saga_log.claim(
+                "me", incarnation="second", kinds={("s", 1)}, lease=30.0, now=1.0
+            )
+        ] == []
+        claimed = await saga_log.claim(
+            "me",
+            incarnation="second",
+            kinds={("s", 1)},
+            lease=30.0,
+            now=10.0,
+            predecessors=True,
+        )
+        # lapsed leases first, then the predecessors' live ones
+        assert claimed[0].saga_id == "lapsed"
+        assert {r.saga_id for r in claimed} == {"lapsed", "old", "older", "plain"}
+        for rec in claimed:
+            assert (rec.owner, rec.incarnation, rec.lease_expires_at) == ("me", "second", 40.0)
+            assert rec.revision == 1
+            history = await saga_log.history(rec.saga_id)
+            assert history[-1].kind is EntryKind.SAGA_CLAIMED
+            assert history[-1].owner == "me"
+        for saga_id, holder in {
+            "alive": ("other", None),
+            "own": ("me", "second"),
+            "done": ("me", "first"),
+            "stranger": ("me", "first"),
+        }.items():
+            got = await saga_log.get(saga_id)
+            assert got is not None
+            assert (got.owner, got.incarnation, got.revision) == (*holder, 0)
+        # the sagas are the new incarnation's now: renewed by it, not by the old one (which
+        # keeps only the saga of a kind the claim did not ask for)
+        assert await saga_log.renew("me", incarnation="first", until=99.0) == 1
+        assert await saga_log.renew("me", incarnation="second", until=99.0) == 5
+
+    async def test_predecessors_claim_respects_its_limit(self, saga_log: SagaLog) -> None:
+        """A claim that takes predecessors' sagas back takes at most *limit* at a time."""
+        for n in range(5):
+            await saga_log.create(record(f"s{n}", lease=500.0, incarnation="old"), started())
+        taken: set[str] = set()
+        for _ in range(3):
+            claimed = await saga_log.claim(
+                "me",
+                incarnation="new",
+                kinds={("s", 1)},
+                lease=30.0,
+                now=10.0,
+                limit=2,
+                predecessors=True,
+            )
+            assert len(claimed) <= 2
+            taken |= {r.saga_id for r in claimed}
+        assert taken == {f"s{n}" for n in range(5)}
+
+    async def test_release_gives_up_only_the_incarnation(self, saga_log: SagaLog) -> None:
+        """Release frees the leases of the caller's incarnation only (all, or some)."""
+        await saga_log.create(record("a", incarnation="now"), started())
+        await saga_log.create(record("b", incarnation="now"), started())
+        await saga_log.create(record("c", incarnation="before"), started())
+        await saga_log.release("me", ["a", "c"], incarnation="now")
+        await saga_log.release("me", incarnation="another")
+        leases = {
+            saga_id: rec.lease_expires_at
+            for saga_id in ("a", "b", "c")
+            if (rec := await saga_log.get(saga_id)) is not None
+        }
+        assert leases == {"a": 0.0, "b": 100.0, "c": 100.0}
+        await saga_log.release("me", incarnation="now")
+        got = await saga_log.get("b")
+        assert got is not None
+        assert got.lease_expires_at == 0.0
+        # released: claimable at once, by the same incarnation too
+        claimed = await saga_log.claim(
+            "me", incarnation="now", kinds={("s", 1)}, lease=5.0, now=1.0
+        )
+        assert {r.saga_id for r in claimed} == {"a", "b"}
+
+    async def test_next_expiry(self, saga_log: SagaLog) -> None:
+        """The earliest lease a claim by this incarnation could take: not its own live
+        ones, only unfinished sagas of the wanted kinds; a released saga counts as 0."""
+        kinds = {("s", 1)}
+        assert await saga_log.next_expiry("me", incarnation="now", kinds=kinds) is None
+        await saga_log.create(record("own", lease=3.0, incarnation="now"), started())
+        await saga_log.create(
+            record("done", owner="x", lease=1.0, status=SagaStatus.COMPENSATED), started()
+        )
+        await saga_log.create(record("stranger", name="zz", owner="x", lease=2.0), started())
+        assert await saga_log.next_expiry("me", incarnation="now", kinds=kinds) is None
+        await saga_log.create(record("theirs", owner="x", lease=50.0), started())
+        await saga_log.create(record("left", lease=40.0, incarnation="before"), started())
+        assert await saga_log.next_expiry("me", incarnation="now", kinds=kinds) == 40.0
+        assert await saga_log.next_expiry("me", incarnation="now", kinds={("zz", 1)}) == 2.0
+        assert await saga_log.next_expiry("me", incarnation="now", kinds=set()) is None
+        # another incarnation sees "own" as someone else's
+        assert await saga_log.next_expiry("me", incarnation="later", kinds=kinds) == 3.0
+        await saga_log.release("me", ["own"], incarnation="now")
+        assert await saga_log.next_expiry("me", incarnation="now", kinds=kinds) == 0.0
 
 
 def operator_entry(kind: EntryKind, at: float = 5.0) -> LogEntry:

@@ -100,11 +100,53 @@ async def test_a_schema_1_file_gains_the_fingerprint_columns(tmp_path: Path) -> 
             ("s", None, {SagaStatus.COMPLETED: 1})
         ]
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM pysaga_schema").fetchall() == [(SCHEMA_VERSION,)]
+        assert conn.execute("SELECT max(version) FROM pysaga_schema").fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
     async with SQLiteSagaLog(path) as log:  # opening it again changes nothing
         got = await log.get("old")
         assert got is not None
         assert got.status is SagaStatus.COMPLETED
+
+
+async def test_a_log_from_before_incarnations_is_brought_up_to_date(tmp_path: Path) -> None:
+    """A file at schema version 1 (no lease incarnation) opens: the column is added, the
+    sagas in it read back with no incarnation, and their owner's new incarnation takes them."""
+    path = tmp_path / "sagas.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            """
+            CREATE TABLE pysaga_schema (version INTEGER NOT NULL);
+            INSERT INTO pysaga_schema VALUES (1);
+            CREATE TABLE pysaga_sagas (
+                saga_id TEXT PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL,
+                status TEXT NOT NULL, data TEXT NOT NULL, steps TEXT NOT NULL, failure TEXT,
+                revision INTEGER NOT NULL, owner TEXT, lease_expires_at REAL NOT NULL,
+                deadline_at REAL, created_at REAL NOT NULL, updated_at REAL NOT NULL
+            ) WITHOUT ROWID;
+            INSERT INTO pysaga_sagas VALUES
+                ('old', 's', 1, 'running', '{}', '{}', NULL, 3, 'me', 1e12, NULL, 1, 1);
+            """
+        )
+    conn.close()
+    async with SQLiteSagaLog(path) as log:
+        got = await log.get("old")
+        assert got is not None
+        assert (got.owner, got.incarnation, got.revision) == ("me", None, 3)
+        claimed = await log.claim(
+            "me", incarnation="new", kinds={("s", 1)}, lease=5.0, now=10.0, predecessors=True
+        )
+        assert [(r.saga_id, r.incarnation) for r in claimed] == [("old", "new")]
+    async with SQLiteSagaLog(path) as log:  # a second opening finds it up to date
+        got = await log.get("old")
+        assert got is not None
+        assert got.incarnation == "new"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT max(version) FROM pysaga_schema").fetchone() == (
+            SCHEMA_VERSION,
+        )
+    conn.close()
+    assert SCHEMA_VERSION >= 2  # version 2 added the incarnation
 
 
 async def test_wal_and_synchronous(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ SNIPPET = ROOT / "docs" / "snippets" / "testing_kit.py"
 
 
 def test_the_pages_test_file_passes_under_pytest() -> None:
-    """Run by pytest in a process of its own, it collects its seven tests and all pass; the
+    """Run by pytest in a process of its own, it collects its eight tests and all pass; the
     fixtures it uses come from the installed plugin (no conftest.py is on its path)."""
     assert not (SNIPPET.parent / "conftest.py").exists()
     result = subprocess.run(
@@ -24,4 +24,4 @@ def test_the_pages_test_file_passes_under_pytest() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "7 passed" in result.stdout
+    assert "8 passed" in result.stdout

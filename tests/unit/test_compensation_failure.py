@@ -173,18 +173,29 @@ async def test_an_aborted_saga_tells_its_compensations_the_operators_reason(
 async def test_a_compensation_retried_by_an_operator_is_still_told_why_the_saga_turned_back(
     log_factory: LogFactory,
 ) -> None:
-    """The compensation gave up, so the saga's record holds the compensation's failure; once
-    an operator retries it, the compensation is told the step's error all the same."""
+    """The compensation gave up: the saga's failure still says why it turned back, and the
+    compensation's error is kept beside it; once an operator retries it, the compensation is
+    told the step's error, and the compensated saga keeps the business reason."""
     seen: Seen = []
     saga = local_shop(seen, release_fails=1)
     async with Orchestrator(sagas=[saga], log=log_factory(), lease=1.0) as orch:
         failed = await orch.run(saga, Order())
         assert failed.status is SagaStatus.FAILED
         assert failed.failure is not None
-        assert failed.failure.type == "ConnectionError"
+        assert (failed.failure.step, failed.failure.type) == ("take_stock", "BusinessError")
+        assert failed.compensation_failure is not None
+        assert failed.compensation_failure.type == "ConnectionError"
+        record = await orch.get(failed.saga_id)
+        assert record.compensation_failure == failed.compensation_failure
         await Operator(orch.log).retry(failed.saga_id, reason="warehouse is back", by="alice")
         outcome = await orch.wait(failed.saga_id)
+        record = await orch.get(failed.saga_id)
     assert outcome.status is SagaStatus.COMPENSATED
+    assert outcome.failure is not None
+    assert outcome.failure.message == "out of stock"
+    assert outcome.compensation_failure is None
+    assert record.failure is not None
+    assert record.failure.message == "out of stock"
     compensations = [failure for _, compensating, failure in seen if compensating]
     assert len(compensations) == 2
     for told in compensations:

@@ -380,3 +380,54 @@ class TestVersions:
             assert "step 'charge' is gone" in held.held
             assert "step 'reserve' lost its compensation" in held.held
             assert await inspector.held(name="other") == []
+
+
+async def test_show_counts_attempts_and_failures_as_the_history_has_them(
+    log_factory: LogFactory,
+) -> None:
+    """A step that failed twice and then succeeded, and was later compensated (the record's
+    counters now count its compensation), is shown with its 3 attempts and 2 failures, and
+    its compensation beside them; a saga-level entry carries no '#0'."""
+    from pysaga._render import timeline_json, timeline_text
+
+    tries: dict[str, int] = {}
+    saga: Saga[Order] = Saga("flaky-order", Order)
+
+    @saga.step(retry=Retry(attempts=5, backoff=0, jitter=0))
+    async def reserve(order: Order, ctx: StepContext) -> None:
+        tries[ctx.saga_id] = tries.get(ctx.saga_id, 0) + 1
+        if tries[ctx.saga_id] < 3:
+            raise ConnectionError("warehouse busy")
+
+    @reserve.compensate(retry=Retry(attempts=3, backoff=0, jitter=0))
+    async def release(order: Order, ctx: StepContext) -> None:
+        if ctx.attempt < 2:
+            raise ConnectionError("warehouse busy")
+
+    @saga.step(retry=ONCE)
+    async def charge(order: Order) -> None:
+        raise BusinessError("card declined")
+
+    async with Orchestrator(sagas=[saga], log=log_factory()) as orch:
+        outcome = await orch.run(saga, Order())
+        assert outcome.status is SagaStatus.COMPENSATED
+        async with Inspector(orch.log) as inspector:
+            timeline = await inspector.timeline(outcome.saga_id)
+    record = timeline.record
+    assert record.steps["reserve"].attempts == 2  # the record counts the compensation now
+    counted = timeline.steps["reserve"]
+    assert (counted.attempts, counted.failures) == (3, 2)
+    assert (counted.compensation_attempts, counted.compensation_failures) == (2, 1)
+    assert (timeline.steps["charge"].attempts, timeline.steps["charge"].failures) == (1, 1)
+    text = timeline_text(timeline)
+    reserve_line = next(line for line in text.splitlines() if line.strip().startswith("reserve"))
+    assert "attempts 3" in reserve_line
+    assert "failures 2" in reserve_line
+    assert "compensations 2, failures 1" in reserve_line
+    assert " #0" not in text
+    assert timeline_json(timeline)["steps"]["reserve"] == {
+        "attempts": 3,
+        "failures": 2,
+        "compensation_attempts": 2,
+        "compensation_failures": 1,
+    }

@@ -261,9 +261,11 @@ class TestCompensation:
         async with Orchestrator(sagas=[saga], log=log_factory()) as orch:
             outcome = await orch.run(saga, Trip(nights=11))
             assert outcome.status is SagaStatus.FAILED
-            assert outcome.failure is not None
-            assert outcome.failure.step == "flight"
-            assert outcome.failure.type == "ConnectionError"
+            assert outcome.failure is not None  # why it turned back, kept
+            assert (outcome.failure.step, outcome.failure.business) == ("hotel", True)
+            assert outcome.compensation_failure is not None  # what it is stuck on, beside it
+            assert outcome.compensation_failure.step == "flight"
+            assert outcome.compensation_failure.type == "ConnectionError"
             record = await orch.get(outcome.saga_id)
             assert record.status is SagaStatus.FAILED
             assert record.steps["flight"].status is StepStatus.COMPENSATION_FAILED

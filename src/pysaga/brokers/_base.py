@@ -27,9 +27,9 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.trace import SpanKind
 
-from ..definition import Retry
 from ..errors import BrokerClosed, DecodeError
 from ..messaging import DeadLetter, DeadLetterHandler, Envelope, Handler
+from ..policies import Retry
 from ..tracing import Telemetry, mark_error, telemetry
 
 if TYPE_CHECKING:

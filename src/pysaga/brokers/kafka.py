@@ -68,7 +68,7 @@ import logging
 import re
 import uuid
 from collections import deque
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio
@@ -98,6 +98,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
         raise
     raise ImportError("the Kafka broker needs aiokafka: pip install 'pysaga-core[kafka]'") from exc
 
+from .._backends import require_asyncio
 from ..errors import BrokerClosed, BrokerError, BrokerUnavailable
 from ._base import BaseBroker, Consumer
 
@@ -776,6 +777,10 @@ class KafkaBroker(BaseBroker):
                 await producer.stop()
             raise
         return producer
+
+    async def __aenter__(self) -> Self:
+        require_asyncio("the Kafka broker", "aiokafka", "the in-memory broker (memory://)")
+        return await super().__aenter__()
 
     async def _open(self) -> None:
         where = self._where

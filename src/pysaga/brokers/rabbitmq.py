@@ -45,7 +45,7 @@ import re
 import socket
 import uuid
 from typing import TYPE_CHECKING, Any, Final, Self, cast
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
@@ -62,6 +62,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
         "the RabbitMQ broker needs aio-pika: pip install 'pysaga-core[rabbitmq]'"
     ) from exc
 
+from .._backends import require_asyncio
 from ..errors import BrokerClosed, BrokerError, BrokerUnavailable
 from ._base import BaseBroker, Consumer
 
@@ -191,7 +192,8 @@ class RabbitMQBroker(BaseBroker):
             the subscription's concurrency). More than the concurrency buffers messages in
             this process; they are still handled at most *concurrency* at a time.
         prefix: Put before every exchange and queue name (e.g. ``"shop."``), so several
-            applications can share a vhost.
+            applications can share a vhost. May also be given in the URL,
+            ``amqp://host/?prefix=shop.``; the keyword wins over it.
         reconnect_interval: Seconds between attempts to connect again after the connection
             was lost.
         publish_timeout: Seconds a send may take, reconnecting included, before it fails with
@@ -204,8 +206,8 @@ class RabbitMQBroker(BaseBroker):
             ``drain_timeout``, ``tracer_provider``).
 
     Raises:
-        ValueError: *url* is not an ``amqp://`` or ``amqps://`` URL, or an option is out of
-            range.
+        ValueError: *url* is not an ``amqp://`` or ``amqps://`` URL, an option is out of
+            range, or the prefix is not one RabbitMQ could use in a name.
 
     Example::
 
@@ -221,7 +223,7 @@ class RabbitMQBroker(BaseBroker):
         url: str = DEFAULT_URL,
         *,
         prefetch: int | None = None,
-        prefix: str = "",
+        prefix: str | None = None,
         reconnect_interval: float = 1.0,
         publish_timeout: float = 30.0,
         connect_timeout: float = 10.0,
@@ -236,13 +238,16 @@ class RabbitMQBroker(BaseBroker):
                 f"RabbitMQ URL {_mask(url)!r} must start with 'amqp://' or 'amqps://', "
                 "e.g. 'amqp://guest:guest@127.0.0.1:5672/'"
             )
+        url, prefix = _take_prefix(url, prefix)
         if prefetch is not None and prefetch < 1:
             raise ValueError("prefetch must be at least 1 (or None: the concurrency)")
         if reconnect_interval <= 0 or publish_timeout <= 0 or connect_timeout <= 0:
             raise ValueError("reconnect_interval, publish_timeout and connect_timeout must be > 0")
         self.url = url
+        """The URL the broker connects to (without ``?prefix=``, which is :attr:`prefix`)."""
         self.prefetch = prefetch
         self.prefix = prefix
+        """Put before every exchange and queue name."""
         self.reconnect_interval = reconnect_interval
         self.publish_timeout = publish_timeout
         self.connect_timeout = connect_timeout
@@ -281,6 +286,7 @@ class RabbitMQBroker(BaseBroker):
     # -- connection --------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
+        require_asyncio("the RabbitMQ broker", "aio-pika", "the in-memory broker (memory://)")
         # Connect before the shared lifecycle opens its task group, so that a connection
         # error reaches the caller as the BrokerUnavailable it is, not inside a group.
         if self._state != "new" or self._link is not None:
@@ -713,3 +719,39 @@ class RabbitMQBroker(BaseBroker):
                     await message.channel.basic_ack(tag, wait=False)
 
         return on_message
+
+
+_PREFIX_MAX: Final = 200
+"""The longest prefix: RabbitMQ names are at most 255 bytes, and a queue's name is the prefix,
+the destination, and for a group of its own a dot and the group's name."""
+
+
+def _take_prefix(url: str, prefix: str | None) -> tuple[str, str]:
+    """Split ``?prefix=`` off *url*; return the URL without it and the prefix to use (the
+    keyword *prefix* wins over the URL's).
+
+    Raises:
+        ValueError: the URL gives ``prefix`` twice, or the prefix is too long or has a
+            character RabbitMQ names cannot hold.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    given = [value for key, value in query if key == "prefix"]
+    if len(given) > 1:
+        raise ValueError(
+            f"RabbitMQ URL {_mask(url)!r} gives prefix= {len(given)} times; give it once"
+        )
+    if given:
+        url = urlunsplit(parts._replace(query=urlencode([kv for kv in query if kv[0] != "prefix"])))
+    if prefix is None:
+        prefix = given[0] if given else ""
+    if not isinstance(prefix, str):
+        raise ValueError(f"prefix must be a string, like 'shop.', got {prefix!r}")
+    if len(prefix.encode()) > _PREFIX_MAX:
+        raise ValueError(
+            f"prefix is {len(prefix.encode())} bytes long; at most {_PREFIX_MAX} leave room "
+            "for the destination in RabbitMQ's 255-byte names"
+        )
+    if any(ord(char) < 32 for char in prefix):
+        raise ValueError(f"prefix {prefix!r} has a control character; use letters, digits, '.'")
+    return url, prefix

@@ -2,7 +2,9 @@
 failures: compact JSON, one encoding for every store, so a record reads back the same from each.
 
 A step's state is ``[status, attempts, failures]``, followed by ``timeout_at`` and ``retry_at``
-only when one of the step's timers is set (older rows without them read back unchanged).
+only when one of the step's timers or its failure is set, and then by the failure (as
+:meth:`~pysaga.Failure.to_json`) only when it is set; older rows without them read back
+unchanged.
 """
 
 from __future__ import annotations
@@ -38,12 +40,15 @@ __all__ = (
 
 RECORD_COLUMNS = (
     "saga_id, name, version, status, data, steps, failure, revision, owner, "
-    "lease_expires_at, deadline_at, created_at, updated_at, fingerprint, held"
+    "lease_expires_at, deadline_at, created_at, updated_at, incarnation, fingerprint, held"
 )
 """The current-state columns, in the order :func:`record_from_row` reads them."""
 
 
 def _state(s: StepState) -> list[Any]:
+    if s.failure is not None:
+        failure = s.failure.to_json()
+        return [s.status.value, s.attempts, s.failures, s.timeout_at, s.retry_at, failure]
     if s.timeout_at is None and s.retry_at is None:
         return [s.status.value, s.attempts, s.failures]
     return [s.status.value, s.attempts, s.failures, s.timeout_at, s.retry_at]
@@ -51,14 +56,23 @@ def _state(s: StepState) -> list[Any]:
 
 def dump_steps(steps: Mapping[str, StepState]) -> str:
     """Step states by step name, as JSON text."""
-    return json.dumps({name: _state(s) for name, s in steps.items()}, separators=(",", ":"))
+    return json.dumps(
+        {name: _state(s) for name, s in steps.items()}, separators=(",", ":"), default=str
+    )
 
 
 def load_steps(text: str | Mapping[str, Any]) -> dict[str, StepState]:
     """Read :func:`dump_steps`' output (as text, or already parsed)."""
     raw = json.loads(text) if isinstance(text, str) else text
     return {
-        name: StepState(StepStatus(value[0]), value[1], value[2], *value[3:5])
+        name: StepState(
+            StepStatus(value[0]),
+            value[1],
+            value[2],
+            value[3] if len(value) > 3 else None,
+            value[4] if len(value) > 4 else None,
+            Failure.from_json(value[5]) if len(value) > 5 else None,
+        )
         for name, value in raw.items()
     }
 
@@ -91,6 +105,7 @@ def record_from_row(row: Sequence[Any]) -> SagaRecord:
         deadline_at,
         created_at,
         updated_at,
+        incarnation,
         fingerprint,
         held,
     ) = row
@@ -108,6 +123,7 @@ def record_from_row(row: Sequence[Any]) -> SagaRecord:
         created_at=created_at,
         updated_at=updated_at,
         failure=load_failure(failure),
+        incarnation=incarnation,
         fingerprint=fingerprint,
         held=held,
     )

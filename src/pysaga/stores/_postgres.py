@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
-from dataclasses import dataclass
+import logging
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import SchemaVersionError, StoreError
+from ._urls import PostgresOptions, check_schema_name, redact
+from ._urls import parse_postgres_url as parse_url
 
 try:
     import asyncpg
@@ -27,16 +27,21 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+logger = logging.getLogger("pysaga.stores.postgres")
+
 __all__ = (
     "RELEASE_TIMEOUT",
+    "check_schema",
     "discard",
     "lost_connection",
     "CLIENT_ERRORS",
     "PostgresOptions",
     "apply_schema",
+    "check_schema_name",
     "is_connection_error",
     "open_pool",
     "parse_url",
+    "redact",
 )
 
 CLIENT_ERRORS: tuple[type[Exception], ...] = (
@@ -48,81 +53,18 @@ CLIENT_ERRORS: tuple[type[Exception], ...] = (
 """Every error the PostgreSQL client raises (the server's, the connection's, its own); a store
 turns them into :class:`~pysaga.StoreError`."""
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_OPTIONS = {"schema", "pool_size"}
-
-
-@dataclass(frozen=True, slots=True)
-class PostgresOptions:
-    """A PostgreSQL URL, split into what asyncpg takes and pysaga's own options.
-
-    Attributes:
-        dsn: The URL without pysaga's options, as asyncpg takes it.
-        schema: The PostgreSQL schema pysaga's tables live in (created if missing).
-        pool_size: The most connections the pool opens.
-    """
-
-    dsn: str
-    schema: str = "public"
-    pool_size: int = 8
-
-
-def check_schema_name(schema: str) -> str:
-    """Return *schema* if it is a plain identifier (it is written into SQL unquoted).
-
-    Raises:
-        ValueError: it is not.
-    """
-    if not _NAME.match(schema):
-        raise ValueError(
-            f"schema {schema!r} is not a plain identifier; use letters, digits and '_' "
-            "(at most 63, not starting with a digit)"
-        )
-    return schema
-
-
-def parse_url(url: str) -> PostgresOptions:
-    """Read ``postgresql://user:password@host:5432/database?schema=pysaga&pool_size=8``.
-
-    ``schema`` (default ``public``) and ``pool_size`` (default 8) are pysaga's; every other
-    query option goes to the client (``sslmode=require``, say).
-
-    Raises:
-        ValueError: not a PostgreSQL URL, or a bad option.
-    """
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in ("postgresql", "postgres"):
-        raise ValueError(f"not a PostgreSQL URL: {url!r}; write 'postgresql://user@host/db'")
-    ours: dict[str, str] = {}
-    theirs: list[tuple[str, str]] = []
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        (ours.__setitem__(key, value) if key in _OPTIONS else theirs.append((key, value)))
-    schema = check_schema_name(ours.get("schema", "public"))
-    try:
-        pool_size = int(ours.get("pool_size", "8"))
-    except ValueError:
-        raise ValueError(f"PostgreSQL URL {url!r}: pool_size must be a whole number") from None
-    if pool_size < 1:
-        raise ValueError(f"PostgreSQL URL {url!r}: pool_size must be at least 1")
-    dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(theirs)))
-    return PostgresOptions(dsn, schema, pool_size)
-
-
-def redact(dsn: str) -> str:
-    """*dsn* with its password hidden, for messages."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
 
 async def _keep_session(conn: asyncpg.Connection[Any]) -> None:
     """The pool's reset of a connection given back: nothing to reset (see :func:`open_pool`)."""
 
 
-async def open_pool(options: PostgresOptions, *, what: str) -> asyncpg.Pool[Any]:
+async def open_pool(
+    options: PostgresOptions, *, what: str, read_only: bool = False
+) -> asyncpg.Pool[Any]:
     """A connection pool whose connections find pysaga's tables in ``options.schema``.
+
+    With *read_only*, every transaction of the pool's connections is read-only: the server
+    refuses any write, so a reader can never change the log, nor create its tables.
 
     Raises:
         StoreError: the database cannot be reached.
@@ -141,6 +83,7 @@ async def open_pool(options: PostgresOptions, *, what: str) -> asyncpg.Pool[Any]
                 # names the schema, so an operator (or a test) can tell whose connections
                 # these are in pg_stat_activity
                 "application_name": f"pysaga {what} {options.schema}"[:63],
+                **({"default_transaction_read_only": "on"} if read_only else {}),
             },
         )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -156,12 +99,15 @@ async def apply_schema(
     schema: str,
     component: str,
     migrations: Sequence[str],
+    *,
+    where: str = "",
 ) -> None:
     """Bring *component*'s tables in *schema* up to ``len(migrations)``.
 
     ``migrations[i]`` takes the schema from version ``i`` to ``i + 1``. Runs in one
     transaction under an advisory lock, so processes that start together apply each
-    migration once, and a process that finds a newer schema than it knows refuses it.
+    migration once, and a process that finds a newer schema than it knows refuses it. A
+    component created here is logged (at INFO), with *where* (the redacted URL).
 
     Raises:
         SchemaVersionError: the database holds a newer schema than this pysaga knows.
@@ -188,6 +134,13 @@ async def apply_schema(
             )
         for migration in migrations[current:]:
             await conn.execute(migration)
+        if current == 0:
+            logger.info(
+                "created the PostgreSQL %s in schema %r at %s",
+                component.replace("_", " "),
+                schema,
+                where,
+            )
         if current < target:
             await conn.execute(
                 f"INSERT INTO {schema}.pysaga_schema (component, version) VALUES ($1, $2) "
@@ -195,6 +148,46 @@ async def apply_schema(
                 component,
                 target,
             )
+
+
+async def check_schema(
+    pool: asyncpg.Pool[Any], schema: str, component: str, migrations: Sequence[str], *, where: str
+) -> None:
+    """Check, without changing anything, that *component*'s tables in *schema* exist at the
+    version ``len(migrations)``: what a reader does instead of :func:`apply_schema`.
+
+    Raises:
+        StoreError: there is no *component* in *schema* (nothing was ever written there), or
+            it has an older schema version, which only a writer may upgrade.
+        SchemaVersionError: the database holds a newer schema than this pysaga knows.
+    """
+    target = len(migrations)
+    async with pool.acquire() as conn:
+        exists = await conn.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL", f"{schema}.pysaga_schema"
+        )
+        found: int | None = None
+        if exists:
+            found = await conn.fetchval(
+                f"SELECT version FROM {schema}.pysaga_schema WHERE component = $1", component
+            )
+    if found is None:
+        raise StoreError(
+            f"no PostgreSQL {component.replace('_', ' ')} in schema {schema!r} at {where}: "
+            "its tables do not exist; check the URL's database and ?schema= (an orchestrator "
+            "creates them when it first starts)"
+        )
+    if found > target:
+        raise SchemaVersionError(
+            f"the PostgreSQL {component} in schema {schema!r} has schema version {found}, "
+            f"newer than this pysaga's ({target}); upgrade pysaga to use it"
+        )
+    if found < target:
+        raise StoreError(
+            f"the PostgreSQL {component} in schema {schema!r} at {where} has schema version "
+            f"{found}, older than this pysaga's ({target}); start an orchestrator of this "
+            "pysaga on it once to upgrade it"
+        )
 
 
 RELEASE_TIMEOUT = 10.0

@@ -89,16 +89,10 @@ class InMemorySagaLog(_InProcess):
         return self._apply(rec, update)
 
     def _apply(self, rec: SagaRecord, update: SagaUpdate) -> int:
-        if update.status is not None:
-            rec.status = update.status
-        if update.steps:
-            rec.steps.update(update.steps)
-        if update.data is not None:
-            rec.data = update.data
-        if update.failure is not None:
-            rec.failure = update.failure
+        rec.apply(update)
         rec.revision += 1
-        rec.updated_at = update.entries[-1].at if update.entries else time.time()
+        if not update.entries:
+            rec.updated_at = time.time()
         self._history[rec.saga_id].extend(update.entries)
         return rec.revision
 
@@ -113,51 +107,87 @@ class InMemorySagaLog(_InProcess):
         self,
         owner: str,
         *,
+        incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
         lease: float,
         now: float,
         limit: int = 100,
+        predecessors: bool = False,
         fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> list[SagaRecord]:
-        claimed: list[SagaRecord] = []
+        found: list[SagaRecord] = []
         for rec in self._records.values():
-            if len(claimed) >= limit:
-                break
-            if (
-                rec.status in ACTIVE_STATUSES
-                and rec.lease_expires_at < now
-                and (rec.owner != owner or rec.lease_expires_at == 0.0)
-                and (rec.name, rec.version) in kinds
-                and (
-                    fingerprints is None
-                    or rec.fingerprint is None
-                    or fingerprints.get((rec.name, rec.version)) == rec.fingerprint
-                )
+            if rec.status not in ACTIVE_STATUSES or (rec.name, rec.version) not in kinds:
+                continue
+            if not _fits(rec, fingerprints):
+                continue
+            ours = rec.owner == owner and rec.incarnation == incarnation
+            if (rec.lease_expires_at < now and (not ours or rec.lease_expires_at == 0.0)) or (
+                predecessors and rec.owner == owner and not ours
             ):
-                rec.owner = owner
-                rec.lease_expires_at = now + lease
-                rec.held = None
-                rec.revision += 1
-                rec.updated_at = now
-                self._history[rec.saga_id].append(
-                    LogEntry(EntryKind.SAGA_CLAIMED, at=now, owner=owner)
-                )
-                claimed.append(_copy(rec))
+                found.append(rec)
+        found.sort(key=lambda rec: rec.lease_expires_at)  # lapsed leases first
+        claimed: list[SagaRecord] = []
+        for rec in found[: max(limit, 0)]:
+            rec.owner = owner
+            rec.incarnation = incarnation
+            rec.lease_expires_at = now + lease
+            rec.held = None
+            rec.revision += 1
+            rec.updated_at = now
+            self._history[rec.saga_id].append(LogEntry(EntryKind.SAGA_CLAIMED, at=now, owner=owner))
+            claimed.append(_copy(rec))
         return claimed
 
-    async def renew(self, owner: str, *, until: float) -> int:
+    async def next_expiry(
+        self,
+        owner: str,
+        *,
+        incarnation: str | None = None,
+        kinds: Collection[tuple[str, int]],
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
+    ) -> float | None:
+        return min(
+            (
+                rec.lease_expires_at
+                for rec in self._records.values()
+                if rec.status in ACTIVE_STATUSES
+                and (rec.name, rec.version) in kinds
+                and _fits(rec, fingerprints)
+                and not (
+                    rec.owner == owner
+                    and rec.incarnation == incarnation
+                    and rec.lease_expires_at > 0
+                )
+            ),
+            default=None,
+        )
+
+    async def renew(self, owner: str, *, incarnation: str | None = None, until: float) -> int:
         count = 0
         for rec in self._records.values():
             # a released saga (lease 0) stays released: it waits for a claimer
-            if rec.owner == owner and rec.status in ACTIVE_STATUSES and rec.lease_expires_at:
+            if (
+                rec.owner == owner
+                and rec.incarnation == incarnation
+                and rec.status in ACTIVE_STATUSES
+                and rec.lease_expires_at
+            ):
                 rec.lease_expires_at = until
                 count += 1
         return count
 
-    async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
+    async def release(
+        self,
+        owner: str,
+        saga_ids: Collection[str] | None = None,
+        *,
+        incarnation: str | None = None,
+    ) -> None:
         for rec in self._records.values():
             if (
                 rec.owner == owner
+                and rec.incarnation == incarnation
                 and rec.status in ACTIVE_STATUSES
                 and (saga_ids is None or rec.saga_id in saga_ids)
             ):
@@ -270,6 +300,16 @@ class InMemorySagaLog(_InProcess):
         return dict(found)
 
 
+def _fits(rec: SagaRecord, fingerprints: Mapping[tuple[str, int], str] | None) -> bool:
+    """Whether a claim with *fingerprints* may take *rec*: its fingerprint is the one hosted
+    for its kind, or it has none (recorded before fingerprints existed)."""
+    return (
+        fingerprints is None
+        or rec.fingerprint is None
+        or fingerprints.get((rec.name, rec.version)) == rec.fingerprint
+    )
+
+
 def _version_order(key: tuple[str, int, str | None]) -> tuple[str, int, str]:
     """Name, version, then fingerprint with ``None`` (no fingerprint) first."""
     return key[0], key[1], "" if key[2] is None else key[2]
@@ -300,6 +340,7 @@ def _copy(r: SagaRecord) -> SagaRecord:
         r.created_at,
         r.updated_at,
         r.failure,
+        r.incarnation,
         r.fingerprint,
         r.held,
     )

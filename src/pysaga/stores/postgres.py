@@ -13,11 +13,11 @@ where revision and owner still match, and the history entries of the writes that
 appended. Writes that matched nothing are then told apart (no such saga, lease lost, stale
 revision) by one more read.
 
-Several orchestrators: every saga carries a lease (owner and expiry). An orchestrator claims
-sagas whose lease expired with ``FOR UPDATE SKIP LOCKED``, so replicas that claim at the same
-moment never get the same saga and never wait for each other. Every write checks the saga's
-revision and owner: an orchestrator that lost a saga gets :class:`~pysaga.LeaseLost` and
-stops driving it.
+Several orchestrators: every saga carries a lease (owner, the owner's incarnation, and
+expiry). An orchestrator claims sagas whose lease expired with ``FOR UPDATE SKIP LOCKED``, so
+replicas that claim at the same moment never get the same saga and never wait for each other.
+Every write checks the saga's revision and owner: an orchestrator that lost a saga gets
+:class:`~pysaga.LeaseLost` and stops driving it.
 
 Connection loss: a call whose connection breaks raises :class:`~pysaga.StoreError`; the pool
 opens a new connection for the next call. Reads and lease upkeep (claim, renew, release) are
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 
+from .._backends import require_asyncio
 from ..errors import ConcurrencyError, LeaseLost, SagaNotFoundError, StoreError
 from ..models import (
     DefinitionRecord,
@@ -63,6 +64,7 @@ from ._postgres import (
     RELEASE_TIMEOUT,
     PostgresOptions,
     apply_schema,
+    check_schema,
     check_schema_name,
     is_connection_error,
     open_pool,
@@ -125,7 +127,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (saga_id, revision, idx)
     );
     """,
-    # 2: the definition each saga was started on, the mark of a saga held for an operator,
+    # 2: a lease is held by an owner's incarnation (the run of it that holds it)
+    """
+    ALTER TABLE pysaga_sagas ADD COLUMN IF NOT EXISTS incarnation text COLLATE "C";
+    """,
+    # 3: the definition each saga was started on, the mark of a saga held for an operator,
     # and the outline of each definition an orchestrator hosted
     """
     ALTER TABLE pysaga_sagas
@@ -152,20 +158,21 @@ _ACTIVE = "status IN ('running', 'compensating')"
 _GET = f"SELECT {RECORD_COLUMNS} FROM pysaga_sagas WHERE saga_id = $1"
 
 # One batch of writes in one statement (so one round trip and one implicit transaction):
-# creates ($1-$13, then $31-$32), updates ($14-$21) and the history entries of both ($22-$30).
-# Entries are kept only for the writes that landed; the statement returns the ids of those
-# writes.
+# creates ($1-$13, then $31-$33: their incarnations, fingerprints and held marks), updates
+# ($14-$21) and the history entries of both ($22-$30). Entries are kept only for the writes
+# that landed; the statement returns the ids of those writes.
 _WRITE_BATCH = f"""
 WITH created AS (
     INSERT INTO pysaga_sagas ({RECORD_COLUMNS})
     SELECT c.saga_id, c.name, c.version, c.status, c.data, c.steps::jsonb, c.failure,
            c.revision, c.owner, c.lease_expires_at, c.deadline_at, c.created_at, c.updated_at,
-           c.fingerprint, c.held
+           c.incarnation, c.fingerprint, c.held
     FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::int8[], $9::text[], $10::float8[], $11::float8[],
-                $12::float8[], $13::float8[], $31::text[], $32::text[])
+                $12::float8[], $13::float8[], $31::text[], $32::text[], $33::text[])
         AS c(saga_id, name, version, status, data, steps, failure, revision, owner,
-             lease_expires_at, deadline_at, created_at, updated_at, fingerprint, held)
+             lease_expires_at, deadline_at, created_at, updated_at, incarnation, fingerprint,
+             held)
     ON CONFLICT (saga_id) DO NOTHING
     RETURNING saga_id
 ), updated AS (
@@ -217,29 +224,50 @@ WITH updated AS (
 SELECT revision FROM updated
 """
 
-# Claim in one statement: lock the oldest expired leases that no other claimer holds locked
-# (SKIP LOCKED: concurrent claimers split the sagas and never wait on each other), take them,
-# and record the claims. $1 now, $2 owner, $3/$4 the wanted kinds, $5 limit, $6 the new lease,
-# $7 the wanted kinds' fingerprints (NULL: any; a saga without a fingerprint matches any).
-_CLAIM = f"""
+
+_SAME_DEFINITION = """({fingerprints}::text[] IS NULL OR fingerprint IS NULL
+       OR (name, version, fingerprint) IN (
+           SELECT k.name, k.version, k.fingerprint
+           FROM unnest($3::text[], $4::int4[], {fingerprints}::text[])
+               AS k(name, version, fingerprint)))"""
+"""Of the wanted kinds ($3/$4), the sagas started on the wanted fingerprints (the parameter
+*fingerprints*, aligned with them; NULL: any), and those recorded before fingerprints existed."""
+
+
+def _held_by(owner: str, incarnation: str) -> str:
+    """A live lease held by the incarnation (parameter *incarnation*) of the owner (parameter
+    *owner*); a released saga (lease 0) is held by nobody."""
+    return (
+        f"owner IS NOT DISTINCT FROM {owner} AND incarnation IS NOT DISTINCT FROM {incarnation}"
+        " AND lease_expires_at > 0"
+    )
+
+
+def _claim_sql(predecessors: bool) -> str:
+    """Claim in one statement: lock the oldest expired leases that no other claimer holds
+    locked (SKIP LOCKED: concurrent claimers split the sagas and never wait on each other),
+    take them, and record the claims. $1 now, $2 owner, $3/$4 the wanted kinds, $5 limit,
+    $6 the new lease, $7 the incarnation, $8 the wanted kinds' fingerprints (NULL: any; a
+    saga without a fingerprint matches any). With *predecessors*, the sagas another incarnation
+    of $2 holds are taken too, whatever their lease."""
+    taken = f"lease_expires_at < $1 AND NOT ({_held_by('$2', '$7')})"
+    if predecessors:
+        taken = f"({taken}) OR (owner = $2 AND incarnation IS DISTINCT FROM $7)"
+    return f"""
 WITH picked AS (
     SELECT saga_id, lease_expires_at AS old_lease FROM pysaga_sagas
     WHERE {_ACTIVE}
-      AND lease_expires_at < $1
-      AND (owner IS DISTINCT FROM $2 OR lease_expires_at = 0)
+      AND ({taken})
       AND (name, version) IN (SELECT k.name, k.version
                               FROM unnest($3::text[], $4::int4[]) AS k(name, version))
-      AND ($7::text[] IS NULL OR fingerprint IS NULL
-           OR (name, version, fingerprint) IN (
-               SELECT k.name, k.version, k.fingerprint
-               FROM unnest($3::text[], $4::int4[], $7::text[]) AS k(name, version, fingerprint)))
+      AND {_SAME_DEFINITION.format(fingerprints="$8")}
     ORDER BY lease_expires_at
     LIMIT $5
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE pysaga_sagas s
-    SET owner = $2, lease_expires_at = $6, revision = s.revision + 1, updated_at = $1,
-        held = NULL
+    SET owner = $2, incarnation = $7, lease_expires_at = $6, revision = s.revision + 1,
+        updated_at = $1, held = NULL
     FROM picked p
     WHERE s.saga_id = p.saga_id
     RETURNING s.*, p.old_lease
@@ -251,18 +279,33 @@ WITH picked AS (
 SELECT {RECORD_COLUMNS} FROM claimed ORDER BY old_lease, saga_id
 """
 
+
+_CLAIM = _claim_sql(predecessors=False)
+_CLAIM_WITH_PREDECESSORS = _claim_sql(predecessors=True)
+
 # After a claim whose connection broke: the sagas that claim may have taken all the same
-# (the last entry at their current revision is this owner's claim at this time).
+# (the last entry at their current revision is this owner's claim at this time, and the
+# saga is held by this incarnation, $6).
 _CLAIMED_BEFORE = f"""
 SELECT {", ".join(f"s.{c.strip()}" for c in RECORD_COLUMNS.split(","))}
 FROM pysaga_sagas s
 JOIN pysaga_history h ON h.saga_id = s.saga_id AND h.revision = s.revision AND h.idx = 0
-WHERE s.{_ACTIVE} AND s.owner = $2 AND h.kind = '{EntryKind.SAGA_CLAIMED.value}'
-  AND h.at = $1 AND h.owner = $2
+WHERE s.{_ACTIVE} AND s.owner = $2 AND s.incarnation IS NOT DISTINCT FROM $6
+  AND h.kind = '{EntryKind.SAGA_CLAIMED.value}' AND h.at = $1 AND h.owner = $2
   AND (s.name, s.version) IN (SELECT k.name, k.version
                               FROM unnest($3::text[], $4::int4[]) AS k(name, version))
 ORDER BY s.saga_id
 LIMIT $5
+"""
+
+# When a claim will next find something: the earliest lease, among unfinished sagas of the
+# wanted kinds ($3/$4), that is not a live one of incarnation $2 of owner $1.
+_NEXT_EXPIRY = f"""
+SELECT min(lease_expires_at) FROM pysaga_sagas
+WHERE {_ACTIVE} AND NOT ({_held_by("$1", "$2")})
+  AND (name, version) IN (SELECT k.name, k.version
+                          FROM unnest($3::text[], $4::int4[]) AS k(name, version))
+  AND {_SAME_DEFINITION.format(fingerprints="$5")}
 """
 
 
@@ -314,13 +357,25 @@ class PostgresSagaLog:
         pool_size: The most connections the log opens; overrides the URL's ``pool_size``.
             Default 8. Writes use one connection at a time (group commit); the others serve
             reads and lease upkeep.
+        create: Whether opening the log creates its schema and tables when they are missing
+            (default; a writer such as an orchestrator does). ``False`` opens an existing log
+            only and fails when there is none, changing nothing.
+        read_only: Whether the log is only read: nothing is created, and the server refuses
+            every write on its connections (an :class:`~pysaga.Inspector` opens it so).
 
     Raises:
-        ValueError: a bad URL, schema name or pool size.
+        InvalidURLError: a malformed URL (a port that is not a number, an unknown option).
+        ValueError: a bad schema name or pool size.
     """
 
     def __init__(
-        self, dsn: str, *, schema: str | None = None, pool_size: int | None = None
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        pool_size: int | None = None,
+        create: bool = True,
+        read_only: bool = False,
     ) -> None:
         options = parse_url(dsn)
         if schema is not None:
@@ -330,17 +385,20 @@ class PostgresSagaLog:
                 raise ValueError(f"pool_size={pool_size}: a pool needs at least 1 connection")
             options = PostgresOptions(options.dsn, options.schema, pool_size)
         self.options = options
+        self._creates = create and not read_only
+        self.read_only = read_only
         self._pool: asyncpg.Pool[Any] | None = None
         self._commits: GroupCommit[_Write] = GroupCommit(self._flush)
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresSagaLog:
+    def from_url(cls, url: str, *, create: bool = True, read_only: bool = False) -> PostgresSagaLog:
         """Build from ``postgresql://user:password@host:5432/database?schema=pysaga&pool_size=8``.
 
         ``schema`` (default ``public``) and ``pool_size`` (default 8) are pysaga's options;
-        every other query option goes to the PostgreSQL client.
+        the client's connection options (``sslmode=require``, say) go to the PostgreSQL
+        client; any other option is refused. *create* and *read_only* are as in the class.
         """
-        return cls(url)
+        return cls(url, create=create, read_only=read_only)
 
     @property
     def schema(self) -> str:
@@ -365,14 +423,20 @@ class PostgresSagaLog:
     async def __aenter__(self) -> Self:
         if self._pool is not None:
             raise RuntimeError(f"{self!r} is already open; enter it once")
-        pool = await open_pool(self.options, what="saga log")
+        require_asyncio(
+            "the PostgreSQL saga log", "asyncpg", "the SQLite saga log (sqlite:///sagas.db)"
+        )
+        where = redact(self.options.dsn)
+        pool = await open_pool(self.options, what="saga log", read_only=self.read_only)
         try:
-            await apply_schema(pool, self.schema, _COMPONENT, MIGRATIONS)
+            if self._creates:
+                await apply_schema(pool, self.schema, _COMPONENT, MIGRATIONS, where=where)
+            else:
+                await check_schema(pool, self.schema, _COMPONENT, MIGRATIONS, where=where)
         except CLIENT_ERRORS as exc:
             pool.terminate()
             raise StoreError(
-                f"cannot set up the PostgreSQL saga log in schema {self.schema!r} at "
-                f"{redact(self.options.dsn)}: {exc}"
+                f"cannot set up the PostgreSQL saga log in schema {self.schema!r} at {where}: {exc}"
             ) from exc
         except BaseException:
             pool.terminate()
@@ -387,7 +451,8 @@ class PostgresSagaLog:
         statements (several milliseconds), and a saga's first write should not."""
         try:
             async with self._connection() as conn:
-                await conn.fetch(_WRITE_BATCH, *([[]] * 32))
+                if not self.read_only:  # the server refuses even an empty write then
+                    await conn.fetch(_WRITE_BATCH, *([[]] * 33))
                 await conn.fetchrow(_GET, "")
         except CLIENT_ERRORS as exc:
             await self.aclose()
@@ -591,6 +656,7 @@ class PostgresSagaLog:
                 [e.at for _, _, _, e in entries],
                 [e.owner for _, _, _, e in entries],
                 [dump_failure(e.failure) for _, _, _, e in entries],
+                [c.record.incarnation for c in creates],
                 [c.record.fingerprint for c in creates],
                 [c.record.held for c in creates],
             )
@@ -664,10 +730,12 @@ class PostgresSagaLog:
         self,
         owner: str,
         *,
+        incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
         lease: float,
         now: float,
         limit: int = 100,
+        predecessors: bool = False,
         fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> list[SagaRecord]:
         if not kinds or limit <= 0:
@@ -677,10 +745,12 @@ class PostgresSagaLog:
             return await self._claim_on(
                 conn,
                 owner,
+                incarnation=incarnation,
                 kinds=kinds,
                 lease=lease,
                 now=now,
                 limit=limit,
+                predecessors=predecessors,
                 fingerprints=fingerprints,
             )
 
@@ -688,12 +758,14 @@ class PostgresSagaLog:
             return await self._claim_on(
                 conn,
                 owner,
+                incarnation=incarnation,
                 kinds=kinds,
                 lease=lease,
                 now=now,
                 limit=limit,
-                fingerprints=fingerprints,
                 again=True,
+                predecessors=predecessors,
+                fingerprints=fingerprints,
             )
 
         return await self._run("claim expired sagas", run, on_retry=rerun)
@@ -703,32 +775,70 @@ class PostgresSagaLog:
         conn: asyncpg.pool.PoolConnectionProxy[Any],
         owner: str,
         *,
+        incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
         lease: float,
         now: float,
         limit: int,
         fingerprints: Mapping[tuple[str, int], str] | None = None,
         again: bool = False,
+        predecessors: bool = False,
     ) -> list[SagaRecord]:
-        """Claim on *conn*. ``again``: this claim is a retry after its first try lost its
-        connection, which may have committed before it broke; the sagas it took are this
-        owner's now and it would never claim them back, so they are returned first."""
+        """Claim on *conn* for *owner*'s *incarnation*. ``again``: this claim is a retry
+        after its first try lost its connection, which may have committed before it broke;
+        the sagas it took are this incarnation's now and it would never claim them back, so
+        they are returned first."""
         pairs = sorted(kinds)
         names = [name for name, _ in pairs]
         versions = [version for _, version in pairs]
         before: list[SagaRecord] = []
         if again:
-            rows = await conn.fetch(_CLAIMED_BEFORE, now, owner, names, versions, limit)
+            rows = await conn.fetch(
+                _CLAIMED_BEFORE, now, owner, names, versions, limit, incarnation
+            )
             before = [record_from_row(row) for row in rows]
             if len(before) >= limit:
                 return before
         wanted = None if fingerprints is None else [fingerprints.get(pair) for pair in pairs]
         rows = await conn.fetch(
-            _CLAIM, now, owner, names, versions, limit - len(before), now + lease, wanted
+            _CLAIM_WITH_PREDECESSORS if predecessors else _CLAIM,
+            now,
+            owner,
+            names,
+            versions,
+            limit - len(before),
+            now + lease,
+            incarnation,
+            wanted,
         )
         return before + [record_from_row(row) for row in rows]
 
-    async def renew(self, owner: str, *, until: float) -> int:
+    async def next_expiry(
+        self,
+        owner: str,
+        *,
+        incarnation: str | None = None,
+        kinds: Collection[tuple[str, int]],
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
+    ) -> float | None:
+        if not kinds:
+            return None
+        pairs = sorted(kinds)
+
+        async def read(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> float | None:
+            expiry: float | None = await conn.fetchval(
+                _NEXT_EXPIRY,
+                owner,
+                incarnation,
+                [name for name, _ in pairs],
+                [version for _, version in pairs],
+                None if fingerprints is None else [fingerprints.get(pair) for pair in pairs],
+            )
+            return expiry
+
+        return await self._run("read when a lease runs out next", read)
+
+    async def renew(self, owner: str, *, incarnation: str | None = None, until: float) -> int:
         async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> int:
             # Rows a write of this orchestrator holds right now are skipped (renewed next
             # round): waiting for them could deadlock with that write, which locks the same
@@ -736,30 +846,42 @@ class PostgresSagaLog:
             status = await conn.execute(
                 "UPDATE pysaga_sagas s SET lease_expires_at = $1 FROM ("
                 f" SELECT saga_id FROM pysaga_sagas WHERE owner = $2 AND {_ACTIVE}"
+                " AND incarnation IS NOT DISTINCT FROM $3"
                 " AND lease_expires_at > 0"  # a released saga stays released
                 " FOR UPDATE SKIP LOCKED) held WHERE s.saga_id = held.saga_id",
                 until,
                 owner,
+                incarnation,
             )
             return _row_count(status)
 
         return await self._run(f"renew the leases of {owner!r}", run)
 
-    async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
+    async def release(
+        self,
+        owner: str,
+        saga_ids: Collection[str] | None = None,
+        *,
+        incarnation: str | None = None,
+    ) -> None:
         async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
             if saga_ids is None:
                 await conn.execute(  # skipping rows in a write, as renew does
                     "UPDATE pysaga_sagas s SET lease_expires_at = 0 FROM ("
                     f" SELECT saga_id FROM pysaga_sagas WHERE owner = $1 AND {_ACTIVE}"
+                    " AND incarnation IS NOT DISTINCT FROM $2"
                     " FOR UPDATE SKIP LOCKED) held WHERE s.saga_id = held.saga_id",
                     owner,
+                    incarnation,
                 )
             else:
                 await conn.execute(
                     "UPDATE pysaga_sagas SET lease_expires_at = 0 "
-                    f"WHERE owner = $1 AND saga_id = ANY($2::text[]) AND {_ACTIVE}",
+                    f"WHERE owner = $1 AND saga_id = ANY($2::text[]) AND {_ACTIVE}"
+                    " AND incarnation IS NOT DISTINCT FROM $3",
                     owner,
                     list(saga_ids),
+                    incarnation,
                 )
 
         await self._run(f"release the leases of {owner!r}", run)

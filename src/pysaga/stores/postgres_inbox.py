@@ -30,6 +30,7 @@ except ImportError as exc:  # pragma: no cover - depends on what is installed
         "'pip install \"pysaga-core[postgres]\"'"
     ) from exc
 
+from .._backends import require_asyncio
 from ..errors import StoreError
 from ..protocols import InboxRecord, OutboxMessage
 from ._postgres import (
@@ -166,6 +167,7 @@ class PostgresInbox:
     async def __aenter__(self) -> Self:
         if self._pool is not None:
             raise RuntimeError(f"{self!r} is already open; enter it once")
+        require_asyncio("the PostgreSQL inbox", "asyncpg", "the SQLite inbox (sqlite:///inbox.db)")
         pool = await open_pool(self._options, what="inbox")
         try:
             with self._errors():

@@ -17,13 +17,13 @@ drive sagas at a time on SQLite; to run several, use the PostgreSQL log.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -50,9 +50,10 @@ from ._codec import (
     versions_from_rows,
 )
 from ._group_commit import GroupCommit, PendingWrite
+from ._urls import Synchronous
+from ._urls import parse_sqlite_url as parse_url
 
 if TYPE_CHECKING:
-    import os
     from collections.abc import Callable, Collection, Mapping, Sequence
     from types import TracebackType
 
@@ -60,13 +61,12 @@ __all__ = ("SCHEMA_VERSION", "SQLiteSagaLog", "open_database", "parse_url")
 
 logger = logging.getLogger("pysaga.stores.sqlite")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema this version writes. A file with a newer schema is refused; an older one is
-brought up to date when it is opened (schema 2 added the definitions and their
-fingerprints)."""
+brought up to date when opened (version 2 added the lease's ``incarnation``, version 3 the
+definitions and their fingerprints)."""
 
 _T = TypeVar("_T")
-Synchronous = Literal["normal", "full"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pysaga_schema (
@@ -85,7 +85,8 @@ CREATE TABLE IF NOT EXISTS pysaga_sagas (
     lease_expires_at REAL NOT NULL,
     deadline_at      REAL,
     created_at       REAL NOT NULL,
-    updated_at       REAL NOT NULL
+    updated_at       REAL NOT NULL,
+    incarnation      TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS pysaga_sagas_active
     ON pysaga_sagas (lease_expires_at) WHERE status IN ('running', 'compensating');
@@ -113,12 +114,31 @@ CREATE TABLE IF NOT EXISTS pysaga_definitions (
 """
 
 _ADDED_COLUMNS = (
-    ("fingerprint", "TEXT"),  # schema 2: the definition a saga was started on
-    ("held", "TEXT"),  # schema 2: why no orchestrator drives it (its definition changed)
+    ("incarnation", "TEXT"),  # schema 2: which run of the owner holds the lease
+    ("fingerprint", "TEXT"),  # schema 3: the definition a saga was started on
+    ("held", "TEXT"),  # schema 3: why no orchestrator drives it (its definition changed)
 )
 """Columns of ``pysaga_sagas`` added after schema 1: added to an older file when it opens."""
 
 _ACTIVE = "('running', 'compensating')"
+# A live lease held by one incarnation of one owner (parameters: owner, incarnation); a
+# released saga (lease 0) is held by nobody.
+_HELD_BY = "owner IS ? AND incarnation IS ? AND lease_expires_at > 0"
+
+
+def _same_definition(
+    fingerprints: Mapping[tuple[str, int], str] | None,
+) -> tuple[str, list[Any]]:
+    """The clause (and its parameters) that keeps, of the wanted kinds, the sagas started on
+    the hosted definitions, and those recorded before fingerprints existed (NULL)."""
+    if fingerprints is None:
+        return "", []
+    triples = sorted((name, version, fp) for (name, version), fp in fingerprints.items())
+    values = ", ".join("(?, ?, ?)" for _ in triples) or "(NULL, NULL, NULL)"
+    clause = f"AND (fingerprint IS NULL OR (name, version, fingerprint) IN (VALUES {values})) "
+    return clause, [value for triple in triples for value in triple]
+
+
 _INSERT_ENTRY = (
     "INSERT INTO pysaga_history (saga_id, revision, idx, kind, step, attempt, at, owner, failure)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -144,39 +164,6 @@ _INTERVENE = (
 )
 
 
-def parse_url(url: str) -> tuple[str, Synchronous, float]:
-    """Read ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (query options
-    ``synchronous=normal|full`` and ``busy_timeout=<seconds>``).
-
-    Returns:
-        The file path, the synchronous setting and the busy timeout.
-    """
-    parts = urlsplit(url)
-    if parts.scheme.lower() != "sqlite":
-        raise ValueError(f"not a sqlite URL: {url!r}")
-    path = unquote(parts.path)
-    if parts.netloc == ":memory:" or path == "/:memory:":
-        path = ":memory:"
-    elif path.startswith("/"):
-        path = path[1:]  # sqlite:///rel -> "rel"; sqlite:////abs -> "/abs"
-    if not path:
-        raise ValueError(
-            f"sqlite URL {url!r} names no file; write 'sqlite:///sagas.db' (relative) or "
-            "'sqlite:////var/lib/app/sagas.db' (absolute)"
-        )
-    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(query) - {"synchronous", "busy_timeout"}
-    if unknown:
-        raise ValueError(
-            f"sqlite URL {url!r}: unknown option(s) {sorted(unknown)}; "
-            "known: synchronous, busy_timeout"
-        )
-    sync = query.get("synchronous", "normal").lower()
-    if sync not in ("normal", "full"):
-        raise ValueError(f"sqlite URL {url!r}: synchronous must be 'normal' or 'full'")
-    return path, "full" if sync == "full" else "normal", float(query.get("busy_timeout", 5.0))
-
-
 def open_database(
     path: str,
     synchronous: Synchronous,
@@ -185,8 +172,11 @@ def open_database(
     *,
     what: str,
     any_thread: bool = False,
+    create: bool = True,
+    read_only: bool = False,
 ) -> sqlite3.Connection:
-    """Open a WAL-mode SQLite file (creating its directory) and run *setup* on it.
+    """Open a WAL-mode SQLite file (creating it and its directory) and run *setup* on it. A
+    file created here is logged at INFO, with its absolute path.
 
     Args:
         path: The file, or ``":memory:"``.
@@ -195,19 +185,51 @@ def open_database(
         setup: Creates or checks the schema.
         what: What the file holds, for the error message.
         any_thread: Whether the connection may be used from a worker thread too.
+        create: Whether a missing file (and its directory) is created; else it must exist.
+        read_only: Whether the connection refuses writes (``PRAGMA query_only``); the file
+            must exist, and nothing is created.
 
     Raises:
-        StoreError: the file cannot be opened or set up.
+        StoreError: the file does not exist (and may not be created), or cannot be opened or
+            set up.
     """
+    target, uri, new = path, False, False
     if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(
-        path, isolation_level=None, check_same_thread=not any_thread, timeout=busy_timeout
-    )
+        if create and not read_only:
+            new = not Path(path).exists()
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        elif not Path(path).is_file():
+            where = "" if Path(path).is_absolute() else f" (relative to {os.getcwd()!r})"
+            raise StoreError(
+                f"no SQLite {what} at {path!r}: the file does not exist{where}; check the "
+                "path ('sqlite:////abs/path.db' names an absolute one)"
+            )
+        else:
+            # mode=rw never creates the file (a missing one fails to open)
+            target, uri = Path(path).absolute().as_uri() + "?mode=rw", True
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
+        conn = sqlite3.connect(
+            target,
+            uri=uri,
+            isolation_level=None,
+            check_same_thread=not any_thread,
+            timeout=busy_timeout,
+        )
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the SQLite {what} {path!r}: {exc}") from exc
+    try:
+        if read_only:
+            # a reader neither writes nor switches the journal mode: a WAL file is read as it
+            # is, and an orchestrator's writes remain visible to it
+            conn.execute("PRAGMA query_only=ON")
+        elif create:
+            conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
-        setup(conn)
+        setup(conn)  # checks an existing file before anything is written to it
+        if not create and not read_only:
+            conn.execute("PRAGMA journal_mode=WAL")
+        if new:
+            logger.info("created a new SQLite %s at %s", what, Path(path).absolute())
     except sqlite3.Error as exc:
         conn.close()
         raise StoreError(f"cannot open the SQLite {what} {path!r}: {exc}") from exc
@@ -235,10 +257,16 @@ class SQLiteSagaLog:
     """A :class:`~pysaga.SagaLog` in one SQLite file.
 
     Args:
-        path: The database file (created with its directory if missing), or ``":memory:"``.
+        path: The database file (created with its directory if missing, unless *create* is
+            false), or ``":memory:"``.
         synchronous: ``"normal"`` (default: survives a killed process) or ``"full"``
             (also survives power loss; fsync on every commit).
         busy_timeout: Seconds to wait for another process's lock before failing.
+        create: Whether entering the log creates a missing file (default: a writer such as
+            an orchestrator does, and logs where at INFO). ``False`` opens an existing log
+            only, and fails with :class:`~pysaga.StoreError` saying the file does not exist.
+        read_only: Whether the log is only read: nothing is created, and writes are refused
+            (an :class:`~pysaga.Inspector` opens it so).
     """
 
     def __init__(
@@ -247,6 +275,8 @@ class SQLiteSagaLog:
         *,
         synchronous: Synchronous = "normal",
         busy_timeout: float = 5.0,
+        create: bool = True,
+        read_only: bool = False,
     ) -> None:
         if synchronous not in ("normal", "full"):
             raise ValueError(
@@ -256,6 +286,8 @@ class SQLiteSagaLog:
         self.path = str(path)
         self.synchronous: Synchronous = synchronous
         self.busy_timeout = busy_timeout
+        self._creates = create and not read_only
+        self.read_only = read_only
         self._conn: sqlite3.Connection | None = None
         self._offload = synchronous == "full"
         self._lock = anyio.Lock()
@@ -264,13 +296,23 @@ class SQLiteSagaLog:
         self._checkpointer: _Checkpointer | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> SQLiteSagaLog:
+    def from_url(cls, url: str, *, create: bool = True, read_only: bool = False) -> SQLiteSagaLog:
         """Build from ``sqlite:///relative.db`` or ``sqlite:////absolute.db``.
 
-        The query may set ``synchronous=normal|full`` and ``busy_timeout=<seconds>``.
+        The query may set ``synchronous=normal|full`` and ``busy_timeout=<seconds>``;
+        *create* and *read_only* are as in the class.
+
+        Raises:
+            InvalidURLError: a malformed URL.
         """
         path, synchronous, busy_timeout = parse_url(url)
-        return cls(path, synchronous=synchronous, busy_timeout=busy_timeout)
+        return cls(
+            path,
+            synchronous=synchronous,
+            busy_timeout=busy_timeout,
+            create=create,
+            read_only=read_only,
+        )
 
     def __repr__(self) -> str:
         return f"<SQLiteSagaLog {self.path!r} synchronous={self.synchronous}>"
@@ -289,12 +331,14 @@ class SQLiteSagaLog:
             self.path,
             self.synchronous,
             self.busy_timeout,
-            self._migrate,
+            self._migrate if self._creates else self._open_existing,
             what="saga log",
             any_thread=True,
+            create=self._creates,
+            read_only=self.read_only,
         )
         self._conn = conn
-        if self.path != ":memory:":
+        if self.path != ":memory:" and not self.read_only:
             conn.execute("PRAGMA wal_autocheckpoint=0")
             self._checkpointer = _Checkpointer(self.path, self.busy_timeout)
         return self
@@ -317,6 +361,28 @@ class SQLiteSagaLog:
             async with self._lock:
                 conn.close()
 
+    def _open_existing(self, conn: sqlite3.Connection) -> None:
+        """Check that the file holds a saga log (and bring its schema up to date, unless
+        only reading): an existing file that holds none is not turned into one."""
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'pysaga_schema'"
+        ).fetchone()
+        if found is None:
+            raise StoreError(
+                f"the file {self.path!r} holds no saga log (it has no pysaga tables); check "
+                "the path, or start an orchestrator on it to create one"
+            )
+        if not self.read_only:
+            self._migrate(conn)
+            return
+        row = conn.execute("SELECT max(version) FROM pysaga_schema").fetchone()
+        version = row[0] if row else None
+        if version is not None and version > SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"the saga log was written with schema version {version}, newer than this "
+                f"pysaga's ({SCHEMA_VERSION}); upgrade pysaga to read it"
+            )
+
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -331,14 +397,12 @@ class SQLiteSagaLog:
                     f"the saga log was written with schema version {found}, newer than this "
                     f"pysaga's ({SCHEMA_VERSION}); upgrade pysaga to read it"
                 )
-            present = {info[1] for info in conn.execute("PRAGMA table_info(pysaga_sagas)")}
-            for column, kind in _ADDED_COLUMNS:
-                if column not in present:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(pysaga_sagas)")}
+            for column, kind in _ADDED_COLUMNS:  # a log written before they were added
+                if column not in columns:
                     conn.execute(f"ALTER TABLE pysaga_sagas ADD COLUMN {column} {kind}")
-            if found is None:
+            if found is None or found < SCHEMA_VERSION:
                 conn.execute("INSERT INTO pysaga_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif found < SCHEMA_VERSION:
-                conn.execute("UPDATE pysaga_schema SET version = ?", (SCHEMA_VERSION,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -408,7 +472,7 @@ class SQLiteSagaLog:
         try:
             conn.execute(
                 f"INSERT INTO pysaga_sagas ({RECORD_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     r.saga_id,
                     r.name,
@@ -423,6 +487,7 @@ class SQLiteSagaLog:
                     r.deadline_at,
                     r.created_at,
                     r.updated_at,
+                    r.incarnation,
                     r.fingerprint,
                     r.held,
                 ),
@@ -518,27 +583,28 @@ class SQLiteSagaLog:
         self,
         owner: str,
         *,
+        incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
         lease: float,
         now: float,
         limit: int = 100,
+        predecessors: bool = False,
         fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> list[SagaRecord]:
-        if not kinds:
+        if not kinds or limit <= 0:
             return []
 
         pairs = sorted(kinds)
         wanted = ", ".join("(?, ?)" for _ in pairs)
         params = [value for pair in pairs for value in pair]
-        same = ""
-        if fingerprints is not None:
-            # a saga recorded before fingerprints existed (NULL) is claimed as before
-            triples = sorted((name, version, fp) for (name, version), fp in fingerprints.items())
-            values = ", ".join("(?, ?, ?)" for _ in triples) or "(NULL, NULL, NULL)"
-            same = (
-                f"AND (fingerprint IS NULL OR (name, version, fingerprint) IN (VALUES {values})) "
-            )
-            params.extend(value for triple in triples for value in triple)
+        # lapsed leases that are not this incarnation's own live ones (a released one is)
+        taken = f"lease_expires_at < ? AND NOT ({_HELD_BY})"
+        taken_params: list[Any] = [now, owner, incarnation]
+        if predecessors:  # and whatever an earlier incarnation of this owner holds
+            taken = f"({taken}) OR (owner = ? AND incarnation IS NOT ?)"
+            taken_params += [owner, incarnation]
+        same, same_params = _same_definition(fingerprints)
+        params.extend(same_params)
 
         def run() -> list[SagaRecord]:
             conn = self._db
@@ -546,22 +612,25 @@ class SQLiteSagaLog:
             try:
                 rows = conn.execute(
                     f"SELECT {RECORD_COLUMNS} FROM pysaga_sagas WHERE status IN {_ACTIVE} "
-                    "AND lease_expires_at < ? "
-                    "AND (owner IS NOT ? OR lease_expires_at = 0) "
-                    f"AND (name, version) IN (VALUES {wanted}) "
-                    f"{same}ORDER BY lease_expires_at LIMIT ?",
-                    (now, owner, *params, limit),
+                    f"AND ({taken}) AND (name, version) IN (VALUES {wanted}) "
+                    f"{same}ORDER BY lease_expires_at LIMIT ?",  # lapsed leases first
+                    (*taken_params, *params, limit),
                 ).fetchall()
                 claimed: list[SagaRecord] = []
                 for row in rows:
                     rec = record_from_row(row)
                     conn.execute(
-                        "UPDATE pysaga_sagas SET owner = ?, lease_expires_at = ?, "
-                        "revision = revision + 1, updated_at = ?, held = NULL "
+                        "UPDATE pysaga_sagas SET owner = ?, incarnation = ?, "
+                        "lease_expires_at = ?, revision = revision + 1, updated_at = ?, "
+                        "held = NULL "
                         "WHERE saga_id = ? AND revision = ?",
-                        (owner, now + lease, now, rec.saga_id, rec.revision),
+                        (owner, incarnation, now + lease, now, rec.saga_id, rec.revision),
                     )
-                    rec.owner, rec.lease_expires_at = owner, now + lease
+                    rec.owner, rec.incarnation, rec.lease_expires_at = (
+                        owner,
+                        incarnation,
+                        now + lease,
+                    )
                     rec.revision += 1
                     rec.updated_at = now
                     rec.held = None
@@ -581,31 +650,64 @@ class SQLiteSagaLog:
 
         return await self._call(run)
 
-    async def renew(self, owner: str, *, until: float) -> int:
+    async def next_expiry(
+        self,
+        owner: str,
+        *,
+        incarnation: str | None = None,
+        kinds: Collection[tuple[str, int]],
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
+    ) -> float | None:
+        if not kinds:
+            return None
+        pairs = sorted(kinds)
+        wanted = ", ".join("(?, ?)" for _ in pairs)
+        params = [value for pair in pairs for value in pair]
+        same, same_params = _same_definition(fingerprints)
+        params.extend(same_params)
+
+        def read() -> float | None:
+            row = self._db.execute(
+                f"SELECT min(lease_expires_at) FROM pysaga_sagas WHERE status IN {_ACTIVE} "
+                f"AND NOT ({_HELD_BY}) AND (name, version) IN (VALUES {wanted}) {same}",
+                (owner, incarnation, *params),
+            ).fetchone()
+            expiry: float | None = row[0] if row else None
+            return expiry
+
+        return await self._call(read)
+
+    async def renew(self, owner: str, *, incarnation: str | None = None, until: float) -> int:
         def run() -> int:
             cur = self._db.execute(
                 # a released saga (lease 0) stays released: it waits for a claimer
-                "UPDATE pysaga_sagas SET lease_expires_at = ? "
-                f"WHERE owner = ? AND status IN {_ACTIVE} AND lease_expires_at > 0",
-                (until, owner),
+                f"UPDATE pysaga_sagas SET lease_expires_at = ? WHERE {_HELD_BY} "
+                f"AND status IN {_ACTIVE}",
+                (until, owner, incarnation),
             )
             return cur.rowcount
 
         return await self._call(run)
 
-    async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
+    async def release(
+        self,
+        owner: str,
+        saga_ids: Collection[str] | None = None,
+        *,
+        incarnation: str | None = None,
+    ) -> None:
         def run() -> None:
             if saga_ids is None:
                 self._db.execute(
                     "UPDATE pysaga_sagas SET lease_expires_at = 0 "
-                    f"WHERE owner = ? AND status IN {_ACTIVE}",
-                    (owner,),
+                    f"WHERE owner = ? AND incarnation IS ? AND status IN {_ACTIVE}",
+                    (owner, incarnation),
                 )
             else:
                 self._db.executemany(
-                    "UPDATE pysaga_sagas SET lease_expires_at = 0 "
-                    f"WHERE owner = ? AND saga_id = ? AND status IN {_ACTIVE}",
-                    [(owner, saga_id) for saga_id in saga_ids],
+                    "UPDATE pysaga_sagas SET lease_expires_at = 0 WHERE owner = ? "
+                    f"AND incarnation IS ? AND saga_id = ? AND status IN {_ACTIVE}",
+                    [(owner, incarnation, saga_id) for saga_id in saga_ids],
                 )
 
         await self._call(run)

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Self
 
 from ..errors import StoreError
 from ..protocols import InboxRecord
-from .sqlite import Synchronous, open_database, parse_url
+from .sqlite import open_database, parse_url
 
 if TYPE_CHECKING:
     import os
     from types import TracebackType
+
+    from ._urls import Synchronous
 
 __all__ = ("SQLiteInbox",)
 

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
-    from ..definition import Saga, StepContext
+    from ..definition import Saga
+    from ..interceptors import Proceed, StepCall
 
 __all__ = ("Crash", "SagaWorld", "SimulatedCrash")
 
@@ -118,15 +119,24 @@ class _WorldLog(InMemorySagaLog):
         self,
         owner: str,
         *,
+        incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
         lease: float,
         now: float,
         limit: int = 100,
+        predecessors: bool = False,
         fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> list[SagaRecord]:
         self._world._refuse_if_crashed(owner)
         claimed = await super().claim(
-            owner, kinds=kinds, lease=lease, now=now, limit=limit, fingerprints=fingerprints
+            owner,
+            incarnation=incarnation,
+            kinds=kinds,
+            lease=lease,
+            now=now,
+            limit=limit,
+            predecessors=predecessors,
+            fingerprints=fingerprints,
         )
         if claimed:
             self._notify()
@@ -141,13 +151,19 @@ class _WorldLog(InMemorySagaLog):
             self._notify()
         return held
 
-    async def renew(self, owner: str, *, until: float) -> int:
+    async def renew(self, owner: str, *, incarnation: str | None = None, until: float) -> int:
         self._world._refuse_if_crashed(owner)
-        return await super().renew(owner, until=until)
+        return await super().renew(owner, incarnation=incarnation, until=until)
 
-    async def release(self, owner: str, saga_ids: Collection[str] | None = None) -> None:
+    async def release(
+        self,
+        owner: str,
+        saga_ids: Collection[str] | None = None,
+        *,
+        incarnation: str | None = None,
+    ) -> None:
         self._world._refuse_if_crashed(owner)
-        await super().release(owner, saga_ids)
+        await super().release(owner, saga_ids, incarnation=incarnation)
         self._notify()
 
 
@@ -159,6 +175,18 @@ class _Hosted:
     scope: anyio.CancelScope
     stop: anyio.Event
     stopped: anyio.Event
+
+
+@dataclass(frozen=True, slots=True)
+class _StepFault:
+    """An error :meth:`SagaWorld.fail_step` injects into a step's first attempts."""
+
+    saga: str
+    step: str
+    compensation: bool
+    times: int
+    saga_id: str | None
+    error: Callable[[], Exception]
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +234,7 @@ class SagaWorld:
         self._current: _Hosted | None = None
         self._crashed: set[str] = set()
         self._crash_rules: list[_CrashRule] = []
-        self._undo: list[Callable[[], None]] = []
+        self._faults: list[_StepFault] = []
         self._crash_seen: anyio.Event | None = None
         self.crashes: list[Crash] = []
         """Every crash the kit caused, oldest first."""
@@ -220,7 +248,6 @@ class SagaWorld:
         if self._stack is not None:
             raise RuntimeError(f"{self!r} is already open; enter it once")
         async with contextlib.AsyncExitStack() as stack:
-            stack.callback(self._restore_steps)
             await stack.enter_async_context(self._log)
             await stack.enter_async_context(self._broker)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
@@ -364,6 +391,7 @@ class SagaWorld:
             tracer_provider=spec.tracer_provider,
             meter_provider=spec.meter_provider,
             broker=self.broker_url if has_remote else None,
+            interceptors=[self._inject],
         )
         hosted: _Hosted = await tg.start(self._host, orch)
         self._orchestrators.append(hosted)
@@ -591,12 +619,14 @@ class SagaWorld:
 
         The step's retry policy then does what it would with a real failure: retry, turn
         back, or fail the saga. Attempts count in the log, so an attempt made after a restart
-        counts as the next one. The step is put back as it was when the world closes.
+        counts as the next one. The error is raised by an interceptor
+        (:mod:`pysaga.interceptors`) that the world's orchestrators call every step through,
+        before the step itself: the step's code is left as declared. For a remote step the
+        command is then not sent.
 
         Args:
             saga: The saga definition.
-            step: The step's name (a local step: for a remote step, make its handler fail,
-                or drop its command with :attr:`faults`).
+            step: The step's name (a local or a remote step).
             error: The exception to raise: an instance, or a class made with a message that
                 says the kit injected it (default: ``ConnectionError``).
             times: How many attempts fail.
@@ -605,23 +635,13 @@ class SagaWorld:
 
         Raises:
             KeyError: the saga has no such step.
-            ValueError: the step is remote, or has no compensation to fail.
+            ValueError: *times* is below 1, or the step has no compensation to fail.
         """
         target = saga.get_step(step)
-        if target.remote is not None:
-            raise ValueError(
-                f"step {step!r} of saga {saga.name!r} is remote; make its participant's "
-                "handler fail, or drop its command with world.faults.drop(Command)"
-            )
         if times < 1:
             raise ValueError(f"times must be at least 1, got {times!r}")
-        if compensation:
-            original = target.compensation
-            if original is None:
-                raise ValueError(f"step {step!r} of saga {saga.name!r} has no compensation")
-            wants_context = target.compensation_wants_context
-        else:
-            original, wants_context = target.action, target.wants_context
+        if compensation and target.compensation is None:
+            raise ValueError(f"step {step!r} of saga {saga.name!r} has no compensation")
         what = "compensation of step" if compensation else "step"
 
         def make_error() -> Exception:
@@ -629,33 +649,22 @@ class SagaWorld:
                 return error
             return error(f"injected by the test kit into the {what} {step!r}")
 
-        async def injected(data: Any, ctx: StepContext) -> Any:
-            if ctx.attempt <= times and (saga_id is None or ctx.saga_id == saga_id):
-                raise make_error()
-            if wants_context:
-                return await original(data, ctx)
-            return await original(data)
+        self._faults.append(_StepFault(saga.name, step, compensation, times, saga_id, make_error))
 
-        if compensation:
-            target._compensation = injected
-            target._compensation_ctx = True
-
-            def undo() -> None:
-                target._compensation = original
-                target._compensation_ctx = wants_context
-        else:
-            target.action = injected
-            target.wants_context = True
-
-            def undo() -> None:
-                target.action = original
-                target.wants_context = wants_context
-
-        self._undo.append(undo)
-
-    def _restore_steps(self) -> None:
-        while self._undo:
-            self._undo.pop()()
+    async def _inject(self, call: StepCall, proceed: Proceed) -> Any:
+        """The interceptor every orchestrator of the world runs its steps through: it raises
+        the errors :meth:`fail_step` asked for, and lets every other attempt through."""
+        ctx = call.ctx
+        for fault in self._faults:
+            if (
+                fault.step == ctx.step
+                and fault.saga == ctx.saga_name
+                and fault.compensation == ctx.compensating
+                and ctx.attempt <= fault.times
+                and (fault.saga_id is None or fault.saga_id == ctx.saga_id)
+            ):
+                raise fault.error()
+        return await proceed(call)
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -732,9 +741,9 @@ class SagaWorld:
         Raises:
             SagaNotFoundError: there is no such saga in the world's log.
         """
-        from ..cli import _timeline_text
+        from .._render import timeline_text
 
-        return _timeline_text(await self.inspector().timeline(saga_id))
+        return timeline_text(await self.inspector().timeline(saga_id))
 
     async def _fail(self, saga_id: str, why: str) -> None:
         if await self._log.get(saga_id) is None:

@@ -985,6 +985,11 @@ def _differences(existing: SagaRecord, asked: SagaRecord) -> list[str]:
             f"the log has {existing.name!r} version {existing.version}, "
             f"not {asked.name!r} version {asked.version}"
         ]
+    if existing.fingerprint not in (None, asked.fingerprint):
+        return [
+            f"the log's saga was started on definition {existing.fingerprint} of "
+            f"{asked.name!r} version {asked.version}, not on {asked.fingerprint}"
+        ]
     before, after = json.loads(existing.data), json.loads(asked.data)
     return [
         f"data field {field!r}: {before.get(field, '(missing)')!r} in the log, "

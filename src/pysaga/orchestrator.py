@@ -256,6 +256,7 @@ class Orchestrator:
         self._quarantined: set[str] = set()
         self._abandoned: set[str] = set()  # stopped driving them; their release failed
         self._unknown: set[tuple[str, int]] = set()
+        self._next_hold_check = 0.0  # anyio time of the next look for changed definitions
         self._idle = _Latch()
         self._idle.set()
 
@@ -478,8 +479,12 @@ class Orchestrator:
     async def _claim(self, *, predecessors: bool = False) -> None:
         """Claim and resume abandoned sagas. With *predecessors* (on start-up), the sagas
         an earlier incarnation of this owner name holds are taken back at once. First, the
-        sagas of a hosted name and version whose definition changed are held for an operator."""
-        await self._hold_changed()
+        sagas of a hosted name and version whose definition changed are held for an operator
+        (a look made at most once per claim interval: it counts the unfinished sagas per
+        definition)."""
+        if anyio.current_time() >= self._next_hold_check:
+            self._next_hold_check = anyio.current_time() + self.claim_interval
+            await self._hold_changed()
         kinds = set(self._versions)
         fingerprints = self._fingerprints()
         taken_back = 0

@@ -213,6 +213,7 @@ class Orchestrator:
         self._quarantined: set[str] = set()
         self._abandoned: set[str] = set()  # stopped driving them; their release failed
         self._unknown: set[tuple[str, int]] = set()
+        self._next_hold_check = 0.0  # anyio time of the next look for changed definitions
         self._idle = anyio.Event()
         self._idle.set()
 
@@ -389,7 +390,10 @@ class Orchestrator:
         self._unknown = unknown
 
     async def _claim(self) -> None:
-        await self._hold_changed()
+        if anyio.current_time() >= self._next_hold_check:
+            # at most once per claim interval: it counts the unfinished sagas per definition
+            self._next_hold_check = anyio.current_time() + self.claim_interval
+            await self._hold_changed()
         kinds = set(self._versions)
         fingerprints = {key: saga.fingerprint for key, saga in self._versions.items()}
         while True:

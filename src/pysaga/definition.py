@@ -650,10 +650,13 @@ class Saga(Generic[DataT]):
 
         It covers what a saga already in flight depends on: the steps' names and order,
         their kinds, their parallel groups, which steps have a compensation, which steps are
-        remote (and to which service), and the JSON schema of the data model (without its
-        titles, descriptions and examples, which change nothing). It does not cover what
-        may change safely under a running saga: the code inside steps, retry policies,
-        timeouts, the deadline.
+        remote (and to which service), and the structure of the data model's JSON schema
+        (its fields, their types, which are required, enumerations and nesting). It does not
+        cover what may change safely under a running saga: the code inside steps and
+        compensations, retry policies, timeouts, the deadline, and the data model's titles,
+        descriptions, defaults and constraints (the log keeps every field of a saga's data,
+        and data that no longer fits a changed constraint is left for an operator when it is
+        read back).
 
         Each saga record keeps the fingerprint of the definition it was started on, and an
         orchestrator drives only the sagas whose ``(name, version, fingerprint)`` it hosts.
@@ -669,7 +672,7 @@ class Saga(Generic[DataT]):
 
         Returns:
             ``{"steps": [{"name", "kind", "group", "compensated", "remote"}, ...],
-            "data": <the data model's JSON schema, without titles and descriptions>}``,
+            "data": <the structure of the data model's JSON schema>}``,
             steps in declaration order; ``remote`` is the service of a remote step, ``None``
             for a local one. The saga log keeps it once per definition, so that a changed
             definition can be told apart step by step (:func:`describe_changes`).
@@ -705,9 +708,30 @@ class Saga(Generic[DataT]):
 
 # -- fingerprints ---------------------------------------------------------------------------
 
-_DOC_KEYS = frozenset({"title", "description", "examples"})
-"""JSON-schema keywords that only document: a change to them changes no data."""
-_NAME_MAPS = frozenset({"properties", "$defs", "definitions", "patternProperties"})
+_SHAPE_KEYS = frozenset(
+    {
+        "type",
+        "format",
+        "properties",
+        "patternProperties",
+        "additionalProperties",
+        "items",
+        "prefixItems",
+        "$ref",
+        "$defs",
+        "definitions",
+        "anyOf",
+        "oneOf",
+        "allOf",
+    }
+)
+"""JSON-schema keywords that give the data's structure: the types, the fields and how they
+nest. Documentation (titles, descriptions, examples), defaults (the log keeps every field of
+a saga's data) and constraints (checked when the data is read back) are left out, so a change
+to them does not change a fingerprint."""
+_VERBATIM_KEYS = frozenset({"required", "enum", "const", "discriminator"})
+"""Structural keywords whose values are kept as they are."""
+_NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
 """JSON-schema keywords whose keys are names (a property called ``title`` is kept)."""
 
 
@@ -716,9 +740,9 @@ def _schema_shape(node: Any, *, names: bool = False) -> Any:
         if names:
             return {key: _schema_shape(value) for key, value in node.items()}
         return {
-            key: _schema_shape(value, names=key in _NAME_MAPS)
+            key: value if key in _VERBATIM_KEYS else _schema_shape(value, names=key in _NAME_MAPS)
             for key, value in node.items()
-            if key not in _DOC_KEYS
+            if key in _SHAPE_KEYS or key in _VERBATIM_KEYS
         }
     if isinstance(node, list):
         return [_schema_shape(item) for item in node]
@@ -726,8 +750,9 @@ def _schema_shape(node: Any, *, names: bool = False) -> Any:
 
 
 def _data_shape(data_type: type[BaseModel]) -> Any:
-    """The data model's JSON schema without its documentation; for a model pydantic cannot
-    describe in JSON schema, its fields and their annotations."""
+    """The structure of the data model's JSON schema (its keywords in ``_SHAPE_KEYS`` and
+    ``_VERBATIM_KEYS``); for a model pydantic cannot describe in JSON schema, its fields and
+    their annotations."""
     try:
         return _schema_shape(data_type.model_json_schema())
     except Exception:  # arbitrary types: describe the fields as declared

@@ -327,8 +327,8 @@ class TestMermaid:
 class Documented(BaseModel):
     """An order (this docstring is documentation only)."""
 
-    order_id: str = Field("o-1", description="the shop's id", title="Order id")
-    qty: int = 1
+    order_id: str = Field("o-2", description="the shop's id", title="Order id", min_length=1)
+    qty: int = Field(3, gt=0)
 
 
 class Grown(BaseModel):
@@ -417,8 +417,8 @@ class TestFingerprint:
         assert describe_changes(base.outline(), changed.outline())
 
     def test_what_does_not_change_it(self) -> None:
-        """Step code, policies, timeouts, the deadline and the data model's documentation
-        change nothing a saga in flight depends on."""
+        """Step code, policies, timeouts, the deadline and the data model's documentation,
+        defaults and constraints change nothing a saga in flight depends on."""
         base = shaped().fingerprint
         assert shaped(retry=Retry(attempts=9), timeout=3.0).fingerprint == base
         assert shaped(data=Documented).fingerprint == base

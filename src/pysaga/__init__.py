@@ -47,6 +47,7 @@ from .interceptors import StepCall as StepCall
 from .messaging import Broker as Broker
 from .messaging import DeadLetter as DeadLetter
 from .messaging import Envelope as Envelope
+from .models import DefinitionRecord as DefinitionRecord
 from .models import EntryKind as EntryKind
 from .models import Failure as Failure
 from .models import LogEntry as LogEntry
@@ -54,6 +55,7 @@ from .models import SagaOutcome as SagaOutcome
 from .models import SagaRecord as SagaRecord
 from .models import SagaStatus as SagaStatus
 from .models import SagaUpdate as SagaUpdate
+from .models import SagaVersion as SagaVersion
 from .models import StepState as StepState
 from .models import StepStatus as StepStatus
 from .models import new_saga_id as new_saga_id
@@ -94,6 +96,7 @@ __all__ = (
     "DeadLetter",
     "DeadlineExceeded",
     "DecodeError",
+    "DefinitionRecord",
     "EntryKind",
     "Envelope",
     "Failure",
@@ -125,6 +128,7 @@ __all__ = (
     "SagaRecord",
     "SagaStatus",
     "SagaUpdate",
+    "SagaVersion",
     "SchemaVersionError",
     "Step",
     "StepCall",

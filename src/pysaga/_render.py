@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from .models import SagaRecord, SagaStatus, StepStatus
+from .models import SagaRecord, SagaStatus, SagaVersion, StepStatus
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -30,6 +30,8 @@ __all__ = (
     "table",
     "timeline_json",
     "timeline_text",
+    "version_json",
+    "versions_text",
     "when",
 )
 
@@ -192,6 +194,8 @@ def record_json(record: SagaRecord) -> dict[str, Any]:
         "compensation_failure": (
             None if record.compensation_failure is None else record.compensation_failure.to_json()
         ),
+        "fingerprint": record.fingerprint,
+        "held": record.held,
     }
 
 
@@ -253,7 +257,7 @@ def records_text(records: Sequence[SagaRecord], style: Style = PLAIN) -> str:
             r.saga_id,
             r.name,
             str(r.version),
-            r.status.value,
+            r.status.value + (" (held)" if r.held is not None else ""),
             when(r.created_at),
             when(r.updated_at),
             r.owner or "-",
@@ -280,7 +284,10 @@ def timeline_text(timeline: Timeline, style: Style = PLAIN) -> str:
         f"  updated   {when(r.updated_at)}",
         f"  deadline  {when(r.deadline_at)}",
         f"  owner     {r.owner or '-'}",
+        f"  defined   fingerprint {r.fingerprint or '- (recorded before fingerprints)'}",
     ]
+    if r.held is not None:
+        lines.append(f"  held      {r.held}")
     if r.failure is not None:
         lines.append(f"  failure   {r.failure}")
     if r.compensation_failure is not None:
@@ -313,3 +320,63 @@ def timeline_text(timeline: Timeline, style: Style = PLAIN) -> str:
         gap = f"+{event.since_previous:.3f}s"
         lines.append(f"  {gap:>10}  {event.kind.value}{step}{failure}")
     return "\n".join(lines)
+
+
+def version_json(found: SagaVersion) -> dict[str, Any]:
+    """One definition's sagas (:meth:`Inspector.versions`) as a JSON-able dict.
+
+    Args:
+        found: The definition's entry.
+
+    Returns:
+        Name, version, fingerprint, a count for every status, the held and total counts,
+        and the definition's steps (``None`` when the log has no record of it).
+    """
+    definition = found.definition
+    return {
+        "name": found.name,
+        "version": found.version,
+        "fingerprint": found.fingerprint,
+        "counts": {status.value: found.counts.get(status, 0) for status in SagaStatus},
+        "held": found.held,
+        "total": found.total,
+        "steps": None if definition is None else definition.outline.get("steps"),
+        "registered_at": None if definition is None else definition.registered_at,
+    }
+
+
+def _outline_text(found: SagaVersion) -> str:
+    if found.definition is None:
+        return "-"
+    steps = found.definition.outline.get("steps") or []
+    return ", ".join(
+        str(step.get("name")) + ("*" if step.get("compensated") else "") for step in steps
+    )
+
+
+def versions_text(found: Sequence[SagaVersion], style: Style = PLAIN) -> str:
+    """Sagas per name, version and fingerprint as a table: a count per status, the held
+    ones, and the definition's steps (``*`` marks a compensated one); the steps are cut to
+    fit."""
+    if not found:
+        return "no sagas"
+    header = (
+        "NAME",
+        "VERSION",
+        "FINGERPRINT",
+        *(status.value.upper() for status in SagaStatus),
+        "HELD",
+        "STEPS (* compensated)",
+    )
+    rows = [
+        (
+            v.name,
+            str(v.version),
+            v.fingerprint or "-",
+            *(str(v.counts.get(status, 0)) for status in SagaStatus),
+            str(v.held),
+            _outline_text(v),
+        )
+        for v in found
+    ]
+    return table(header, rows, style=style, cut=(len(header) - 1,))

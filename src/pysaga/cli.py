@@ -2,13 +2,15 @@
 
 Every command that uses a log takes it as ``--log URL`` (or the ``PYSAGA_LOG`` environment
 variable), in the forms every ``log=`` argument takes (see :mod:`pysaga.stores`). ``list``,
-``show``, ``stats`` and ``draw --saga`` only read it, through an :class:`~pysaga.Inspector`,
-and create nothing (no file, no directory, no schema); ``retry``, ``abort`` and ``resolve``
-act on one saga of an existing log through an :class:`~pysaga.Operator`::
+``show``, ``stats``, ``versions`` and ``draw --saga`` only read it, through an
+:class:`~pysaga.Inspector`, and create nothing (no file, no directory, no schema);
+``retry``, ``abort`` and ``resolve`` act on one saga of an existing log through an
+:class:`~pysaga.Operator`::
 
     pysaga list --log sqlite:///sagas.db --status failed
     pysaga show --log sagas.db 5f0c...
     pysaga stats --log postgresql://app@db/shop?schema=sagas
+    pysaga versions --log sqlite:///sagas.db --name place-order
     pysaga retry --log sqlite:///sagas.db 5f0c... --reason "warehouse is back"
     pysaga draw shop.sagas:place_order [--saga 5f0c... --log sqlite:///sagas.db]
 
@@ -45,6 +47,8 @@ from ._render import (
     records_text,
     timeline_json,
     timeline_text,
+    version_json,
+    versions_text,
 )
 from ._version import __version__
 from .choreography import Choreography
@@ -163,6 +167,11 @@ def _parser() -> _Parser:
         help="with --stuck: how long a step timer may be overdue (default 60)",
     )
     listing.add_argument(
+        "--held",
+        action="store_true",
+        help="only unfinished sagas held for an operator (their definition changed)",
+    )
+    listing.add_argument(
         "--limit", type=_positive, default=100, metavar="N", help="at most N (default 100)"
     )
     listing.add_argument(
@@ -178,6 +187,13 @@ def _parser() -> _Parser:
 
     stats = commands.add_parser("stats", parents=[common, reads_log], help="sagas per status")
     stats.add_argument("--name", help="only sagas of this definition")
+
+    versions = commands.add_parser(
+        "versions",
+        parents=[common, reads_log],
+        help="sagas per name, version and definition fingerprint, with counts by status",
+    )
+    versions.add_argument("--name", help="only sagas of this name")
 
     actions = {
         "retry": "send a FAILED saga back to work: what gave up runs again, with a fresh budget",
@@ -286,6 +302,13 @@ async def _run_log_command(args: argparse.Namespace, style: Style, out: list[str
         and (args.status or args.older_than is not None)
     ):
         raise CommandError("list: --stuck cannot be combined with --status or --older-than", USAGE)
+    if args.command == "list" and args.held:
+        if args.stuck is not None:
+            raise CommandError("list: --stuck cannot be combined with --held", USAGE)
+        if args.status or args.older_than is not None:
+            raise CommandError(
+                "list: --held cannot be combined with --status or --older-than", USAGE
+            )
     async with Inspector(url) as inspector:
         if args.command == "draw":
             await _draw_saga(args, inspector, url, out)
@@ -297,6 +320,8 @@ async def _run_log_command(args: argparse.Namespace, style: Style, out: list[str
                     name=args.name,
                     limit=args.limit,
                 )
+            elif args.held:
+                records = await inspector.held(name=args.name, limit=args.limit)
             else:
                 statuses = None if not args.status else [SagaStatus(s) for s in args.status]
                 records = await inspector.list(
@@ -315,6 +340,10 @@ async def _run_log_command(args: argparse.Namespace, style: Style, out: list[str
             out.append(
                 _dumps(timeline_json(timeline)) if args.json else timeline_text(timeline, style)
             )
+        elif args.command == "versions":
+            found = await inspector.versions(name=args.name)
+            text = versions_text(found, style)
+            out.append(_dumps([version_json(v) for v in found]) if args.json else text)
         else:  # stats
             counts = await inspector.counts(name=args.name)
             if args.json:

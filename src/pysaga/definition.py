@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import inspect
+import json
 import re
 import typing
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -41,6 +43,7 @@ __all__ = (
     "Step",
     "StepContext",
     "StepKind",
+    "describe_changes",
 )
 
 DataT = TypeVar("DataT", bound=BaseModel)
@@ -276,7 +279,10 @@ class Saga(Generic[DataT]):
     Args:
         name: Unique among the sagas one orchestrator runs; stored in the saga log.
         data_type: The pydantic model that every step receives and returns.
-        version: Bump it when a change to the steps would confuse sagas already in flight.
+        version: Bump it when you change the saga's shape (what its :attr:`fingerprint`
+            covers): an orchestrator drives a saga only on the definition it was started on,
+            and holds the sagas of a changed definition under an unchanged version for an
+            operator. One orchestrator can host the old and the new version side by side.
         deadline: Seconds a saga has to get past its pivot (or to complete, without a pivot);
             when it runs out before that, the saga compensates. Kept in the log, so it
             survives restarts.
@@ -322,6 +328,8 @@ class Saga(Generic[DataT]):
         self._groups_seen: set[str] = set()
         self._sealed = False
         self._stages: tuple[tuple[Step[DataT], ...], ...] | None = None
+        self._outline: dict[str, Any] | None = None
+        self._fingerprint: str | None = None
 
     def __repr__(self) -> str:
         return f"<Saga {self.name} v{self.version}: {len(self._steps)} steps>"
@@ -587,7 +595,8 @@ class Saga(Generic[DataT]):
             )
 
     def seal(self) -> None:
-        """Freeze the definition; called when an orchestrator takes the saga.
+        """Freeze the definition and compute its :attr:`fingerprint`; called when an
+        orchestrator takes the saga.
 
         Raises:
             SagaDefinitionError: if the saga has no step.
@@ -596,6 +605,9 @@ class Saga(Generic[DataT]):
             raise SagaDefinitionError(
                 f"saga {self.name!r} has no steps; declare at least one with @saga.step"
             )
+        if not self._sealed:
+            self._outline = self._make_outline()
+            self._fingerprint = _digest(self._outline)
         self._sealed = True
 
     # -- reading -----------------------------------------------------------------------------
@@ -632,6 +644,59 @@ class Saga(Generic[DataT]):
         self._stages = tuple(stages)
         return self._stages
 
+    @property
+    def fingerprint(self) -> str:
+        """A stable hash of the definition's shape: 16 hexadecimal digits.
+
+        It covers what a saga already in flight depends on: the steps' names and order,
+        their kinds, their parallel groups, which steps have a compensation, which steps are
+        remote (and to which service), and the structure of the data model's JSON schema
+        (its fields, their types, which are required, enumerations and nesting). It does not
+        cover what may change safely under a running saga: the code inside steps and
+        compensations, retry policies, timeouts, the deadline, and the data model's titles,
+        descriptions, defaults and constraints (the log keeps every field of a saga's data,
+        and data that no longer fits a changed constraint is left for an operator when it is
+        read back).
+
+        Each saga record keeps the fingerprint of the definition it was started on, and an
+        orchestrator drives only the sagas whose ``(name, version, fingerprint)`` it hosts.
+        Computed once when the saga is sealed (when an orchestrator takes it); read before
+        that, it describes the steps declared so far.
+        """
+        if self._fingerprint is not None:
+            return self._fingerprint
+        return _digest(self._make_outline())
+
+    def outline(self) -> dict[str, Any]:
+        """The definition's shape as its :attr:`fingerprint` hashes it, as JSON-able data.
+
+        Returns:
+            ``{"steps": [{"name", "kind", "group", "compensated", "remote"}, ...],
+            "data": <the structure of the data model's JSON schema>}``,
+            steps in declaration order; ``remote`` is the service of a remote step, ``None``
+            for a local one. The saga log keeps it once per definition, so that a changed
+            definition can be told apart step by step (:func:`describe_changes`).
+        """
+        if self._outline is not None:
+            copied: dict[str, Any] = json.loads(json.dumps(self._outline))
+            return copied  # a copy the caller may change
+        return self._make_outline()
+
+    def _make_outline(self) -> dict[str, Any]:
+        return {
+            "steps": [
+                {
+                    "name": step.name,
+                    "kind": step.kind.value,
+                    "group": step.group,
+                    "compensated": step.compensation is not None,
+                    "remote": None if step.remote is None else step.remote.service,
+                }
+                for step in self._steps
+            ],
+            "data": _data_shape(self.data_type),
+        }
+
     def to_mermaid(self) -> str:
         """Draw the saga as a mermaid flowchart: forward steps, and compensations going back.
 
@@ -639,6 +704,129 @@ class Saga(Generic[DataT]):
         retriable step, a parallelogram a compensation.
         """
         return saga_to_mermaid(self)
+
+
+# -- fingerprints ---------------------------------------------------------------------------
+
+_SHAPE_KEYS = frozenset(
+    {
+        "type",
+        "format",
+        "properties",
+        "patternProperties",
+        "additionalProperties",
+        "items",
+        "prefixItems",
+        "$ref",
+        "$defs",
+        "definitions",
+        "anyOf",
+        "oneOf",
+        "allOf",
+    }
+)
+"""JSON-schema keywords that give the data's structure: the types, the fields and how they
+nest. Documentation (titles, descriptions, examples), defaults (the log keeps every field of
+a saga's data) and constraints (checked when the data is read back) are left out, so a change
+to them does not change a fingerprint."""
+_VERBATIM_KEYS = frozenset({"required", "enum", "const", "discriminator"})
+"""Structural keywords whose values are kept as they are."""
+_NAME_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions"})
+"""JSON-schema keywords whose keys are names (a property called ``title`` is kept)."""
+
+
+def _schema_shape(node: Any, *, names: bool = False) -> Any:
+    if isinstance(node, dict):
+        if names:
+            return {key: _schema_shape(value) for key, value in node.items()}
+        return {
+            key: value if key in _VERBATIM_KEYS else _schema_shape(value, names=key in _NAME_MAPS)
+            for key, value in node.items()
+            if key in _SHAPE_KEYS or key in _VERBATIM_KEYS
+        }
+    if isinstance(node, list):
+        return [_schema_shape(item) for item in node]
+    return node
+
+
+def _data_shape(data_type: type[BaseModel]) -> Any:
+    """The structure of the data model's JSON schema (its keywords in ``_SHAPE_KEYS`` and
+    ``_VERBATIM_KEYS``); for a model pydantic cannot describe in JSON schema, its fields and
+    their annotations."""
+    try:
+        return _schema_shape(data_type.model_json_schema())
+    except Exception:  # arbitrary types: describe the fields as declared
+        return {
+            "fields": {name: repr(info.annotation) for name, info in data_type.model_fields.items()}
+        }
+
+
+def _digest(outline: dict[str, Any]) -> str:
+    text = json.dumps(outline, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def describe_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What differs between two definitions' :meth:`Saga.outline`, one short line per change.
+
+    Args:
+        before: The outline of the definition a saga was started on.
+        after: The outline of the definition now hosted under the same name and version.
+
+    Returns:
+        Lines such as ``"step 'reserve' is gone"``, ``"step 'charge' lost its
+        compensation"``, ``"steps reordered: a, b -> b, a"`` or ``"the data model changed:
+        field 'qty' is new"``; empty when the outlines are the same.
+    """
+    changes: list[str] = []
+    old_steps = {step["name"]: step for step in before.get("steps", [])}
+    new_steps = {step["name"]: step for step in after.get("steps", [])}
+    changes.extend(f"step {name!r} is gone" for name in old_steps if name not in new_steps)
+    changes.extend(f"step {name!r} is new" for name in new_steps if name not in old_steps)
+    for name, old in old_steps.items():
+        new = new_steps.get(name)
+        if new is None:
+            continue
+        if old.get("kind") != new.get("kind"):
+            changes.append(f"step {name!r} was {old.get('kind')}, is now {new.get('kind')}")
+        if old.get("group") != new.get("group"):
+            changes.append(
+                f"step {name!r} moved from group {old.get('group')!r} to {new.get('group')!r}"
+            )
+        if old.get("compensated") != new.get("compensated"):
+            changes.append(
+                f"step {name!r} "
+                + ("lost its compensation" if old.get("compensated") else "gained a compensation")
+            )
+        if old.get("remote") != new.get("remote"):
+            changes.append(
+                f"step {name!r} was {_placed(old.get('remote'))}, "
+                f"is now {_placed(new.get('remote'))}"
+            )
+    kept_old = [name for name in old_steps if name in new_steps]
+    kept_new = [name for name in new_steps if name in old_steps]
+    if kept_old != kept_new:
+        changes.append(f"steps reordered: {', '.join(kept_old)} -> {', '.join(kept_new)}")
+    if before.get("data") != after.get("data"):
+        changes.append(_data_change(before.get("data"), after.get("data")))
+    return changes
+
+
+def _placed(service: Any) -> str:
+    return "local" if service is None else f"sent to service {service!r}"
+
+
+def _data_change(before: Any, after: Any) -> str:
+    old = before.get("properties") if isinstance(before, dict) else None
+    new = after.get("properties") if isinstance(after, dict) else None
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return "the data model changed"
+    parts = [f"field {name!r} is gone" for name in old if name not in new]
+    parts += [f"field {name!r} is new" for name in new if name not in old]
+    parts += [f"field {name!r} changed" for name in old if name in new and old[name] != new[name]]
+    if not parts:
+        parts = ["its schema changed"]
+    return "the data model changed: " + ", ".join(parts)
 
 
 # -- remote steps --------------------------------------------------------------------------

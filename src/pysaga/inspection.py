@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, ClassVar, Self
 
 from . import stores
 from .errors import SagaNotFoundError
-from .models import ACTIVE_STATUSES, EntryKind, LogEntry, SagaRecord, SagaStatus
+from .models import (
+    ACTIVE_STATUSES,
+    EntryKind,
+    LogEntry,
+    SagaRecord,
+    SagaStatus,
+    SagaVersion,
+)
 
 if TYPE_CHECKING:
     import os
@@ -315,6 +322,43 @@ class Inspector(LogAccess):
             )
             previous = entry.at
         return Timeline(record, tuple(events))
+
+    async def versions(self, *, name: str | None = None) -> list[SagaVersion]:
+        """The sagas per definition: per ``(name, version, fingerprint)``, how many are in
+        each status and how many are held, with the definition's outline when the log has it.
+
+        Use it before retiring a version (are its sagas drained?) and after a deploy (did a
+        definition change under sagas in flight?).
+
+        Args:
+            name: Only sagas (and definitions) of this name.
+
+        Returns:
+            One entry per ``(name, version, fingerprint)``, by name, version and fingerprint;
+            definitions an orchestrator recorded but with no saga yet are listed with no
+            counts.
+
+        Raises:
+            RuntimeError: the inspector opens its log itself and was not entered.
+        """
+        return await self._ready().versions(name=name)
+
+    async def held(self, *, name: str | None = None, limit: int = 100) -> list[SagaRecord]:
+        """Unfinished sagas held for an operator: an orchestrator hosting their name and
+        version met them, but they were started on a definition that has changed since, so
+        it does not drive them. Each one's ``held`` says what differs.
+
+        Args:
+            name: Only sagas of this definition.
+            limit: At most this many sagas.
+
+        Returns:
+            The held sagas, newest first.
+
+        Raises:
+            RuntimeError: the inspector opens its log itself and was not entered.
+        """
+        return await self._ready().list(name=name, statuses=ACTIVE_STATUSES, held=True, limit=limit)
 
     async def counts(self, *, name: str | None = None) -> dict[SagaStatus, int]:
         """How many sagas are in each status.

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 __all__ = (
+    "DefinitionRecord",
     "EntryKind",
     "Failure",
     "LogEntry",
@@ -25,6 +26,7 @@ __all__ = (
     "SagaRecord",
     "SagaStatus",
     "SagaUpdate",
+    "SagaVersion",
     "StepState",
     "StepStatus",
     "new_saga_id",
@@ -130,6 +132,10 @@ class EntryKind(enum.StrEnum):
     """An operator turned a RUNNING saga back: it compensates."""
     OPERATOR_RESOLVED = "operator_resolved"
     """An operator settled a FAILED saga by hand: it is RESOLVED."""
+    SAGA_HELD = "saga_held"
+    """An orchestrator that hosts the saga's name and version met it, but the saga was
+    started on a definition with another fingerprint: it is held for an operator, not
+    driven. The entry's ``failure`` says which steps differ."""
 
     @property
     def is_operator_action(self) -> bool:
@@ -264,6 +270,13 @@ class SagaRecord:
         incarnation: Which run of the owner holds the lease: an orchestrator takes a fresh
             incarnation each time it starts, so a lease is held by ``(owner, incarnation)``
             (``None`` for a holder without incarnations, such as a choreography's observer).
+        fingerprint: The :attr:`~pysaga.Saga.fingerprint` of the definition the saga was
+            started on; only an orchestrator hosting that same definition drives it.
+            ``None`` for a saga recorded before fingerprints existed (driven, unchecked, by
+            an orchestrator hosting its name and version) and for a choreographed saga.
+        held: Set when an orchestrator hosting the saga's name and version refused to drive
+            it because its definition changed: what differs. ``None`` otherwise; cleared when
+            an orchestrator hosting the saga's own definition claims it.
     """
 
     saga_id: str
@@ -280,6 +293,8 @@ class SagaRecord:
     updated_at: float = 0.0
     failure: Failure | None = None
     incarnation: str | None = None
+    fingerprint: str | None = None
+    held: str | None = None
 
     @property
     def compensation_failure(self) -> Failure | None:
@@ -311,6 +326,56 @@ def compensation_failure(steps: Mapping[str, StepState]) -> Failure | None:
         if state.status is StepStatus.COMPENSATION_FAILED:
             return state.failure  # the saga stops at the first compensation that gives up
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class DefinitionRecord:
+    """What the saga log keeps of one saga definition, once per ``(name, version,
+    fingerprint)``: its outline, written by each orchestrator that hosts it when it starts.
+
+    Attributes:
+        name: The definition's name.
+        version: Its version.
+        fingerprint: Its :attr:`~pysaga.Saga.fingerprint`.
+        outline: Its :meth:`~pysaga.Saga.outline` (steps, kinds, groups, compensations,
+            local or remote, the data model's schema), as JSON-able data.
+        registered_at: When an orchestrator first recorded it (seconds since the epoch).
+    """
+
+    name: str
+    version: int
+    fingerprint: str
+    outline: Mapping[str, Any]
+    registered_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SagaVersion:
+    """The sagas of one definition in a log: per ``(name, version, fingerprint)``, how many
+    are in each status, and the definition's outline when the log has it.
+
+    Attributes:
+        name: The definition's name.
+        version: Its version.
+        fingerprint: Its fingerprint; ``None`` for sagas recorded before fingerprints
+            existed (and for choreographed sagas).
+        counts: How many sagas are in each status (statuses with none are left out).
+        held: How many of the unfinished ones are held for an operator (their definition
+            changed under them).
+        definition: What the log keeps of this definition, if an orchestrator recorded it.
+    """
+
+    name: str
+    version: int
+    fingerprint: str | None
+    counts: Mapping[SagaStatus, int]
+    held: int = 0
+    definition: DefinitionRecord | None = None
+
+    @property
+    def total(self) -> int:
+        """How many sagas in all."""
+        return sum(self.counts.values())
 
 
 @dataclass(slots=True)

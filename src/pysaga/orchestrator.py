@@ -42,10 +42,11 @@ from ._engine import Run as _Run
 from ._engine import Steps as _Steps
 from ._engine import first_timeouts as _first_timeouts
 from ._remote import Requester as _Requester
-from .definition import Saga
+from .definition import Saga, describe_changes
 from .errors import (
     ConcurrencyError,
     LeaseLost,
+    SagaDefinitionError,
     SagaIdTaken,
     SagaNotFoundError,
     SagaNotRegisteredError,
@@ -54,10 +55,12 @@ from .interceptors import chain as _chain
 from .models import (
     ACTIVE_STATUSES,
     OBSERVER_PREFIX,
+    DefinitionRecord,
     LogEntry,
     SagaOutcome,
     SagaRecord,
     SagaStatus,
+    SagaVersion,
     new_saga_id,
 )
 
@@ -132,7 +135,11 @@ class Orchestrator:
     """Runs sagas durably from a saga log.
 
     Args:
-        sagas: The saga definitions this orchestrator may run and resume.
+        sagas: The saga definitions this orchestrator may run and resume. Several versions
+            of one saga name may be given (``[order_v1, order_v2]``): a saga started by
+            name starts on the newest, and each saga in the log is resumed on the version
+            it was started on. Two different definitions under one name and version are
+            refused.
         log: A saga log URL (``"sqlite:///sagas.db"``, ``"postgresql://..."``,
             ``"memory://"``), a SQLite file path (``"sagas.db"``, a ``pathlib.Path``), or a
             :class:`~pysaga.SagaLog` object. Entering the orchestrator enters the log; one
@@ -178,20 +185,30 @@ class Orchestrator:
         broker: str | Broker | None = None,
         interceptors: Sequence[Interceptor] = (),
     ) -> None:
-        self._sagas: dict[str, Saga[Any]] = {}
+        self._sagas: dict[str, Saga[Any]] = {}  # the newest version of each name
+        self._versions: dict[tuple[str, int], Saga[Any]] = {}
         for saga in sagas:
             if not isinstance(saga, Saga):
                 raise TypeError(f"sagas=[...] takes pysaga.Saga objects, got {saga!r}")
-            if saga.name in self._sagas and self._sagas[saga.name] is not saga:
-                raise ValueError(f"two different sagas are both named {saga.name!r}")
+            hosted = self._versions.get((saga.name, saga.version))
+            if hosted is not None and hosted is not saga:
+                raise SagaDefinitionError(
+                    f"two different definitions of saga {saga.name!r} both have version "
+                    f"{saga.version}; give the changed one the next version "
+                    f"(Saga({saga.name!r}, ..., version={saga.version + 1})) so that sagas "
+                    "started on the other one finish on it"
+                )
             saga.seal()
-            self._sagas[saga.name] = saga
+            self._versions[saga.name, saga.version] = saga
+            newest = self._sagas.get(saga.name)
+            if newest is None or saga.version > newest.version:
+                self._sagas[saga.name] = saga
         if not lease > 0:
             raise ValueError("lease must be > 0 seconds")
         self._log: SagaLog = stores.log_from(log)[0]
         remote = sorted(
             f"{saga.name}.{step.name}"
-            for saga in self._sagas.values()
+            for saga in self._versions.values()
             for step in saga.steps
             if step.remote is not None
         )
@@ -230,7 +247,7 @@ class Orchestrator:
                 )
         # How runs call each saga's steps: through the interceptors, and through tracing too
         # while an SDK is installed (checked once per run).
-        self._calls: dict[tuple[str, bool], _Steps] = {}
+        self._calls: dict[tuple[str, int, bool], _Steps] = {}  # by name, version, traced
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._running: dict[str, _Run[Any]] = {}
@@ -239,14 +256,13 @@ class Orchestrator:
         self._quarantined: set[str] = set()
         self._abandoned: set[str] = set()  # stopped driving them; their release failed
         self._unknown: set[tuple[str, int]] = set()
+        self._next_hold_check = 0.0  # anyio time of the next look for changed definitions
         self._idle = _Latch()
         self._idle.set()
 
     def __repr__(self) -> str:
-        return (
-            f"<Orchestrator {self.owner} ({self._incarnation}) sagas={sorted(self._sagas)} "
-            f"log={self._log!r}>"
-        )
+        hosted = sorted(f"{name} v{version}" for name, version in self._versions)
+        return f"<Orchestrator {self.owner} ({self._incarnation}) sagas={hosted} log={self._log!r}>"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -283,6 +299,7 @@ class Orchestrator:
                 stack.push_async_callback(self._requester.stop)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
             stack.push_async_callback(self._shutdown)
+            await self._define()
             await self._report_unknown()
             await self._claim(predecessors=True)
             # asked here, before any saga starts, so it takes no connection from a first write
@@ -359,8 +376,12 @@ class Orchestrator:
         ``claim_interval`` if that is sooner. A lease that had run out already when the last
         claim looked, yet was not taken (another claimer is taking it), is looked at again
         after a tenth of ``claim_interval``, not in a tight loop."""
-        kinds = {(s.name, s.version) for s in self._sagas.values()}
-        expiry = await self._log.next_expiry(self.owner, incarnation=self._incarnation, kinds=kinds)
+        expiry = await self._log.next_expiry(
+            self.owner,
+            incarnation=self._incarnation,
+            kinds=set(self._versions),
+            fingerprints=self._fingerprints(),
+        )
         if expiry is None:
             return self.claim_interval
         if expiry < self._claimed_at:
@@ -373,16 +394,76 @@ class Orchestrator:
         found = await self._log.list(name=name, statuses=ACTIVE_STATUSES, limit=1)
         return bool(found) and (found[0].owner or "").startswith(OBSERVER_PREFIX)
 
+    async def _define(self) -> None:
+        """Record the outline of each definition hosted here, so that a saga started on one
+        can later be told apart from a changed definition, step by step."""
+        now = _clock.now()
+        for saga in self._versions.values():
+            await self._log.define(
+                DefinitionRecord(saga.name, saga.version, saga.fingerprint, saga.outline(), now)
+            )
+
+    def _fingerprints(self) -> dict[tuple[str, int], str]:
+        """The fingerprint hosted here for each name and version: only sagas started on it
+        (or recorded before fingerprints existed) are claimed."""
+        return {key: saga.fingerprint for key, saga in self._versions.items()}
+
+    async def _hold_changed(self) -> None:
+        """Hold for an operator the unfinished sagas of a name and version hosted here that
+        were started on another definition (their fingerprint differs): they are never driven
+        here. One line is logged per definition when sagas of it are newly held."""
+        for group in await self._log.versions(statuses=ACTIVE_STATUSES):
+            hosted = self._versions.get((group.name, group.version))
+            if (
+                hosted is None
+                or group.fingerprint is None
+                or group.fingerprint == hosted.fingerprint
+                or group.held >= group.total
+            ):
+                continue
+            note = self._change_note(group, hosted)
+            held = await self._log.hold(
+                group.name,
+                group.version,
+                group.fingerprint,
+                note=note,
+                now=_clock.now(),
+                owner=self.owner,
+            )
+            if held:
+                logger.error(
+                    "%d saga(s) of %r version %d are held for an operator, not driven: %s",
+                    len(held),
+                    group.name,
+                    group.version,
+                    note,
+                )
+
+    def _change_note(self, group: SagaVersion, hosted: Saga[Any]) -> str:
+        """What an operator reads on a held saga: what differs, and what to do."""
+        if group.definition is not None:
+            changes = describe_changes(dict(group.definition.outline), hosted.outline())
+            what = "; ".join(changes) if changes else "their outlines read the same"
+        else:
+            what = "the definition it was started on is not recorded in this log"
+        return (
+            f"definition changed: {what}. The saga was started on {group.name!r} version "
+            f"{group.version} with fingerprint {group.fingerprint}; orchestrator {self.owner} "
+            f"hosts that name and version with fingerprint {hosted.fingerprint}. Host the "
+            f"definition it was started on as version {group.version} (give the changed one a "
+            "new version), or settle the saga by hand"
+        )
+
     async def _report_unknown(self) -> None:
-        known = {(s.name, s.version) for s in self._sagas.values()}
+        known = set(self._versions)
         unknown = await self._log.active_kinds() - known
         for name, version in sorted(unknown):
             if (name, version) not in self._unknown:
                 if await self._observed(name):
                     continue  # a choreography's observer keeps these: nothing to run here
-                registered = self._sagas.get(name)
+                registered = sorted(v for n, v in self._versions if n == name)
                 hint = (
-                    f"this orchestrator runs version {registered.version}"
+                    f"this orchestrator runs version {', '.join(map(str, registered))}"
                     if registered
                     else "it is not in this orchestrator's sagas=[...]"
                 )
@@ -397,8 +478,15 @@ class Orchestrator:
 
     async def _claim(self, *, predecessors: bool = False) -> None:
         """Claim and resume abandoned sagas. With *predecessors* (on start-up), the sagas
-        an earlier incarnation of this owner name holds are taken back at once."""
-        kinds = {(s.name, s.version) for s in self._sagas.values()}
+        an earlier incarnation of this owner name holds are taken back at once. First, the
+        sagas of a hosted name and version whose definition changed are held for an operator
+        (a look made at most once per claim interval: it counts the unfinished sagas per
+        definition)."""
+        if anyio.current_time() >= self._next_hold_check:
+            self._next_hold_check = anyio.current_time() + self.claim_interval
+            await self._hold_changed()
+        kinds = set(self._versions)
+        fingerprints = self._fingerprints()
         taken_back = 0
         while True:
             now = _clock.now()
@@ -410,6 +498,7 @@ class Orchestrator:
                 now=now,
                 limit=100,
                 predecessors=predecessors,
+                fingerprints=fingerprints,
             )
             self._claimed_at = now
             if predecessors:
@@ -443,7 +532,22 @@ class Orchestrator:
         """Drive a claimed saga from its record, unless its data no longer fits its model."""
         if record.saga_id in self._quarantined:
             return
-        saga = self._sagas[record.name]
+        saga = self._versions[record.name, record.version]
+        if record.fingerprint is not None and record.fingerprint != saga.fingerprint:
+            # the log should not have given it (claim filters by fingerprint): never drive it
+            self._quarantined.add(record.saga_id)
+            logger.error(
+                "saga %s (%s version %d) was started on definition %s, but this orchestrator "
+                "hosts %s: it is not driven here",
+                record.saga_id,
+                record.name,
+                record.version,
+                record.fingerprint,
+                saga.fingerprint,
+            )
+            if self._tg is not None:
+                self._tg.start_soon(self._give_up_lease, record.saga_id)
+            return
         try:
             data = saga.data_type.model_validate_json(record.data)
         except ValidationError as exc:
@@ -480,9 +584,10 @@ class Orchestrator:
         self, saga: Saga[DataT], record: SagaRecord, data: DataT, *, created: bool = False
     ) -> _Run[DataT]:
         traced = self._telemetry.active
-        steps = self._calls.get((saga.name, traced))
+        key = (saga.name, saga.version, traced)
+        steps = self._calls.get(key)
         if steps is None:
-            steps = self._calls[saga.name, traced] = self._steps_of(saga, traced=traced)
+            steps = self._calls[key] = self._steps_of(saga, traced=traced)
         return _Run(
             self._log, self.owner, saga, steps, record, data, created=created, traced=traced
         )
@@ -629,18 +734,33 @@ class Orchestrator:
     # -- the public API ----------------------------------------------------------------------
 
     def _registered(self, saga: Saga[DataT] | str) -> Saga[DataT]:
-        name = saga if isinstance(saga, str) else saga.name
-        found = self._sagas.get(name)
-        if found is None or (not isinstance(saga, str) and found is not saga):
-            raise SagaNotRegisteredError(
-                f"saga {name!r} is not registered with this orchestrator; pass it in "
-                "Orchestrator(sagas=[...])"
-            )
-        return found
+        """The hosted definition a new saga starts on: the newest version of a name, or the
+        very definition given."""
+        if isinstance(saga, str):
+            found = self._sagas.get(saga)
+            if found is not None:
+                return found
+            name, what = saga, f"no saga named {saga!r} is"
+        else:
+            found = self._versions.get((saga.name, saga.version))
+            if found is saga:
+                return found
+            name, what = saga.name, f"saga {saga.name!r} version {saga.version} is"
+            if found is not None:
+                what = (
+                    f"this definition of saga {saga.name!r} version {saga.version} is not the "
+                    "one hosted under that name and version, so it is"
+                )
+        hosted = sorted(v for n, v in self._versions if n == name)
+        runs = f" (it runs version {', '.join(map(str, hosted))})" if hosted else ""
+        raise SagaNotRegisteredError(
+            f"{what} not registered with this orchestrator{runs}; pass it in "
+            "Orchestrator(sagas=[...])"
+        )
 
     async def start(
         self,
-        saga: Saga[DataT],
+        saga: Saga[DataT] | str,
         data: DataT | Mapping[str, Any],
         *,
         saga_id: str | None = None,
@@ -649,7 +769,8 @@ class Orchestrator:
         """Record a new saga in the log and start running it; return its id at once.
 
         Args:
-            saga: A saga given to this orchestrator.
+            saga: A saga given to this orchestrator, or a saga name: the newest version
+                of that name it hosts (in-flight sagas of older versions finish on theirs).
             data: The saga's input: an instance of its data model, or a mapping validated
                 into one.
             saga_id: Your own id for the saga (default: :func:`new_saga_id`, a time-ordered
@@ -677,7 +798,7 @@ class Orchestrator:
 
     async def _create(
         self,
-        saga: Saga[DataT],
+        saga: Saga[DataT] | str,
         data: DataT | Mapping[str, Any],
         saga_id: str | None,
         on_conflict: str,
@@ -701,6 +822,7 @@ class Orchestrator:
             model.model_dump_json(),
             owner=self.owner,
             incarnation=self._incarnation,
+            fingerprint=definition.fingerprint,
             lease_expires_at=now + self.lease,
             deadline_at=now + definition.deadline if definition.deadline else None,
             created_at=now,
@@ -736,7 +858,7 @@ class Orchestrator:
 
     async def run(
         self,
-        saga: Saga[DataT],
+        saga: Saga[DataT] | str,
         data: DataT | Mapping[str, Any],
         *,
         saga_id: str | None = None,
@@ -747,7 +869,8 @@ class Orchestrator:
         The saga runs in the calling task (no hand-off). If the caller is cancelled, the saga
         is not: it goes on in the orchestrator's background from where it was, and
         :meth:`wait` can still collect its outcome. With ``on_conflict="use_existing"`` and a
-        *saga_id* that exists (with the same data), it waits for that saga's outcome.
+        *saga_id* that exists (with the same data), it waits for that saga's outcome. *saga* and
+        *data* are as for :meth:`start` (a name runs the newest version hosted).
 
         Raises:
             pydantic.ValidationError: *data* does not fit the saga's data model (nothing is
@@ -837,7 +960,7 @@ class Orchestrator:
         return await self._log.history(saga_id)
 
     def _outcome_from(self, record: SagaRecord) -> SagaOutcome[Any]:
-        saga = self._sagas.get(record.name)
+        saga = self._versions.get((record.name, record.version))
         data: Any = (
             saga.data_type.model_validate_json(record.data) if saga is not None else record.data
         )
@@ -868,6 +991,11 @@ def _differences(existing: SagaRecord, asked: SagaRecord) -> list[str]:
         return [
             f"the log has {existing.name!r} version {existing.version}, "
             f"not {asked.name!r} version {asked.version}"
+        ]
+    if existing.fingerprint not in (None, asked.fingerprint):
+        return [
+            f"the log's saga was started on definition {existing.fingerprint} of "
+            f"{asked.name!r} version {asked.version}, not on {asked.fingerprint}"
         ]
     before, after = json.loads(existing.data), json.loads(asked.data)
     return [

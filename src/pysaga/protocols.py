@@ -10,11 +10,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Collection, Sequence
+    from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
 
-    from .models import LogEntry, SagaRecord, SagaStatus, SagaUpdate
+    from .models import (
+        DefinitionRecord,
+        LogEntry,
+        SagaRecord,
+        SagaStatus,
+        SagaUpdate,
+        SagaVersion,
+    )
 
 __all__ = (
     "Inbox",
@@ -277,6 +284,7 @@ class SagaLog(Protocol):
         now: float,
         limit: int = 100,
         predecessors: bool = False,
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> list[SagaRecord]:
         """Take the lease of unfinished sagas whose lease expired before *now*.
 
@@ -293,9 +301,49 @@ class SagaLog(Protocol):
         died takes its predecessor's sagas back at once instead of waiting for their leases
         to run out. (Two live orchestrators must therefore never share a name.)
 
-        Only sagas whose ``(name, version)`` is in *kinds* are claimed; each claim sets the
-        owner and incarnation, adds one to the revision and appends a ``SAGA_CLAIMED``
-        entry. Returns the claimed records, those of lapsed leases first.
+        Only sagas whose ``(name, version)`` is in *kinds* are claimed; with *fingerprints*,
+        only those whose fingerprint is ``fingerprints[(name, version)]`` or ``None`` (a saga
+        recorded before fingerprints existed). Each claim sets the owner and incarnation,
+        adds one to the revision, clears the saga's ``held`` mark and appends a
+        ``SAGA_CLAIMED`` entry. Returns the claimed records, those of lapsed leases first.
+        """
+        ...
+
+    async def define(self, definition: DefinitionRecord) -> None:
+        """Keep *definition*'s outline, once per ``(name, version, fingerprint)``: when the
+        log has that definition already, nothing changes (the first record stays)."""
+        ...
+
+    async def hold(
+        self, name: str, version: int, fingerprint: str, *, note: str, now: float, owner: str
+    ) -> list[str]:
+        """Hold for an operator the unfinished sagas of ``(name, version)`` started on the
+        definition *fingerprint* whose lease expired before *now* and that are not held yet.
+
+        Each one's ``held`` becomes *note*, its revision goes up by one and a ``SAGA_HELD``
+        entry (written by *owner*, its ``failure`` of type ``DefinitionChanged`` carrying
+        *note*) is appended. Nothing else changes: the saga keeps its status, steps and
+        owner, and an orchestrator hosting its own definition can still claim it.
+
+        Returns:
+            The ids of the sagas held now.
+        """
+        ...
+
+    async def versions(
+        self, *, name: str | None = None, statuses: Collection[SagaStatus] | None = None
+    ) -> list[SagaVersion]:
+        """The sagas per ``(name, version, fingerprint)``, with counts by status, and each
+        definition's record when the log has it.
+
+        Args:
+            name: Only sagas (and definitions) of this name.
+            statuses: Only count sagas in these statuses, and leave out definitions with no
+                saga in them. Without it, recorded definitions with no saga are listed too.
+
+        Returns:
+            One entry per ``(name, version, fingerprint)``, sorted by name, version, then
+            fingerprint (``None`` first).
         """
         ...
 
@@ -305,9 +353,11 @@ class SagaLog(Protocol):
         *,
         incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> float | None:
         """When :meth:`claim` will next find a saga to take: the earliest lease expiry
-        (epoch seconds) among unfinished sagas of *kinds* that ``(owner, incarnation)`` does
+        (epoch seconds) among unfinished sagas of *kinds* (and, with *fingerprints*, of those
+        fingerprints or none, as :meth:`claim` takes them) that ``(owner, incarnation)`` does
         not hold (a released saga counts, with its expiry of 0). ``None`` when there is no
         such saga.
 
@@ -353,6 +403,7 @@ class SagaLog(Protocol):
         updated_before: float | None = None,
         deadline_before: float | None = None,
         timer_before: float | None = None,
+        held: bool | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
         """Sagas, newest first, that match every filter given.
@@ -366,6 +417,7 @@ class SagaLog(Protocol):
             deadline_before: Only sagas with a deadline before this time (epoch seconds).
             timer_before: Only sagas with a step whose timer (``timeout_at`` or
                 ``retry_at``) is set to a time before this one (epoch seconds).
+            held: ``True``: only sagas held for an operator; ``False``: only those not held.
             limit: At most this many sagas.
 
         Returns:

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from pysaga import (
     BusinessError,
+    DefinitionRecord,
     EntryKind,
     LogEntry,
     Operator,
@@ -311,6 +312,105 @@ class TestStats:
         reader.wait(timeout=10)
         assert "Traceback" not in done.stderr, done.stderr
         assert done.returncode == 0, done.stderr
+
+
+def refund_saga(*, renamed: bool = False) -> Saga[Order]:
+    """take_back (compensated) -> pay_back; *renamed* renames the first step, as a careless
+    edit that keeps ``version=1`` would."""
+    saga: Saga[Order] = Saga("refund", Order)
+
+    async def take_back(order: Order, ctx: StepContext) -> None:
+        pass
+
+    async def put_back(order: Order, ctx: StepContext) -> None:
+        pass
+
+    async def pay_back(order: Order, ctx: StepContext) -> None:
+        pass
+
+    first = saga.step(name="collect" if renamed else "take_back")(take_back)
+    first.compensate(put_back)
+    saga.step(pay_back)
+    return saga
+
+
+async def _hold_one(url: str) -> str:
+    """A refund saga in flight on a definition that was changed since, under the same version:
+    an orchestrator hosting the changed one holds it. Returns its id."""
+    before, after = refund_saga(), refund_saga(renamed=True)
+    before.seal()
+    now = time.time()
+    async with from_url(url) as log:
+        await log.define(DefinitionRecord("refund", 1, before.fingerprint, before.outline(), now))
+        record = SagaRecord(
+            saga_id="refund-1",
+            name="refund",
+            version=1,
+            status=SagaStatus.RUNNING,
+            data="{}",
+            owner="gone",
+            created_at=now,
+            updated_at=now,
+            fingerprint=before.fingerprint,
+        )
+        await log.create(record, [LogEntry(EntryKind.SAGA_STARTED, at=now, owner="gone")])
+    async with Orchestrator(sagas=[after], log=from_url(url)):
+        pass
+    return record.saga_id
+
+
+class TestVersions:
+    def test_held_saga_in_versions_list_and_show(
+        self, log: Log, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """versions counts the sagas per name, version and fingerprint by status, with the
+        held ones and each definition's steps; list marks the held saga and --held finds it;
+        show says which steps differ."""
+        held_id = anyio.run(_hold_one, log.url)
+        before, after = refund_saga(), refund_saga(renamed=True)
+        found = run_json(capsys, "versions", "--log", log.url)
+        by_key = {(v["name"], v["version"], v["fingerprint"]): v for v in found}
+        assert set(by_key) == {
+            ("order", 1, None),
+            ("order", 1, ORDER.fingerprint),
+            ("refund", 1, before.fingerprint),
+            ("refund", 1, after.fingerprint),
+        }
+        known = by_key["order", 1, ORDER.fingerprint]
+        assert known["counts"] == {
+            "running": 0, "compensating": 0, "completed": 1, "compensated": 1, "failed": 1,
+            "resolved": 1,
+        }  # fmt: skip
+        assert [step["name"] for step in known["steps"]] == ["reserve", "charge"]
+        assert by_key["order", 1, None]["steps"] is None
+        stale = by_key["refund", 1, before.fingerprint]
+        assert (stale["counts"]["running"], stale["held"], stale["total"]) == (1, 1, 1)
+        assert by_key["refund", 1, after.fingerprint]["total"] == 0  # hosted, nothing yet
+
+        status, out, err = run(capsys, "versions", "--log", log.url, "--name", "refund")
+        assert (status, err) == (0, "")
+        header, *rows = out.splitlines()
+        assert header.split()[:4] == ["NAME", "VERSION", "FINGERPRINT", "RUNNING"]
+        assert "HELD" in header.split()
+        row = next(r for r in rows if before.fingerprint in r)
+        assert "take_back*, pay_back" in row
+
+        status, out, err = run(capsys, "list", "--log", log.url, "--name", "refund")
+        assert (status, err) == (0, "")
+        assert "running (held)" in out
+        (listed,) = run_json(capsys, "list", "--log", log.url, "--held")
+        assert listed["saga_id"] == held_id
+        assert listed["fingerprint"] == before.fingerprint
+        assert "step 'take_back' is gone" in listed["held"]
+
+        status, out, err = run(capsys, "show", "--log", log.url, held_id)
+        assert (status, err) == (0, "")
+        (held_line,) = [line for line in out.splitlines() if line.lstrip().startswith("held")]
+        assert "step 'collect' is new" in held_line
+        assert f"fingerprint {before.fingerprint}" in out
+        assert "saga_held" in out
+        err = one_line_error(capsys, 2, "list", "--log", log.url, "--held", "--status", "failed")
+        assert "--held" in err
 
 
 class TestActions:

@@ -95,6 +95,7 @@ class TestTheDocsAreCovered:
             "retries",
             "interceptors",
             "parallel_steps",
+            "changing_sagas",
             "tracing_setup",
             "remote_steps",
             "brokers_howto",
@@ -410,6 +411,37 @@ class TestParallelSteps:
         for supplier in (parallel.venue, parallel.caterer, parallel.band):
             assert all(key.startswith(party.saga_id) for key in supplier.bookings)
             assert len(supplier.bookings) == 1
+
+
+@pytest.mark.anyio
+class TestChangingSagas:
+    """docs/guides/changing-sagas.md"""
+
+    async def test_held_then_drained_and_migrated(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The renamed step under version 1 holds both orders; with version 1 back beside
+        version 2, one finishes on version 1, and the aborted one is undone on version 1 and
+        run again on version 2. Nothing ran twice; nothing stayed reserved but the
+        completed orders."""
+        changing = load("changing_sagas", monkeypatch)
+        versions = await changing.main(sqlite_url(tmp_path / "shipping.db"))
+
+        assert pasted_output("changing_sagas") == capsys.readouterr().out
+        assert [(v.version, dict(v.counts)) for v in versions] == [
+            (1, {SagaStatus.COMPLETED: 1, SagaStatus.COMPENSATED: 1}),
+            (2, {SagaStatus.COMPLETED: 1}),
+        ]
+        assert [v.fingerprint for v in versions] == [
+            changing.ship_order.fingerprint,
+            changing.ship_order_v2.fingerprint,
+        ]
+        assert changing.edited.fingerprint == changing.ship_order_v2.fingerprint
+        assert sorted(changing.reserved) == ["order-a/reserve", "order-b2/reserve_stock"]
+        async with SQLiteSagaLog(tmp_path / "shipping.db") as log:
+            kinds = [e.kind for e in await log.history("order-b")]
+        assert kinds.count(EntryKind.SAGA_HELD) == 1
+        assert kinds.count(EntryKind.STEP_SUCCEEDED) == 1  # reserve, once, by deploy 1
 
 
 _RUN_TRACING = textwrap.dedent(

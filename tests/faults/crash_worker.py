@@ -51,7 +51,7 @@ from pysaga import BusinessError, Orchestrator, Retry, Saga, StepContext
 from pysaga.stores.sqlite import SQLiteSagaLog
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Sequence
+    from collections.abc import Collection, Mapping, Sequence
     from types import TracebackType
 
     from pysaga import LogEntry, SagaRecord, SagaUpdate
@@ -174,6 +174,7 @@ class CountingLog:
         now: float,
         limit: int = 100,
         predecessors: bool = False,
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> list[SagaRecord]:
         claimed = await self.inner.claim(
             owner,
@@ -183,6 +184,7 @@ class CountingLog:
             now=now,
             limit=limit,
             predecessors=predecessors,
+            fingerprints=fingerprints,
         )
         if claimed:
             self.killer.point("after-claim", saga_ids=[r.saga_id for r in claimed])

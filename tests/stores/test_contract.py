@@ -1,4 +1,5 @@
-"""The saga log contract, written once and run against every saga log (memory, SQLite)."""
+"""The saga log contract, written once and run against every saga log (memory, SQLite,
+PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from pysaga import (
     ConcurrencyError,
+    DefinitionRecord,
     EntryKind,
     Failure,
     LeaseLost,
@@ -18,6 +20,7 @@ from pysaga import (
     SagaRecord,
     SagaStatus,
     SagaUpdate,
+    SagaVersion,
     StepState,
     StepStatus,
 )
@@ -636,3 +639,112 @@ class TestTimers:
         assert await ids(25.0) == ["timed"]
         assert await ids(31.0) == ["waiting", "timed"]
         assert [r.saga_id for r in await saga_log.list(timer_before=31.0, limit=1)] == ["waiting"]
+
+
+def fingerprinted(saga_id: str, fingerprint: str | None, **kwargs: Any) -> SagaRecord:
+    rec = record(saga_id, **kwargs)
+    rec.fingerprint = fingerprint
+    return rec
+
+
+class TestFingerprints:
+    async def test_fingerprint_round_trips(self, saga_log: SagaLog) -> None:
+        """A saga's fingerprint is kept as written, and a record without one reads back None."""
+        await saga_log.create(fingerprinted("a", "f1"), started())
+        await saga_log.create(record("b"), started())
+        a, b = await saga_log.get("a"), await saga_log.get("b")
+        assert a is not None
+        assert b is not None
+        assert (a.fingerprint, a.held) == ("f1", None)
+        assert (b.fingerprint, b.held) == (None, None)
+
+    async def test_claim_takes_only_the_hosted_fingerprint(self, saga_log: SagaLog) -> None:
+        """With fingerprints, a saga of another definition under the same name and version is
+        not claimed; one recorded without a fingerprint still is."""
+        await saga_log.create(fingerprinted("same", "f1", lease=1.0), started())
+        await saga_log.create(fingerprinted("changed", "f0", lease=1.0), started())
+        await saga_log.create(fingerprinted("legacy", None, lease=1.0), started())
+        claimed = await saga_log.claim(
+            "other", kinds={("s", 1)}, lease=10.0, now=5.0, fingerprints={("s", 1): "f1"}
+        )
+        assert sorted(r.saga_id for r in claimed) == ["legacy", "same"]
+        changed = await saga_log.get("changed")
+        assert changed is not None
+        assert (changed.owner, changed.revision) == ("me", 0)
+        # without fingerprints, the kind alone decides (as before)
+        claimed = await saga_log.claim("third", kinds={("s", 1)}, lease=10.0, now=50.0)
+        assert sorted(r.saga_id for r in claimed) == ["changed", "legacy", "same"]
+
+    async def test_hold_marks_expired_sagas_of_one_definition(self, saga_log: SagaLog) -> None:
+        """hold() marks the unfinished sagas of that definition whose lease expired, once, and
+        records it; a live lease, another definition and a finished saga are left alone."""
+        await saga_log.create(fingerprinted("old", "f0", lease=1.0), started())
+        await saga_log.create(fingerprinted("live", "f0", lease=100.0), started())
+        await saga_log.create(fingerprinted("new", "f1", lease=1.0), started())
+        await saga_log.create(
+            fingerprinted("done", "f0", lease=1.0, status=SagaStatus.COMPLETED), started()
+        )
+        held = await saga_log.hold("s", 1, "f0", note="step 'x' is gone", now=5.0, owner="o")
+        assert held == ["old"]
+        old = await saga_log.get("old")
+        assert old is not None
+        assert (old.held, old.revision, old.owner, old.status) == (
+            "step 'x' is gone",
+            1,
+            "me",
+            SagaStatus.RUNNING,
+        )
+        entry = (await saga_log.history("old"))[-1]
+        assert (entry.kind, entry.owner, entry.at) == (EntryKind.SAGA_HELD, "o", 5.0)
+        assert entry.failure == Failure(None, "DefinitionChanged", "step 'x' is gone")
+        for other in ("live", "new", "done"):
+            got = await saga_log.get(other)
+            assert got is not None
+            assert (got.held, got.revision) == (None, 0)
+        # once held, not again
+        assert await saga_log.hold("s", 1, "f0", note="again", now=6.0, owner="o") == []
+        assert [r.saga_id for r in await saga_log.list(held=True)] == ["old"]
+        assert "old" not in [r.saga_id for r in await saga_log.list(held=False)]
+        # an orchestrator hosting the saga's own definition claims it, and the mark goes
+        claimed = await saga_log.claim(
+            "back", kinds={("s", 1)}, lease=10.0, now=7.0, fingerprints={("s", 1): "f0"}
+        )
+        assert "old" in [r.saga_id for r in claimed]
+        got = await saga_log.get("old")
+        assert got is not None
+        assert (got.held, got.owner) == (None, "back")
+        assert [r.held for r in claimed if r.saga_id == "old"] == [None]
+
+    async def test_define_keeps_the_first_record(self, saga_log: SagaLog) -> None:
+        """A definition is kept once per (name, version, fingerprint)."""
+        first = DefinitionRecord("s", 1, "f1", {"steps": [{"name": "x"}], "data": {}}, 1.0)
+        await saga_log.define(first)
+        await saga_log.define(DefinitionRecord("s", 1, "f1", {"steps": []}, 2.0))
+        await saga_log.define(DefinitionRecord("t", 2, "f9", {"steps": []}, 3.0))
+        found = await saga_log.versions(name="s")
+        assert found == [SagaVersion("s", 1, "f1", {}, 0, first)]
+
+    async def test_versions_count_per_definition(self, saga_log: SagaLog) -> None:
+        """versions() counts sagas per (name, version, fingerprint) and status, with the
+        held ones and each definition's record."""
+        defined = DefinitionRecord("s", 1, "f1", {"steps": [], "data": {}}, 1.0)
+        await saga_log.define(defined)
+        await saga_log.create(fingerprinted("a", "f1"), started())
+        await saga_log.create(
+            fingerprinted("b", "f1", status=SagaStatus.COMPLETED, lease=1.0), started()
+        )
+        await saga_log.create(fingerprinted("c", "f0", lease=1.0), started())
+        await saga_log.create(fingerprinted("d", None), started())
+        await saga_log.create(fingerprinted("e", "f1", name="t"), started())
+        await saga_log.hold("s", 1, "f0", note="changed", now=5.0, owner="o")
+        found = await saga_log.versions()
+        assert found == [
+            SagaVersion("s", 1, None, {SagaStatus.RUNNING: 1}),
+            SagaVersion("s", 1, "f0", {SagaStatus.RUNNING: 1}, held=1),
+            SagaVersion("s", 1, "f1", {SagaStatus.RUNNING: 1, SagaStatus.COMPLETED: 1}, 0, defined),
+            SagaVersion("t", 1, "f1", {SagaStatus.RUNNING: 1}),
+        ]
+        assert found[2].total == 2
+        active = await saga_log.versions(name="s", statuses=(SagaStatus.COMPLETED,))
+        assert active == [SagaVersion("s", 1, "f1", {SagaStatus.COMPLETED: 1}, 0, defined)]
+        assert await saga_log.versions(statuses=()) == []

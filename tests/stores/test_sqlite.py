@@ -60,6 +60,55 @@ async def test_schema_version_recorded_and_newer_refused(tmp_path: Path) -> None
             pass
 
 
+SCHEMA_1 = """
+CREATE TABLE pysaga_schema (version INTEGER NOT NULL);
+INSERT INTO pysaga_schema (version) VALUES (1);
+CREATE TABLE pysaga_sagas (
+    saga_id TEXT PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL,
+    status TEXT NOT NULL, data TEXT NOT NULL, steps TEXT NOT NULL, failure TEXT,
+    revision INTEGER NOT NULL, owner TEXT, lease_expires_at REAL NOT NULL, deadline_at REAL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE pysaga_history (
+    saga_id TEXT NOT NULL, revision INTEGER NOT NULL, idx INTEGER NOT NULL, kind TEXT NOT NULL,
+    step TEXT, attempt INTEGER NOT NULL, at REAL NOT NULL, owner TEXT, failure TEXT,
+    PRIMARY KEY (saga_id, revision, idx)
+) WITHOUT ROWID;
+INSERT INTO pysaga_sagas VALUES
+    ('old', 's', 1, 'running', '{}', '{}', NULL, 3, 'gone', 0, NULL, 1.0, 2.0);
+"""
+"""A log file as pysaga wrote it before fingerprints (schema 1), with one unfinished saga."""
+
+
+async def test_a_schema_1_file_gains_the_fingerprint_columns(tmp_path: Path) -> None:
+    """A log written before fingerprints opens: its columns and table are added, its sagas
+    read back without a fingerprint, and they can still be claimed and written."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA_1)
+    async with SQLiteSagaLog(path) as log:
+        old = await log.get("old")
+        assert old is not None
+        assert (old.fingerprint, old.held, old.revision) == (None, None, 3)
+        claimed = await log.claim(
+            "me", kinds={("s", 1)}, lease=10.0, now=5.0, fingerprints={("s", 1): "f1"}
+        )
+        assert [r.saga_id for r in claimed] == ["old"]
+        await log.update("old", SagaUpdate([], SagaStatus.COMPLETED), revision=4, owner="me")
+        versions = await log.versions()
+        assert [(v.name, v.fingerprint, dict(v.counts)) for v in versions] == [
+            ("s", None, {SagaStatus.COMPLETED: 1})
+        ]
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT max(version) FROM pysaga_schema").fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
+    async with SQLiteSagaLog(path) as log:  # opening it again changes nothing
+        got = await log.get("old")
+        assert got is not None
+        assert got.status is SagaStatus.COMPLETED
+
+
 async def test_a_log_from_before_incarnations_is_brought_up_to_date(tmp_path: Path) -> None:
     """A file at schema version 1 (no lease incarnation) opens: the column is added, the
     sagas in it read back with no incarnation, and their owner's new incarnation takes them."""
@@ -93,9 +142,11 @@ async def test_a_log_from_before_incarnations_is_brought_up_to_date(tmp_path: Pa
         assert got is not None
         assert got.incarnation == "new"
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT max(version) FROM pysaga_schema").fetchone() == (2,)
+        assert conn.execute("SELECT max(version) FROM pysaga_schema").fetchone() == (
+            SCHEMA_VERSION,
+        )
     conn.close()
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION >= 2  # version 2 added the incarnation
 
 
 async def test_wal_and_synchronous(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pysaga import (
     Envelope,
     Failure,
     HandlerContext,
+    Inspector,
     LogEntry,
     Orchestrator,
     Participant,
@@ -22,6 +23,7 @@ from pysaga import (
     SagaOutcome,
     SagaRecord,
     SagaStatus,
+    SagaVersion,
     Step,
     StepContext,
     new_saga_id,
@@ -81,6 +83,11 @@ async def use() -> None:
         assert_type(await orch.history(saga_id), list[LogEntry])
         drawing = place_order.to_mermaid()
         assert_type(drawing, str)
+        assert_type(place_order.fingerprint, str)
+        by_name = await orch.run("place-order", Order(order_id="o-4"))  # the newest version
+        assert_type(by_name, SagaOutcome[Order])
+        assert_type(await Inspector(orch.log).versions(), list[SagaVersion])
+        assert_type(await Inspector(orch.log).held(), list[SagaRecord])
 
 
 # -- remote steps, participants and messages -------------------------------------------------

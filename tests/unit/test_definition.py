@@ -3,10 +3,17 @@ fix it; correct declarations produce the expected shape."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from pysaga import Retry, Saga, SagaDefinitionError, StepContext, StepKind
+from pysaga.definition import describe_changes
 
 pytestmark = pytest.mark.anyio
 
@@ -315,3 +322,139 @@ class TestMermaid:
         assert 'c0[/"release"/]' in text
         assert "s3 -. fails .-> c0" in text
         assert "s4 -. fails" not in text  # nothing turns back after the pivot
+
+
+class Documented(BaseModel):
+    """An order (this docstring is documentation only)."""
+
+    order_id: str = Field("o-2", description="the shop's id", title="Order id", min_length=1)
+    qty: int = Field(3, gt=0)
+
+
+class Grown(BaseModel):
+    order_id: str = "o-1"
+    qty: int = 1
+    title: str = ""  # a field called ``title`` is data, not documentation
+
+
+class Command(BaseModel):
+    order_id: str = "o-1"
+
+
+def shaped(
+    *,
+    data: type[BaseModel] = Order,
+    names: tuple[str, ...] = ("reserve", "charge", "ship"),
+    compensated: bool = True,
+    pivot: str | None = None,
+    group: bool = False,
+    service: str | None = None,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+) -> Saga[BaseModel]:
+    """A saga of three steps, the first compensated, with the variations under test."""
+    saga: Saga[BaseModel] = Saga("shaped", data, deadline=5 if timeout else None)
+    first, second, third = names
+
+    async def step(data: BaseModel, ctx: StepContext) -> None:
+        return None
+
+    if service is not None:
+        saga.remote(first, service=service, command=Command, compensation=Command)
+    else:
+        declared = saga.step(name=first, retry=retry, timeout=timeout)(step)
+        if compensated:
+            declared.compensate(step)
+    if group:
+        with saga.parallel("both"):
+            saga.step(name=second)(step)
+            saga.step(name=third)(step)
+    else:
+        saga.step(name=second, pivot=pivot == second)(step)
+        saga.step(name=third)(step)
+    return saga
+
+
+class TestFingerprint:
+    def test_stable_and_short(self) -> None:
+        """The same declaration has the same fingerprint, sealed or not: 16 hex digits."""
+        one, two = shaped(), shaped()
+        before = one.fingerprint
+        one.seal()
+        assert one.fingerprint == before == two.fingerprint
+        assert len(before) == 16
+        int(before, 16)
+
+    def test_same_in_another_process(self) -> None:
+        """The fingerprint does not depend on the process (no hash seeds, no object ids)."""
+        code = "from tests.unit.test_definition import shaped; print(shaped().fingerprint)"
+        root = Path(__file__).resolve().parents[2]
+        env = {**os.environ, "PYTHONHASHSEED": "12345"}
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env,
+            timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == shaped().fingerprint
+
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"names": ("reserve_stock", "charge", "ship")},  # a rename
+            {"names": ("charge", "reserve", "ship")},  # a new order
+            {"compensated": False},  # a compensation removed
+            {"pivot": "charge"},  # a kind changed
+            {"group": True},  # steps grouped to run in parallel
+            {"service": "stock"},  # local became remote
+            {"data": Grown},  # a field added to the data model
+        ],
+    )
+    def test_what_changes_it(self, change: dict[str, Any]) -> None:
+        """Every change a saga in flight depends on gives another fingerprint, and
+        describe_changes names it."""
+        base, changed = shaped(), shaped(**change)
+        assert changed.fingerprint != base.fingerprint
+        assert describe_changes(base.outline(), changed.outline())
+
+    def test_what_does_not_change_it(self) -> None:
+        """Step code, policies, timeouts, the deadline and the data model's documentation,
+        defaults and constraints change nothing a saga in flight depends on."""
+        base = shaped().fingerprint
+        assert shaped(retry=Retry(attempts=9), timeout=3.0).fingerprint == base
+        assert shaped(data=Documented).fingerprint == base
+
+    def test_describe_changes(self) -> None:
+        """One line per change, naming the steps."""
+        base = shaped().outline()
+        assert describe_changes(base, base) == []
+        assert describe_changes(
+            base, shaped(names=("reserve_stock", "charge", "ship")).outline()
+        ) == [
+            "step 'reserve' is gone",
+            "step 'reserve_stock' is new",
+        ]
+        assert describe_changes(base, shaped(compensated=False).outline()) == [
+            "step 'reserve' lost its compensation"
+        ]
+        assert describe_changes(base, shaped(pivot="charge").outline()) == [
+            "step 'charge' was compensatable, is now pivot",
+            "step 'ship' was compensatable, is now retriable",
+        ]
+        assert describe_changes(base, shaped(group=True).outline()) == [
+            "step 'charge' moved from group None to 'both'",
+            "step 'ship' moved from group None to 'both'",
+        ]
+        assert describe_changes(base, shaped(service="stock").outline()) == [
+            "step 'reserve' was local, is now sent to service 'stock'"
+        ]
+        assert describe_changes(base, shaped(data=Grown).outline()) == [
+            "the data model changed: field 'title' is new"
+        ]
+
+    def test_outline_is_a_copy(self) -> None:
+        """The outline a sealed saga hands out can be changed without changing the saga."""
+        saga = shaped()
+        saga.seal()
+        outline = saga.outline()
+        outline["steps"].clear()
+        assert [step["name"] for step in saga.outline()["steps"]] == ["reserve", "charge", "ship"]

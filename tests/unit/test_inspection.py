@@ -330,6 +330,58 @@ class TestOpening:
             Inspector("nosuch://x")
 
 
+class TestVersions:
+    async def test_versions_and_held(self, log_factory: LogFactory) -> None:
+        """versions() counts a definition's sagas with its outline; held() lists the sagas an
+        orchestrator refused because their definition changed, with what differs."""
+        original = order_saga()
+        async with Orchestrator(sagas=[original], log=log_factory()) as orch:
+            await orch.run(original, Order())
+            await orch.run(original, Order(amount=500))
+        now = time.time()
+        async with log_factory() as log:
+            await log.create(
+                SagaRecord(
+                    saga_id="in-flight",
+                    name="order",
+                    version=1,
+                    status=SagaStatus.RUNNING,
+                    data=Order().model_dump_json(),
+                    created_at=now,
+                    updated_at=now,
+                    fingerprint=original.fingerprint,
+                ),
+                [LogEntry(EntryKind.SAGA_STARTED, at=now)],
+            )
+        changed: Saga[Order] = Saga("order", Order)
+
+        @changed.step
+        async def reserve(order: Order) -> None:
+            return None
+
+        async with Orchestrator(sagas=[changed], log=log_factory()) as orch:
+            inspector = Inspector(orch.log)
+            found = {v.fingerprint: v for v in await inspector.versions(name="order")}
+            assert set(found) == {original.fingerprint, changed.fingerprint}
+            first = found[original.fingerprint]
+            assert first.counts == {
+                SagaStatus.COMPLETED: 1,
+                SagaStatus.COMPENSATED: 1,
+                SagaStatus.RUNNING: 1,
+            }
+            assert (first.held, first.total) == (1, 3)
+            assert first.definition is not None
+            assert first.definition.outline == original.outline()
+            assert found[changed.fingerprint].total == 0
+            assert await inspector.versions(name="nobody") == []
+            (held,) = await inspector.held()
+            assert held.saga_id == "in-flight"
+            assert held.held is not None
+            assert "step 'charge' is gone" in held.held
+            assert "step 'reserve' lost its compensation" in held.held
+            assert await inspector.held(name="other") == []
+
+
 async def test_show_counts_attempts_and_failures_as_the_history_has_them(
     log_factory: LogFactory,
 ) -> None:

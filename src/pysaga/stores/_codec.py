@@ -12,23 +12,35 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..models import Failure, SagaRecord, SagaStatus, StepState, StepStatus
+from ..models import (
+    DefinitionRecord,
+    Failure,
+    SagaRecord,
+    SagaStatus,
+    SagaVersion,
+    StepState,
+    StepStatus,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
 __all__ = (
+    "ACTIVE_SQL",
     "RECORD_COLUMNS",
+    "VERSION_COUNTS",
     "dump_failure",
+    "dump_outline",
     "dump_steps",
     "load_failure",
     "load_steps",
     "record_from_row",
+    "versions_from_rows",
 )
 
 RECORD_COLUMNS = (
     "saga_id, name, version, status, data, steps, failure, revision, owner, "
-    "lease_expires_at, deadline_at, created_at, updated_at, incarnation"
+    "lease_expires_at, deadline_at, created_at, updated_at, incarnation, fingerprint, held"
 )
 """The current-state columns, in the order :func:`record_from_row` reads them."""
 
@@ -94,6 +106,8 @@ def record_from_row(row: Sequence[Any]) -> SagaRecord:
         created_at,
         updated_at,
         incarnation,
+        fingerprint,
+        held,
     ) = row
     return SagaRecord(
         saga_id=saga_id,
@@ -110,4 +124,61 @@ def record_from_row(row: Sequence[Any]) -> SagaRecord:
         updated_at=updated_at,
         failure=load_failure(failure),
         incarnation=incarnation,
+        fingerprint=fingerprint,
+        held=held,
     )
+
+
+ACTIVE_SQL = "('running', 'compensating')"
+"""The unfinished statuses, as an SQL list."""
+
+VERSION_COUNTS = (
+    "SELECT name, version, fingerprint, status, count(*),"
+    f" sum(CASE WHEN held IS NOT NULL AND status IN {ACTIVE_SQL} THEN 1 ELSE 0 END)"
+    " FROM pysaga_sagas {where} GROUP BY name, version, fingerprint, status"
+)
+"""Sagas per definition and status, and how many of the unfinished ones are held; ``{where}``
+is a filter (or nothing)."""
+
+
+def versions_from_rows(
+    counted: Iterable[Sequence[Any]],
+    definitions: Iterable[Sequence[Any]],
+    *,
+    include_empty: bool,
+) -> list[SagaVersion]:
+    """Build :meth:`SagaLog.versions` from the rows of :data:`VERSION_COUNTS` and of the
+    definitions table (``name, version, fingerprint, outline, registered_at``)."""
+    known = {
+        (name, version, fingerprint): DefinitionRecord(
+            name, version, fingerprint, json.loads(outline), registered_at
+        )
+        for name, version, fingerprint, outline, registered_at in definitions
+    }
+    counts: dict[tuple[str, int, str | None], dict[SagaStatus, int]] = {}
+    held: dict[tuple[str, int, str | None], int] = {}
+    for name, version, fingerprint, status, count, held_count in counted:
+        key = (name, version, fingerprint)
+        counts.setdefault(key, {})[SagaStatus(status)] = int(count)
+        held[key] = held.get(key, 0) + int(held_count or 0)
+    if include_empty:
+        for key in known:
+            counts.setdefault(key, {})
+    return [
+        SagaVersion(
+            name,
+            version,
+            fingerprint,
+            counts[name, version, fingerprint],
+            held.get((name, version, fingerprint), 0),
+            None if fingerprint is None else known.get((name, version, fingerprint)),
+        )
+        for name, version, fingerprint in sorted(
+            counts, key=lambda k: (k[0], k[1], "" if k[2] is None else k[2])
+        )
+    ]
+
+
+def dump_outline(outline: Mapping[str, Any]) -> str:
+    """A definition's outline as JSON text."""
+    return json.dumps(outline, sort_keys=True, separators=(",", ":"), default=repr)

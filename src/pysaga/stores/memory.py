@@ -11,10 +11,20 @@ from collections import Counter
 from typing import TYPE_CHECKING, Self
 
 from ..errors import ConcurrencyError, LeaseLost, SagaNotFoundError
-from ..models import ACTIVE_STATUSES, EntryKind, LogEntry, SagaRecord, SagaStatus, SagaUpdate
+from ..models import (
+    ACTIVE_STATUSES,
+    DefinitionRecord,
+    EntryKind,
+    Failure,
+    LogEntry,
+    SagaRecord,
+    SagaStatus,
+    SagaUpdate,
+    SagaVersion,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Sequence
+    from collections.abc import Collection, Mapping, Sequence
     from types import TracebackType
 
     from ..protocols import InboxRecord
@@ -48,6 +58,7 @@ class InMemorySagaLog(_InProcess):
     def __init__(self) -> None:
         self._records: dict[str, SagaRecord] = {}
         self._history: dict[str, list[LogEntry]] = {}
+        self._definitions: dict[tuple[str, int, str], DefinitionRecord] = {}
 
     def __repr__(self) -> str:
         return f"<InMemorySagaLog: {len(self._records)} sagas>"
@@ -102,10 +113,13 @@ class InMemorySagaLog(_InProcess):
         now: float,
         limit: int = 100,
         predecessors: bool = False,
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> list[SagaRecord]:
         found: list[SagaRecord] = []
         for rec in self._records.values():
             if rec.status not in ACTIVE_STATUSES or (rec.name, rec.version) not in kinds:
+                continue
+            if not _fits(rec, fingerprints):
                 continue
             ours = rec.owner == owner and rec.incarnation == incarnation
             if (rec.lease_expires_at < now and (not ours or rec.lease_expires_at == 0.0)) or (
@@ -118,6 +132,7 @@ class InMemorySagaLog(_InProcess):
             rec.owner = owner
             rec.incarnation = incarnation
             rec.lease_expires_at = now + lease
+            rec.held = None
             rec.revision += 1
             rec.updated_at = now
             self._history[rec.saga_id].append(LogEntry(EntryKind.SAGA_CLAIMED, at=now, owner=owner))
@@ -130,6 +145,7 @@ class InMemorySagaLog(_InProcess):
         *,
         incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> float | None:
         return min(
             (
@@ -137,6 +153,7 @@ class InMemorySagaLog(_InProcess):
                 for rec in self._records.values()
                 if rec.status in ACTIVE_STATUSES
                 and (rec.name, rec.version) in kinds
+                and _fits(rec, fingerprints)
                 and not (
                     rec.owner == owner
                     and rec.incarnation == incarnation
@@ -176,6 +193,68 @@ class InMemorySagaLog(_InProcess):
             ):
                 rec.lease_expires_at = 0.0
 
+    async def define(self, definition: DefinitionRecord) -> None:
+        key = (definition.name, definition.version, definition.fingerprint)
+        self._definitions.setdefault(key, definition)
+
+    async def hold(
+        self, name: str, version: int, fingerprint: str, *, note: str, now: float, owner: str
+    ) -> list[str]:
+        held: list[str] = []
+        for rec in self._records.values():
+            if (
+                rec.name == name
+                and rec.version == version
+                and rec.fingerprint == fingerprint
+                and rec.status in ACTIVE_STATUSES
+                and rec.lease_expires_at < now
+                and rec.held is None
+            ):
+                rec.held = note
+                rec.revision += 1
+                rec.updated_at = now
+                self._history[rec.saga_id].append(
+                    LogEntry(
+                        EntryKind.SAGA_HELD,
+                        at=now,
+                        owner=owner,
+                        failure=Failure(None, "DefinitionChanged", note),
+                    )
+                )
+                held.append(rec.saga_id)
+        return held
+
+    async def versions(
+        self, *, name: str | None = None, statuses: Collection[SagaStatus] | None = None
+    ) -> list[SagaVersion]:
+        wanted = None if statuses is None else frozenset(statuses)
+        counts: dict[tuple[str, int, str | None], Counter[SagaStatus]] = {}
+        held: Counter[tuple[str, int, str | None]] = Counter()
+        for rec in self._records.values():
+            if (name is not None and rec.name != name) or (
+                wanted is not None and rec.status not in wanted
+            ):
+                continue
+            key = (rec.name, rec.version, rec.fingerprint)
+            counts.setdefault(key, Counter())[rec.status] += 1
+            if rec.held is not None and rec.status in ACTIVE_STATUSES:
+                held[key] += 1
+        if wanted is None:
+            for found in self._definitions.values():
+                if name is None or found.name == name:
+                    counts.setdefault((found.name, found.version, found.fingerprint), Counter())
+        return [
+            SagaVersion(
+                key[0],
+                key[1],
+                key[2],
+                dict(counts[key]),
+                held[key],
+                None if key[2] is None else self._definitions.get((key[0], key[1], key[2])),
+            )
+            for key in sorted(counts, key=_version_order)
+        ]
+
     async def active_kinds(self) -> set[tuple[str, int]]:
         return {
             (rec.name, rec.version)
@@ -193,6 +272,7 @@ class InMemorySagaLog(_InProcess):
         updated_before: float | None = None,
         deadline_before: float | None = None,
         timer_before: float | None = None,
+        held: bool | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
         wanted = None if statuses is None else frozenset(statuses)
@@ -209,6 +289,7 @@ class InMemorySagaLog(_InProcess):
                 or (rec.deadline_at is not None and rec.deadline_at < deadline_before)
             )
             and (timer_before is None or _timer_before(rec, timer_before))
+            and (held is None or (rec.held is not None) is held)
         ]
         return found[:limit]
 
@@ -217,6 +298,21 @@ class InMemorySagaLog(_InProcess):
             rec.status for rec in self._records.values() if name is None or rec.name == name
         )
         return dict(found)
+
+
+def _fits(rec: SagaRecord, fingerprints: Mapping[tuple[str, int], str] | None) -> bool:
+    """Whether a claim with *fingerprints* may take *rec*: its fingerprint is the one hosted
+    for its kind, or it has none (recorded before fingerprints existed)."""
+    return (
+        fingerprints is None
+        or rec.fingerprint is None
+        or fingerprints.get((rec.name, rec.version)) == rec.fingerprint
+    )
+
+
+def _version_order(key: tuple[str, int, str | None]) -> tuple[str, int, str]:
+    """Name, version, then fingerprint with ``None`` (no fingerprint) first."""
+    return key[0], key[1], "" if key[2] is None else key[2]
 
 
 def _timer_before(rec: SagaRecord, at: float) -> bool:
@@ -245,6 +341,8 @@ def _copy(r: SagaRecord) -> SagaRecord:
         r.updated_at,
         r.failure,
         r.incarnation,
+        r.fingerprint,
+        r.held,
     )
 
 

@@ -38,13 +38,25 @@ import anyio
 
 from .._backends import require_asyncio
 from ..errors import ConcurrencyError, LeaseLost, SagaNotFoundError, StoreError
-from ..models import EntryKind, LogEntry, SagaRecord, SagaStatus, SagaUpdate
+from ..models import (
+    DefinitionRecord,
+    EntryKind,
+    Failure,
+    LogEntry,
+    SagaRecord,
+    SagaStatus,
+    SagaUpdate,
+    SagaVersion,
+)
 from ._codec import (
     RECORD_COLUMNS,
+    VERSION_COUNTS,
     dump_failure,
+    dump_outline,
     dump_steps,
     load_failure,
     record_from_row,
+    versions_from_rows,
 )
 from ._group_commit import GroupCommit, PendingWrite
 from ._postgres import (
@@ -61,7 +73,14 @@ from ._postgres import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+    from collections.abc import (
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Collection,
+        Mapping,
+        Sequence,
+    )
     from types import TracebackType
 
     import asyncpg
@@ -112,6 +131,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE pysaga_sagas ADD COLUMN IF NOT EXISTS incarnation text COLLATE "C";
     """,
+    # 3: the definition each saga was started on, the mark of a saga held for an operator,
+    # and the outline of each definition an orchestrator hosted
+    """
+    ALTER TABLE pysaga_sagas
+        ADD COLUMN fingerprint text COLLATE "C",
+        ADD COLUMN held text;
+    CREATE TABLE pysaga_definitions (
+        name          text COLLATE "C" NOT NULL,
+        version       integer NOT NULL,
+        fingerprint   text COLLATE "C" NOT NULL,
+        outline       text NOT NULL,
+        registered_at double precision NOT NULL,
+        PRIMARY KEY (name, version, fingerprint)
+    );
+    """,
 )
 """``MIGRATIONS[i]`` takes the saga log's tables from schema version ``i`` to ``i + 1``."""
 
@@ -124,20 +158,21 @@ _ACTIVE = "status IN ('running', 'compensating')"
 _GET = f"SELECT {RECORD_COLUMNS} FROM pysaga_sagas WHERE saga_id = $1"
 
 # One batch of writes in one statement (so one round trip and one implicit transaction):
-# creates ($1-$13, and $31 their incarnations), updates ($14-$21) and the history entries of
-# both ($22-$30). Entries are kept only for the writes that landed; the statement returns the
-# ids of those writes.
+# creates ($1-$13, then $31-$33: their incarnations, fingerprints and held marks), updates
+# ($14-$21) and the history entries of both ($22-$30). Entries are kept only for the writes
+# that landed; the statement returns the ids of those writes.
 _WRITE_BATCH = f"""
 WITH created AS (
     INSERT INTO pysaga_sagas ({RECORD_COLUMNS})
     SELECT c.saga_id, c.name, c.version, c.status, c.data, c.steps::jsonb, c.failure,
            c.revision, c.owner, c.lease_expires_at, c.deadline_at, c.created_at, c.updated_at,
-           c.incarnation
+           c.incarnation, c.fingerprint, c.held
     FROM unnest($1::text[], $2::text[], $3::int4[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::int8[], $9::text[], $10::float8[], $11::float8[],
-                $12::float8[], $13::float8[], $31::text[])
+                $12::float8[], $13::float8[], $31::text[], $32::text[], $33::text[])
         AS c(saga_id, name, version, status, data, steps, failure, revision, owner,
-             lease_expires_at, deadline_at, created_at, updated_at, incarnation)
+             lease_expires_at, deadline_at, created_at, updated_at, incarnation, fingerprint,
+             held)
     ON CONFLICT (saga_id) DO NOTHING
     RETURNING saga_id
 ), updated AS (
@@ -190,6 +225,15 @@ SELECT revision FROM updated
 """
 
 
+_SAME_DEFINITION = """({fingerprints}::text[] IS NULL OR fingerprint IS NULL
+       OR (name, version, fingerprint) IN (
+           SELECT k.name, k.version, k.fingerprint
+           FROM unnest($3::text[], $4::int4[], {fingerprints}::text[])
+               AS k(name, version, fingerprint)))"""
+"""Of the wanted kinds ($3/$4), the sagas started on the wanted fingerprints (the parameter
+*fingerprints*, aligned with them; NULL: any), and those recorded before fingerprints existed."""
+
+
 def _held_by(owner: str, incarnation: str) -> str:
     """A live lease held by the incarnation (parameter *incarnation*) of the owner (parameter
     *owner*); a released saga (lease 0) is held by nobody."""
@@ -203,7 +247,8 @@ def _claim_sql(predecessors: bool) -> str:
     """Claim in one statement: lock the oldest expired leases that no other claimer holds
     locked (SKIP LOCKED: concurrent claimers split the sagas and never wait on each other),
     take them, and record the claims. $1 now, $2 owner, $3/$4 the wanted kinds, $5 limit,
-    $6 the new lease, $7 the incarnation. With *predecessors*, the sagas another incarnation
+    $6 the new lease, $7 the incarnation, $8 the wanted kinds' fingerprints (NULL: any; a
+    saga without a fingerprint matches any). With *predecessors*, the sagas another incarnation
     of $2 holds are taken too, whatever their lease."""
     taken = f"lease_expires_at < $1 AND NOT ({_held_by('$2', '$7')})"
     if predecessors:
@@ -215,13 +260,14 @@ WITH picked AS (
       AND ({taken})
       AND (name, version) IN (SELECT k.name, k.version
                               FROM unnest($3::text[], $4::int4[]) AS k(name, version))
+      AND {_SAME_DEFINITION.format(fingerprints="$8")}
     ORDER BY lease_expires_at
     LIMIT $5
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE pysaga_sagas s
     SET owner = $2, incarnation = $7, lease_expires_at = $6, revision = s.revision + 1,
-        updated_at = $1
+        updated_at = $1, held = NULL
     FROM picked p
     WHERE s.saga_id = p.saga_id
     RETURNING s.*, p.old_lease
@@ -259,6 +305,26 @@ SELECT min(lease_expires_at) FROM pysaga_sagas
 WHERE {_ACTIVE} AND NOT ({_held_by("$1", "$2")})
   AND (name, version) IN (SELECT k.name, k.version
                           FROM unnest($3::text[], $4::int4[]) AS k(name, version))
+  AND {_SAME_DEFINITION.format(fingerprints="$5")}
+"""
+
+
+# Hold the unfinished sagas of one definition ($2 name, $3 version, $4 fingerprint) whose lease
+# expired before $1 and that are not held yet: mark them ($5 the note), and record it ($6 the
+# orchestrator, $7 the entry's failure).
+_HOLD = f"""
+WITH held AS (
+    UPDATE pysaga_sagas
+    SET held = $5, revision = revision + 1, updated_at = $1
+    WHERE {_ACTIVE} AND lease_expires_at < $1 AND name = $2 AND version = $3
+      AND fingerprint = $4 AND held IS NULL
+    RETURNING saga_id, revision
+), entries AS (
+    INSERT INTO pysaga_history (saga_id, revision, idx, kind, step, attempt, at, owner, failure)
+    SELECT saga_id, revision, 0, '{EntryKind.SAGA_HELD.value}', NULL, 0, $1, $6, $7
+    FROM held
+)
+SELECT saga_id FROM held ORDER BY saga_id
 """
 
 
@@ -386,7 +452,7 @@ class PostgresSagaLog:
         try:
             async with self._connection() as conn:
                 if not self.read_only:  # the server refuses even an empty write then
-                    await conn.fetch(_WRITE_BATCH, *([[]] * 31))
+                    await conn.fetch(_WRITE_BATCH, *([[]] * 33))
                 await conn.fetchrow(_GET, "")
         except CLIENT_ERRORS as exc:
             await self.aclose()
@@ -591,6 +657,8 @@ class PostgresSagaLog:
                 [e.owner for _, _, _, e in entries],
                 [dump_failure(e.failure) for _, _, _, e in entries],
                 [c.record.incarnation for c in creates],
+                [c.record.fingerprint for c in creates],
+                [c.record.held for c in creates],
             )
         }
         missed: list[PendingWrite[_Write]] = []
@@ -668,6 +736,7 @@ class PostgresSagaLog:
         now: float,
         limit: int = 100,
         predecessors: bool = False,
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> list[SagaRecord]:
         if not kinds or limit <= 0:
             return []
@@ -682,6 +751,7 @@ class PostgresSagaLog:
                 now=now,
                 limit=limit,
                 predecessors=predecessors,
+                fingerprints=fingerprints,
             )
 
         async def rerun(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> list[SagaRecord]:
@@ -695,6 +765,7 @@ class PostgresSagaLog:
                 limit=limit,
                 again=True,
                 predecessors=predecessors,
+                fingerprints=fingerprints,
             )
 
         return await self._run("claim expired sagas", run, on_retry=rerun)
@@ -709,6 +780,7 @@ class PostgresSagaLog:
         lease: float,
         now: float,
         limit: int,
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
         again: bool = False,
         predecessors: bool = False,
     ) -> list[SagaRecord]:
@@ -727,6 +799,7 @@ class PostgresSagaLog:
             before = [record_from_row(row) for row in rows]
             if len(before) >= limit:
                 return before
+        wanted = None if fingerprints is None else [fingerprints.get(pair) for pair in pairs]
         rows = await conn.fetch(
             _CLAIM_WITH_PREDECESSORS if predecessors else _CLAIM,
             now,
@@ -736,6 +809,7 @@ class PostgresSagaLog:
             limit - len(before),
             now + lease,
             incarnation,
+            wanted,
         )
         return before + [record_from_row(row) for row in rows]
 
@@ -745,6 +819,7 @@ class PostgresSagaLog:
         *,
         incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> float | None:
         if not kinds:
             return None
@@ -757,6 +832,7 @@ class PostgresSagaLog:
                 incarnation,
                 [name for name, _ in pairs],
                 [version for _, version in pairs],
+                None if fingerprints is None else [fingerprints.get(pair) for pair in pairs],
             )
             return expiry
 
@@ -810,6 +886,68 @@ class PostgresSagaLog:
 
         await self._run(f"release the leases of {owner!r}", run)
 
+    async def define(self, definition: DefinitionRecord) -> None:
+        async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> None:
+            await conn.execute(
+                "INSERT INTO pysaga_definitions "
+                "(name, version, fingerprint, outline, registered_at) VALUES ($1, $2, $3, $4, $5) "
+                "ON CONFLICT DO NOTHING",
+                definition.name,
+                definition.version,
+                definition.fingerprint,
+                dump_outline(definition.outline),
+                definition.registered_at,
+            )
+
+        await self._run(f"record the definition of {definition.name!r}", run)
+
+    async def hold(
+        self, name: str, version: int, fingerprint: str, *, note: str, now: float, owner: str
+    ) -> list[str]:
+        failure = dump_failure(Failure(None, "DefinitionChanged", note))
+
+        async def run(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> list[str]:
+            rows = await conn.fetch(_HOLD, now, name, version, fingerprint, note, owner, failure)
+            return [row[0] for row in rows]
+
+        return await self._run(f"hold sagas of {name!r} version {version}", run)
+
+    async def versions(
+        self, *, name: str | None = None, statuses: Collection[SagaStatus] | None = None
+    ) -> list[SagaVersion]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if name is not None:
+            params.append(name)
+            clauses.append(f"name = ${len(params)}")
+        if statuses is not None:
+            values = sorted({s.value for s in statuses})
+            if not values:
+                return []
+            if values == ["compensating", "running"]:
+                clauses.append(_ACTIVE)  # as in the partial index's clause
+            else:
+                params.append(values)
+                clauses.append(f"status = ANY(${len(params)}::text[])")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+
+        async def read(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> list[SagaVersion]:
+            counted = await conn.fetch(VERSION_COUNTS.format(where=where), *params)
+            if name is None:
+                definitions = await conn.fetch(
+                    "SELECT name, version, fingerprint, outline, registered_at "
+                    "FROM pysaga_definitions"
+                )
+            else:
+                definitions = await conn.fetch(
+                    "SELECT name, version, fingerprint, outline, registered_at "
+                    "FROM pysaga_definitions WHERE name = $1",
+                    name,
+                )
+            return versions_from_rows(counted, definitions, include_empty=statuses is None)
+
+        return await self._run("count sagas per definition", read)
+
     async def active_kinds(self) -> set[tuple[str, int]]:
         async def read(conn: asyncpg.pool.PoolConnectionProxy[Any]) -> set[tuple[str, int]]:
             rows = await conn.fetch(
@@ -829,6 +967,7 @@ class PostgresSagaLog:
         updated_before: float | None = None,
         deadline_before: float | None = None,
         timer_before: float | None = None,
+        held: bool | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
         clauses: list[str] = []
@@ -838,6 +977,8 @@ class PostgresSagaLog:
             params.append(value)
             return f"${len(params)}"
 
+        if held is not None:
+            clauses.append("held IS NOT NULL" if held else "held IS NULL")
         if name is not None:
             clauses.append(f"name = {param(name)}")
         if status is not None:

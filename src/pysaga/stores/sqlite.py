@@ -30,34 +30,41 @@ import anyio.to_thread
 
 from ..errors import ConcurrencyError, LeaseLost, SagaNotFoundError, SchemaVersionError, StoreError
 from ..models import (
+    DefinitionRecord,
     EntryKind,
+    Failure,
     LogEntry,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
+    SagaVersion,
 )
 from ._codec import (
     RECORD_COLUMNS,
+    VERSION_COUNTS,
     dump_failure,
+    dump_outline,
     dump_steps,
     load_failure,
     record_from_row,
+    versions_from_rows,
 )
 from ._group_commit import GroupCommit, PendingWrite
 from ._urls import Synchronous
 from ._urls import parse_sqlite_url as parse_url
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Sequence
+    from collections.abc import Callable, Collection, Mapping, Sequence
     from types import TracebackType
 
 __all__ = ("SCHEMA_VERSION", "SQLiteSagaLog", "open_database", "parse_url")
 
 logger = logging.getLogger("pysaga.stores.sqlite")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The schema this version writes. A file with a newer schema is refused; an older one is
-brought up to date when opened (version 2 added the lease's ``incarnation``)."""
+brought up to date when opened (version 2 added the lease's ``incarnation``, version 3 the
+definitions and their fingerprints)."""
 
 _T = TypeVar("_T")
 
@@ -96,12 +103,42 @@ CREATE TABLE IF NOT EXISTS pysaga_history (
     failure  TEXT,
     PRIMARY KEY (saga_id, revision, idx)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pysaga_definitions (
+    name          TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    fingerprint   TEXT NOT NULL,
+    outline       TEXT NOT NULL,
+    registered_at REAL NOT NULL,
+    PRIMARY KEY (name, version, fingerprint)
+) WITHOUT ROWID;
 """
+
+_ADDED_COLUMNS = (
+    ("incarnation", "TEXT"),  # schema 2: which run of the owner holds the lease
+    ("fingerprint", "TEXT"),  # schema 3: the definition a saga was started on
+    ("held", "TEXT"),  # schema 3: why no orchestrator drives it (its definition changed)
+)
+"""Columns of ``pysaga_sagas`` added after schema 1: added to an older file when it opens."""
 
 _ACTIVE = "('running', 'compensating')"
 # A live lease held by one incarnation of one owner (parameters: owner, incarnation); a
 # released saga (lease 0) is held by nobody.
 _HELD_BY = "owner IS ? AND incarnation IS ? AND lease_expires_at > 0"
+
+
+def _same_definition(
+    fingerprints: Mapping[tuple[str, int], str] | None,
+) -> tuple[str, list[Any]]:
+    """The clause (and its parameters) that keeps, of the wanted kinds, the sagas started on
+    the hosted definitions, and those recorded before fingerprints existed (NULL)."""
+    if fingerprints is None:
+        return "", []
+    triples = sorted((name, version, fp) for (name, version), fp in fingerprints.items())
+    values = ", ".join("(?, ?, ?)" for _ in triples) or "(NULL, NULL, NULL)"
+    clause = f"AND (fingerprint IS NULL OR (name, version, fingerprint) IN (VALUES {values})) "
+    return clause, [value for triple in triples for value in triple]
+
+
 _INSERT_ENTRY = (
     "INSERT INTO pysaga_history (saga_id, revision, idx, kind, step, attempt, at, owner, failure)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -361,8 +398,9 @@ class SQLiteSagaLog:
                     f"pysaga's ({SCHEMA_VERSION}); upgrade pysaga to read it"
                 )
             columns = {row[1] for row in conn.execute("PRAGMA table_info(pysaga_sagas)")}
-            if "incarnation" not in columns:  # a log written before version 2
-                conn.execute("ALTER TABLE pysaga_sagas ADD COLUMN incarnation TEXT")
+            for column, kind in _ADDED_COLUMNS:  # a log written before they were added
+                if column not in columns:
+                    conn.execute(f"ALTER TABLE pysaga_sagas ADD COLUMN {column} {kind}")
             if found is None or found < SCHEMA_VERSION:
                 conn.execute("INSERT INTO pysaga_schema (version) VALUES (?)", (SCHEMA_VERSION,))
             conn.execute("COMMIT")
@@ -434,7 +472,7 @@ class SQLiteSagaLog:
         try:
             conn.execute(
                 f"INSERT INTO pysaga_sagas ({RECORD_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     r.saga_id,
                     r.name,
@@ -450,6 +488,8 @@ class SQLiteSagaLog:
                     r.created_at,
                     r.updated_at,
                     r.incarnation,
+                    r.fingerprint,
+                    r.held,
                 ),
             )
         except sqlite3.IntegrityError:
@@ -549,6 +589,7 @@ class SQLiteSagaLog:
         now: float,
         limit: int = 100,
         predecessors: bool = False,
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> list[SagaRecord]:
         if not kinds or limit <= 0:
             return []
@@ -562,6 +603,8 @@ class SQLiteSagaLog:
         if predecessors:  # and whatever an earlier incarnation of this owner holds
             taken = f"({taken}) OR (owner = ? AND incarnation IS NOT ?)"
             taken_params += [owner, incarnation]
+        same, same_params = _same_definition(fingerprints)
+        params.extend(same_params)
 
         def run() -> list[SagaRecord]:
             conn = self._db
@@ -570,7 +613,7 @@ class SQLiteSagaLog:
                 rows = conn.execute(
                     f"SELECT {RECORD_COLUMNS} FROM pysaga_sagas WHERE status IN {_ACTIVE} "
                     f"AND ({taken}) AND (name, version) IN (VALUES {wanted}) "
-                    "ORDER BY lease_expires_at LIMIT ?",  # lapsed leases first
+                    f"{same}ORDER BY lease_expires_at LIMIT ?",  # lapsed leases first
                     (*taken_params, *params, limit),
                 ).fetchall()
                 claimed: list[SagaRecord] = []
@@ -578,7 +621,8 @@ class SQLiteSagaLog:
                     rec = record_from_row(row)
                     conn.execute(
                         "UPDATE pysaga_sagas SET owner = ?, incarnation = ?, "
-                        "lease_expires_at = ?, revision = revision + 1, updated_at = ? "
+                        "lease_expires_at = ?, revision = revision + 1, updated_at = ?, "
+                        "held = NULL "
                         "WHERE saga_id = ? AND revision = ?",
                         (owner, incarnation, now + lease, now, rec.saga_id, rec.revision),
                     )
@@ -589,6 +633,7 @@ class SQLiteSagaLog:
                     )
                     rec.revision += 1
                     rec.updated_at = now
+                    rec.held = None
                     _insert_entries(
                         conn,
                         rec.saga_id,
@@ -611,17 +656,20 @@ class SQLiteSagaLog:
         *,
         incarnation: str | None = None,
         kinds: Collection[tuple[str, int]],
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> float | None:
         if not kinds:
             return None
         pairs = sorted(kinds)
         wanted = ", ".join("(?, ?)" for _ in pairs)
         params = [value for pair in pairs for value in pair]
+        same, same_params = _same_definition(fingerprints)
+        params.extend(same_params)
 
         def read() -> float | None:
             row = self._db.execute(
                 f"SELECT min(lease_expires_at) FROM pysaga_sagas WHERE status IN {_ACTIVE} "
-                f"AND NOT ({_HELD_BY}) AND (name, version) IN (VALUES {wanted})",
+                f"AND NOT ({_HELD_BY}) AND (name, version) IN (VALUES {wanted}) {same}",
                 (owner, incarnation, *params),
             ).fetchone()
             expiry: float | None = row[0] if row else None
@@ -664,6 +712,92 @@ class SQLiteSagaLog:
 
         await self._call(run)
 
+    async def define(self, definition: DefinitionRecord) -> None:
+        def run() -> None:
+            self._db.execute(
+                "INSERT OR IGNORE INTO pysaga_definitions "
+                "(name, version, fingerprint, outline, registered_at) VALUES (?, ?, ?, ?, ?)",
+                (
+                    definition.name,
+                    definition.version,
+                    definition.fingerprint,
+                    dump_outline(definition.outline),
+                    definition.registered_at,
+                ),
+            )
+
+        await self._call(run)
+
+    async def hold(
+        self, name: str, version: int, fingerprint: str, *, note: str, now: float, owner: str
+    ) -> list[str]:
+        entry = LogEntry(
+            EntryKind.SAGA_HELD,
+            at=now,
+            owner=owner,
+            failure=Failure(None, "DefinitionChanged", note),
+        )
+
+        def run() -> list[str]:
+            conn = self._db
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = conn.execute(
+                    f"SELECT saga_id, revision FROM pysaga_sagas WHERE status IN {_ACTIVE} "
+                    "AND lease_expires_at < ? AND name = ? AND version = ? "
+                    "AND fingerprint = ? AND held IS NULL",
+                    (now, name, version, fingerprint),
+                ).fetchall()
+                for saga_id, revision in rows:
+                    conn.execute(
+                        "UPDATE pysaga_sagas SET held = ?, revision = revision + 1, "
+                        "updated_at = ? WHERE saga_id = ?",
+                        (note, now, saga_id),
+                    )
+                    _insert_entries(conn, saga_id, revision + 1, [entry])
+                conn.execute("COMMIT")
+                return [saga_id for saga_id, _ in rows]
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+        return await self._call(run)
+
+    async def versions(
+        self, *, name: str | None = None, statuses: Collection[SagaStatus] | None = None
+    ) -> list[SagaVersion]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if name is not None:
+            clauses.append("name = ?")
+            params.append(name)
+        if statuses is not None:
+            values = sorted({s.value for s in statuses})
+            if not values:
+                return []
+            if values == ["compensating", "running"]:
+                clauses.append(f"status IN {_ACTIVE}")  # as in the partial index's clause
+            else:
+                clauses.append(f"status IN ({', '.join('?' for _ in values)})")
+                params.extend(values)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        if statuses is not None and name is None and clauses == [f"status IN {_ACTIVE}"]:
+            # the unfinished sagas only (an orchestrator asks at every claim): read them from
+            # the partial index rather than the whole (name, status) index
+            where = "INDEXED BY pysaga_sagas_active " + where
+
+        def read() -> list[SagaVersion]:
+            counted = self._db.execute(VERSION_COUNTS.format(where=where), params).fetchall()
+            definitions = self._db.execute(
+                "SELECT name, version, fingerprint, outline, registered_at "
+                "FROM pysaga_definitions" + (" WHERE name = ?" if name is not None else ""),
+                () if name is None else (name,),
+            ).fetchall()
+            return versions_from_rows(counted, definitions, include_empty=statuses is None)
+
+        return await self._call(read)
+
     async def active_kinds(self) -> set[tuple[str, int]]:
         def read() -> set[tuple[str, int]]:
             rows = self._db.execute(
@@ -683,10 +817,13 @@ class SQLiteSagaLog:
         updated_before: float | None = None,
         deadline_before: float | None = None,
         timer_before: float | None = None,
+        held: bool | None = None,
         limit: int = 100,
     ) -> list[SagaRecord]:
         clauses: list[str] = []
         params: list[Any] = []
+        if held is not None:
+            clauses.append("held IS NOT NULL" if held else "held IS NULL")
         if name is not None:
             clauses.append("name = ?")
             params.append(name)

@@ -24,7 +24,7 @@ from ..stores.memory import InMemorySagaLog
 from ._loop import VirtualClock, current_clock
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Iterable, Sequence
+    from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
     from types import TracebackType
 
     from opentelemetry.metrics import MeterProvider
@@ -125,6 +125,7 @@ class _WorldLog(InMemorySagaLog):
         now: float,
         limit: int = 100,
         predecessors: bool = False,
+        fingerprints: Mapping[tuple[str, int], str] | None = None,
     ) -> list[SagaRecord]:
         self._world._refuse_if_crashed(owner)
         claimed = await super().claim(
@@ -135,10 +136,20 @@ class _WorldLog(InMemorySagaLog):
             now=now,
             limit=limit,
             predecessors=predecessors,
+            fingerprints=fingerprints,
         )
         if claimed:
             self._notify()
         return claimed
+
+    async def hold(
+        self, name: str, version: int, fingerprint: str, *, note: str, now: float, owner: str
+    ) -> list[str]:
+        self._world._refuse_if_crashed(owner)
+        held = await super().hold(name, version, fingerprint, note=note, now=now, owner=owner)
+        if held:
+            self._notify()
+        return held
 
     async def renew(self, owner: str, *, incarnation: str | None = None, until: float) -> int:
         self._world._refuse_if_crashed(owner)

@@ -8,7 +8,8 @@ those too, at a cost per commit: group commit shares that cost between concurren
 Concurrency: writes from concurrent sagas are batched into one transaction (group commit).
 Statements run on the event loop's thread with the stdlib ``sqlite3`` module, because a
 commit without fsync costs far less than a hand-off to a worker thread; with
-``synchronous=full`` the batch runs in a worker thread so the fsync does not block the loop.
+``synchronous=full`` a batch of several writes runs in a worker thread so its fsync does not
+block the loop (a lone write, from a quiet log, commits on the loop: quicker than the hand-off).
 
 Several processes may open one file (SQLite locks it), but only one orchestrator should
 drive sagas at a time on SQLite; to run several, use the PostgreSQL log.
@@ -416,15 +417,18 @@ class SQLiteSagaLog:
             )
         return self._conn
 
-    async def _call(self, fn: Callable[[], _T]) -> _T:
-        """Run a synchronous database function, on the loop or on the worker thread."""
+    async def _call(self, fn: Callable[[], _T], *, inline: bool = False) -> _T:
+        """Run a synchronous database function, on the loop or on the worker thread (with
+        ``synchronous=full``, unless *inline*)."""
         if not self._offload:
             try:
                 return fn()
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite saga log {self.path!r}: {exc}") from exc
-        async with self._lock:
+        async with self._lock:  # the connection is used by one thread at a time
             try:
+                if inline:
+                    return fn()
                 return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite saga log {self.path!r}: {exc}") from exc
@@ -443,7 +447,11 @@ class SQLiteSagaLog:
         return result
 
     async def _flush(self, batch: list[PendingWrite[_Create | _Update]]) -> None:
-        await self._call(lambda: self._flush_sync(batch))
+        # With synchronous=full a commit waits for the disk. A batch of one write (a quiet
+        # log: one saga at a time) commits on the loop: its wait is shorter than a worker
+        # thread's round trip, and nobody else is writing. Batches of several (a busy log)
+        # commit in the worker thread, so the loop goes on running the other sagas' steps.
+        await self._call(lambda: self._flush_sync(batch), inline=len(batch) == 1)
 
     def _flush_sync(self, batch: list[PendingWrite[_Create | _Update]]) -> None:
         conn = self._db

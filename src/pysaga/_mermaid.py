@@ -58,7 +58,7 @@ def saga_to_mermaid(saga: Saga[Any]) -> str:
     lines.append('    completed(["completed"])')
     lines.extend(f"    {p} --> completed" for p in previous)
 
-    compensatable = [s for s in saga.steps if s.compensation is not None]
+    compensatable = [s for s in saga.steps if s.has_compensation]
     if not compensatable:
         return "\n".join(lines) + "\n"
     lines.append('    compensated(["compensated"])')
@@ -128,7 +128,7 @@ def progress_of(saga: Saga[Any], record: SagaRecord) -> dict[str, str]:
             marks[node] = "failed"
         else:  # the step was undone, is being undone, or its undo gave up
             marks[node] = "compensated" if status is StepStatus.COMPENSATED else "done"
-            if step.compensation is not None:
+            if step.has_compensation:
                 marks[comp] = {
                     StepStatus.COMPENSATED: "compensated",
                     StepStatus.COMPENSATING: "running" if active else "failed",
@@ -136,9 +136,7 @@ def progress_of(saga: Saga[Any], record: SagaRecord) -> dict[str, str]:
                 }[status]
     if record.status is SagaStatus.COMPLETED:
         marks["completed"] = "done"
-    elif record.status is SagaStatus.COMPENSATED and any(
-        s.compensation is not None for s in saga.steps
-    ):
+    elif record.status is SagaStatus.COMPENSATED and any(s.has_compensation for s in saga.steps):
         marks["compensated"] = "compensated"
     return marks
 

@@ -240,11 +240,7 @@ def next_compensation(record: SagaRecord, saga: Saga[Any]) -> Step[Any] | None:
     step: Step[Any]
     for step in reversed(saga.steps):
         state = steps.get(step.name)
-        if (
-            state is not None
-            and state.status in MAY_HAVE_HAD_EFFECT
-            and step.compensation is not None
-        ):
+        if state is not None and state.status in MAY_HAVE_HAD_EFFECT and step.has_compensation:
             return step
     return None
 

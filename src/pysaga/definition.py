@@ -153,7 +153,7 @@ class Step(Generic[DataT]):
     def __init__(
         self,
         saga: Saga[DataT],
-        action: Action,
+        action: Action | None,
         *,
         name: str,
         kind: StepKind,
@@ -164,13 +164,16 @@ class Step(Generic[DataT]):
     ) -> None:
         self.saga = saga
         self.action = action
+        """The step's own function; ``None`` for a remote step (its call is a command)."""
         self.name = name
         self.kind = kind
         self.retry = retry
         self.timeout = timeout
         self.group = group
         self.index = index
-        self.wants_context = _check_callable(action, saga, f"step {name!r} in saga {saga.name!r}")
+        self.wants_context = action is None or _check_callable(
+            action, saga, f"step {name!r} in saga {saga.name!r}"
+        )
         self.remote: RemoteCall | None = None
         self._compensation: Compensation | None = None
         self._compensation_ctx = False
@@ -182,15 +185,34 @@ class Step(Generic[DataT]):
         return f"<Step {self.saga.name}.{self.name}{where} ({self.kind.value})>"
 
     async def __call__(self, data: DataT, ctx: StepContext | None = None) -> Any:
-        """Run the action directly (for unit tests); the orchestrator does not go through here."""
+        """Run the action directly (for unit tests); the orchestrator does not go through here.
+
+        Raises:
+            TypeError: the step is remote: its call is a command an orchestrator sends.
+        """
+        if self.action is None:
+            raise TypeError(
+                f"step {self.name!r} is remote: an Orchestrator with a broker sends its command "
+                f"to {self.remote.service if self.remote else 'its service'!r}; test its "
+                "participant's handler instead, or run the saga in pysaga.testing.SagaWorld"
+            )
         if self.wants_context:
             return await self.action(data, ctx)
         return await self.action(data)
 
     @property
     def compensation(self) -> Compensation | None:
-        """The compensation, if one was declared."""
+        """The compensation function, if one was declared (``None`` for a remote step, whose
+        compensation is a command: see :attr:`has_compensation`)."""
         return self._compensation
+
+    @property
+    def has_compensation(self) -> bool:
+        """Whether the step can be undone: a local compensation, or a remote step's
+        compensation command."""
+        if self.remote is not None:
+            return self.remote.build_compensation is not None
+        return self._compensation is not None
 
     @property
     def compensation_retry(self) -> Retry:
@@ -246,6 +268,25 @@ class Step(Generic[DataT]):
     def _set_compensation(
         self, fn: Compensation, retry: Retry | None, timeout: float | None
     ) -> None:
+        where = self._check_compensable()
+        if self._compensation is not None:
+            raise SagaDefinitionError(
+                f"{where}: step {self.name!r} already has the compensation "
+                f"{_qualname(self._compensation)}; a step has at most one"
+            )
+        wants_context = _check_callable(fn, self.saga, where)
+        _check_policy(retry, timeout, where)
+        self._compensation = fn
+        self._compensation_ctx = wants_context
+        self._set_compensation_policy(retry, timeout)
+
+    def _set_compensation_policy(self, retry: Retry | None, timeout: float | None) -> None:
+        if retry is not None:
+            self._compensation_retry = retry
+        self._compensation_timeout = timeout
+
+    def _check_compensable(self) -> str:
+        """Check that this step may have a compensation; return how errors name it."""
         self.saga._check_open()
         where = f"compensation of step {self.name!r} in saga {self.saga.name!r}"
         if self.kind is not StepKind.COMPENSATABLE:
@@ -259,18 +300,7 @@ class Step(Generic[DataT]):
                     "Declare it before the pivot step if it must be undoable."
                 )
             )
-        if self._compensation is not None:
-            raise SagaDefinitionError(
-                f"{where}: step {self.name!r} already has the compensation "
-                f"{_qualname(self._compensation)}; a step has at most one"
-            )
-        wants_context = _check_callable(fn, self.saga, where)
-        _check_policy(retry, timeout, where)
-        self._compensation = fn
-        self._compensation_ctx = wants_context
-        if retry is not None:
-            self._compensation_retry = retry
-        self._compensation_timeout = timeout
+        return where
 
 
 class Saga(Generic[DataT]):
@@ -482,16 +512,16 @@ class Saga(Generic[DataT]):
             on_reply=on_reply if on_reply is not None else _merger(self.data_type, reply),
             build_compensation=build_compensation,
         )
-        step = self._add_step(_remote_action, name=name, retry=retry, timeout=timeout, pivot=pivot)
+        step = self._add_step(None, name=name, retry=retry, timeout=timeout, pivot=pivot)
         step.remote = call
         if build_compensation is not None:
             try:
-                step._set_compensation(
-                    _remote_compensation, compensation_retry, compensation_timeout
-                )
+                where = step._check_compensable()
+                _check_policy(compensation_retry, compensation_timeout, where)
             except SagaDefinitionError:
                 self._forget(step)
                 raise
+            step._set_compensation_policy(compensation_retry, compensation_timeout)
         return step
 
     def _forget(self, step: Step[DataT]) -> None:
@@ -532,7 +562,7 @@ class Saga(Generic[DataT]):
 
     def _add_step(
         self,
-        fn: Action,
+        fn: Action | None,
         *,
         name: str | None,
         retry: Retry | None,
@@ -689,7 +719,7 @@ class Saga(Generic[DataT]):
                     "name": step.name,
                     "kind": step.kind.value,
                     "group": step.group,
-                    "compensated": step.compensation is not None,
+                    "compensated": step.has_compensation,
                     "remote": None if step.remote is None else step.remote.service,
                 }
                 for step in self._steps
@@ -830,17 +860,6 @@ def _data_change(before: Any, after: Any) -> str:
 
 
 # -- remote steps --------------------------------------------------------------------------
-
-
-async def _remote_action(data: Any, ctx: StepContext) -> Any:
-    raise RuntimeError(
-        f"step {ctx.step!r} is remote: an Orchestrator with a broker sends its command; it "
-        "cannot be called directly"
-    )
-
-
-async def _remote_compensation(data: Any, ctx: StepContext) -> Any:
-    raise RuntimeError(f"the compensation of remote step {ctx.step!r} is sent by an Orchestrator")
 
 
 def _builder(

@@ -605,10 +605,11 @@ class Orchestrator:
                 action: Invoke = self._requester.invoker(step.remote, compensating=False)
                 undo: Invoke | None = (
                     self._requester.invoker(step.remote, compensating=True)
-                    if step.compensation is not None
+                    if step.has_compensation
                     else None
                 )
             else:
+                assert step.action is not None  # only a remote step has none
                 action = _local(step.action, step.wants_context)
                 undo = (
                     _local(step.compensation, step.compensation_wants_context)

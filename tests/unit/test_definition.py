@@ -458,3 +458,30 @@ class TestFingerprint:
         outline = saga.outline()
         outline["steps"].clear()
         assert [step["name"] for step in saga.outline()["steps"]] == ["reserve", "charge", "ship"]
+
+
+class TestRemoteSteps:
+    async def test_a_remote_step_is_a_command_not_a_function(self) -> None:
+        """A remote step has no function of its own (its call is a command the orchestrator
+        sends), so calling it directly says what to test instead; its compensation is a
+        command too, which the step reports."""
+        saga: Saga[Order] = Saga("remote-shape", Order)
+        reserve = saga.remote("reserve", service="stock", command=Command, compensation=Command)
+        notify = saga.remote("notify", service="mail", command=Command)
+        assert reserve.action is None
+        assert reserve.compensation is None
+        assert reserve.has_compensation
+        assert not notify.has_compensation
+        with pytest.raises(TypeError, match="is remote.*'stock'.*participant's handler"):
+            await reserve(Order())
+
+    def test_a_remote_compensation_after_the_pivot_is_refused(self) -> None:
+        saga: Saga[Order] = Saga("remote-pivot", Order)
+
+        @saga.step(pivot=True)
+        async def pay(order: Order) -> None:
+            return None
+
+        with pytest.raises(SagaDefinitionError, match="retriable step cannot be compensated"):
+            saga.remote("ship", service="post", command=Command, compensation=Command)
+        assert [step.name for step in saga.steps] == ["pay"], "the refused step is not kept"

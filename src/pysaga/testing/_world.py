@@ -640,7 +640,7 @@ class SagaWorld:
         target = saga.get_step(step)
         if times < 1:
             raise ValueError(f"times must be at least 1, got {times!r}")
-        if compensation and target.compensation is None:
+        if compensation and not target.has_compensation:
             raise ValueError(f"step {step!r} of saga {saga.name!r} has no compensation")
         what = "compensation of step" if compensation else "step"
 

@@ -26,12 +26,10 @@ from .errors import DeadlineExceeded
 from .models import (
     EntryKind,
     Failure,
-    LogEntry,
     SagaOutcome,
     SagaRecord,
     SagaStatus,
     SagaUpdate,
-    StepState,
     StepStatus,
 )
 
@@ -123,10 +121,6 @@ class Run(Generic[DataT]):
         self._turned_back: Failure | None = None
         """Why the saga turned back, once known: what its compensations are told."""
 
-    @property
-    def status(self) -> SagaStatus:
-        return self.record.status
-
     def outcome(self) -> SagaOutcome[DataT]:
         """The saga's outcome as this run leaves it."""
         record = self.record
@@ -160,7 +154,7 @@ class Run(Generic[DataT]):
         pending = self._pending
         if pending:
             self._pending = []
-            written = _joined(pending, update)
+            written = SagaUpdate.join([*pending, update])
         else:
             written = update
         record = self.record
@@ -242,21 +236,22 @@ class Run(Generic[DataT]):
 
     async def _run_group(self, todo: tuple[Step[DataT], ...]) -> Failure | None:
         base = self.data
-        intents: SagaUpdate | None = None
+        intents: list[SagaUpdate] = []
         for step in todo:
             if step.name in self._fresh:  # written with the saga's creation
                 continue
-            intent = machine.step_started(
-                self.record,
-                step.name,
-                at=_clock.now(),
-                owner=self.owner,
-                timeout_at=timeout_at(step, _clock.now(), self._time_left()),
+            intents.append(
+                machine.step_started(
+                    self.record,
+                    step.name,
+                    at=_clock.now(),
+                    owner=self.owner,
+                    timeout_at=timeout_at(step, _clock.now(), self._time_left()),
+                )
             )
-            intents = intent if intents is None else intents.then(intent)
             self._fresh.add(step.name)
-        if intents is not None:
-            await self._write(intents)
+        if intents:
+            await self._write(SagaUpdate.join(intents))
         failures: dict[str, Failure] = {}
         conflicts: dict[str, Failure] = {}
         changes: dict[str, tuple[str, Any]] = {}
@@ -560,26 +555,6 @@ def _timed_out(step: Step[Any], ctx: StepContext, limit: float | None) -> Timeou
 
 def _deadline_error() -> DeadlineExceeded:
     return DeadlineExceeded("the saga's deadline passed before it got past its pivot")
-
-
-def _joined(staged: list[SagaUpdate], update: SagaUpdate) -> SagaUpdate:
-    """The staged outcomes and *update*, as one write."""
-    entries: list[LogEntry] = []
-    steps: dict[str, StepState] = {}
-    status: SagaStatus | None = None
-    data: str | None = None
-    failure: Failure | None = None
-    for part in (*staged, update):
-        entries.extend(part.entries)
-        if part.steps:
-            steps.update(part.steps)
-        if part.status is not None:
-            status = part.status
-        if part.data is not None:
-            data = part.data
-        if part.failure is not None:
-            failure = part.failure
-    return SagaUpdate(entries, status, steps, data, failure)
 
 
 def _also(failure: Failure | None) -> str:

@@ -351,9 +351,9 @@ def retry(record: SagaRecord, entry: LogEntry) -> SagaUpdate:
     return SagaUpdate([entry], status=SagaStatus.RUNNING, steps=gave_up)
 
 
-def abort(record: SagaRecord, entry: LogEntry, failure: Failure) -> SagaUpdate:
-    """Turn a RUNNING saga back: it compensates, with *failure* (the operator's reason) as
-    the reason it turned back."""
+def abort(record: SagaRecord, entry: LogEntry) -> SagaUpdate:
+    """Turn a RUNNING saga back: it compensates, with the operator's reason (the failure
+    *entry* carries) as the reason it turned back."""
     if record.status is not SagaStatus.RUNNING:
         if record.status is SagaStatus.COMPENSATING:
             why = (
@@ -371,7 +371,7 @@ def abort(record: SagaRecord, entry: LogEntry, failure: Failure) -> SagaUpdate:
         for name, state in record.steps.items()
         if state.timeout_at is not None or state.retry_at is not None
     }
-    return SagaUpdate([entry], status=SagaStatus.COMPENSATING, steps=untimed, failure=failure)
+    return SagaUpdate([entry], status=SagaStatus.COMPENSATING, steps=untimed, failure=entry.failure)
 
 
 def resolve(record: SagaRecord, entry: LogEntry) -> SagaUpdate:

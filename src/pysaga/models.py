@@ -396,15 +396,28 @@ class SagaUpdate:
     data: str | None = None
     failure: Failure | None = None
 
-    def then(self, later: SagaUpdate) -> SagaUpdate:
-        """This update followed by *later*, as one write."""
-        return SagaUpdate(
-            entries=[*self.entries, *later.entries],
-            status=later.status if later.status is not None else self.status,
-            steps={**self.steps, **later.steps} if later.steps else self.steps,
-            data=later.data if later.data is not None else self.data,
-            failure=later.failure if later.failure is not None else self.failure,
-        )
+    @staticmethod
+    def join(updates: Sequence[SagaUpdate]) -> SagaUpdate:
+        """*updates*, in order, as one write: their entries one after the other, and for each
+        field the last value set."""
+        if len(updates) == 1:
+            return updates[0]
+        entries: list[LogEntry] = []
+        steps: dict[str, StepState] = {}
+        status: SagaStatus | None = None
+        data: str | None = None
+        failure: Failure | None = None
+        for part in updates:
+            entries.extend(part.entries)
+            if part.steps:
+                steps.update(part.steps)
+            if part.status is not None:
+                status = part.status
+            if part.data is not None:
+                data = part.data
+            if part.failure is not None:
+                failure = part.failure
+        return SagaUpdate(entries, status, steps, data, failure)
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,7 +97,7 @@ class Operator(LogAccess):
             ConcurrencyError: the saga kept changing while the action was tried.
             RuntimeError: the operator opens its log itself and was not entered.
         """
-        return await self._act(saga_id, "retry", reason, by, _retry_update)
+        return await self._act(saga_id, "retry", reason, by, _machine.retry)
 
     async def abort(self, saga_id: str, *, reason: str, by: str | None = None) -> SagaRecord:
         """Turn a RUNNING saga back: it compensates every step that finished (or may have).
@@ -125,7 +125,7 @@ class Operator(LogAccess):
             ConcurrencyError: the saga kept changing while the action was tried.
             RuntimeError: the operator opens its log itself and was not entered.
         """
-        return await self._act(saga_id, "abort", reason, by, _abort_update)
+        return await self._act(saga_id, "abort", reason, by, _machine.abort)
 
     async def resolve(self, saga_id: str, *, reason: str, by: str | None = None) -> SagaRecord:
         """Mark a FAILED saga RESOLVED: a person settled it by hand, nothing more is to run.
@@ -147,7 +147,7 @@ class Operator(LogAccess):
             ConcurrencyError: the saga kept changing while the action was tried.
             RuntimeError: the operator opens its log itself and was not entered.
         """
-        return await self._act(saga_id, "resolve", reason, by, _resolve_update)
+        return await self._act(saga_id, "resolve", reason, by, _machine.resolve)
 
     async def _act(
         self,
@@ -155,7 +155,7 @@ class Operator(LogAccess):
         action: str,
         reason: str,
         by: str | None,
-        plan: Callable[[SagaRecord, LogEntry, Failure], SagaUpdate],
+        plan: Callable[[SagaRecord, LogEntry], SagaUpdate],
     ) -> SagaRecord:
         reason = " ".join(reason.split())
         if not reason:
@@ -175,7 +175,7 @@ class Operator(LogAccess):
             if record is None:
                 raise SagaNotFoundError(saga_id)
             entry = LogEntry(kind, at=self._clock(), failure=failure, owner=who)
-            await log.intervene(saga_id, plan(record, entry, failure), revision=record.revision)
+            await log.intervene(saga_id, plan(record, entry), revision=record.revision)
 
         await until_written(attempt, saga_id=saga_id, doing=f"trying to {action} it")
         written = await log.get(saga_id)
@@ -189,15 +189,3 @@ _ACTIONS = {
     "abort": (EntryKind.OPERATOR_ABORTED, "aborted"),
     "resolve": (EntryKind.OPERATOR_RESOLVED, "resolved"),
 }
-
-
-def _retry_update(record: SagaRecord, entry: LogEntry, failure: Failure) -> SagaUpdate:
-    return _machine.retry(record, entry)
-
-
-def _abort_update(record: SagaRecord, entry: LogEntry, failure: Failure) -> SagaUpdate:
-    return _machine.abort(record, entry, failure)
-
-
-def _resolve_update(record: SagaRecord, entry: LogEntry, failure: Failure) -> SagaUpdate:
-    return _machine.resolve(record, entry)

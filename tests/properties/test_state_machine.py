@@ -165,7 +165,7 @@ def choices(record: SagaRecord, saga: Saga[Data], now: float) -> list[tuple[str,
     operator = LogEntry(EntryKind.OPERATOR_RETRIED, now, None, 0, fail(None), "alice")
     for label, act in (
         ("retry", lambda: machine.retry(record, operator)),
-        ("abort", lambda: machine.abort(record, operator, fail(None))),
+        ("abort", lambda: machine.abort(record, operator)),
         ("resolve", lambda: machine.resolve(record, operator)),
     ):
         with contextlib.suppress(OperatorActionRefused):
@@ -266,7 +266,7 @@ def test_operator_hints_name_an_action_the_state_allows() -> None:
     entry = LogEntry(EntryKind.OPERATOR_RETRIED, 2.0, None, 0, fail(None), "alice")
     for refused in (
         lambda: machine.retry(record, entry),
-        lambda: machine.abort(record, entry, fail(None)),
+        lambda: machine.abort(record, entry),
         lambda: machine.resolve(record, entry),
     ):
         with pytest.raises(OperatorActionRefused) as caught:

@@ -40,7 +40,7 @@ from pysaga import EntryKind, SagaStatus
 from pysaga.models import ACTIVE_STATUSES
 from pysaga.stores import from_url
 
-from .restart_worker import SAGA_NAME, STEPS
+from .restart_worker import SAGA_NAME, STEPS, Journal
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -97,6 +97,9 @@ class Run:
         self.tmp_path = tmp_path
         self.effects = tmp_path / "effects.db"
         self.lives: list[Life] = []
+        # Made (in WAL mode, with its table) before any worker opens it: two workers switching
+        # a new file to WAL at the same moment can meet "database is locked" without waiting.
+        Journal(str(self.effects)).conn.close()
 
     async def spawn(
         self, name: str, *, owner: str | None, lease: float | None, sagas: tuple[int, int]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pysaga import Orchestrator, SagaStatus
@@ -60,8 +60,15 @@ def check(shop: ShopSetup, outcomes: list[object]) -> None:
         effects = shop.ledger.effects
         status = outcome.status  # type: ignore[attr-defined]
         if status is SagaStatus.FAILED:
-            # Only a pivot whose every attempt went unanswered: its outcome is unknown, so the
-            # saga stops for an operator instead of guessing. It still did nothing twice.
+            # It stops for an operator instead of guessing, and still did nothing twice: a
+            # pivot whose every attempt went unanswered (its outcome is unknown), or a
+            # compensation whose every command (or reply) was lost until its budget ran out.
+            stuck = outcome.compensation_failure  # type: ignore[attr-defined]
+            if stuck is not None:
+                assert stuck.step == "reserve"
+                assert stuck.type == "TimeoutError"
+                reserved += int(effects[("reserve", key)] > effects[("release", key)])
+                continue
             failure = outcome.failure  # type: ignore[attr-defined]
             assert failure.step == "charge"
             assert failure.type == "TimeoutError"
@@ -103,6 +110,16 @@ async def test_a_command_delayed_past_its_compensation_is_refused() -> None:
         max_size=5,
     ),
     amounts=st.lists(st.sampled_from([10, 500]), min_size=1, max_size=6),
+)
+@example(  # the release is lost more often than its compensation's budget: FAILED, stuck on it
+    plan=[
+        ("drop", ReleaseStock, 4),
+        ("drop", ReserveStock, 4),
+        ("duplicate", ReserveStock, 1),
+        ("drop", ReleaseStock, 4),
+        ("drop", None, 2),
+    ],
+    amounts=[10],
 )
 def test_any_mix_of_delivery_faults_applies_each_effect_at_most_once(
     plan: list[tuple[str, object, int]], amounts: list[int]

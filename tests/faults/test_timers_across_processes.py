@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -48,6 +49,27 @@ async def worker(log_url: str, ship_timeout: float) -> AsyncIterator[tuple[anyio
             process.send_signal(signal.SIGCONT)
             process.kill()
         await process.wait()
+
+
+async def freeze(process: anyio.abc.Process, log_url: str) -> None:
+    """SIGSTOP *process* at a moment it holds no write lock on a SQLite log (a process frozen
+    inside one of its short transactions, a lease renewal say, would keep every other process
+    from the file for as long as it stays frozen, which is not what these tests are about)."""
+    for _ in range(50):
+        process.send_signal(signal.SIGSTOP)
+        if not log_url.startswith("sqlite:///"):
+            return
+        probe = sqlite3.connect(log_url.removeprefix("sqlite:///"), timeout=0, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # frozen mid-transaction: let it finish, try again
+            process.send_signal(signal.SIGCONT)
+            await anyio.sleep(0.02)
+        finally:
+            probe.close()
+    raise AssertionError("the worker held the log's write lock at every try")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -99,7 +121,7 @@ async def test_a_frozen_orchestrator_whose_saga_was_finished_elsewhere_drops_its
     refused (fenced by the lease), it says so in one log line, and the saga stays completed."""
     async with worker(log_url, 3.0) as (process, saga_id):
         await anyio.sleep(0.5)
-        process.send_signal(signal.SIGSTOP)
+        await freeze(process, log_url)
         saga = parcel_saga(ship_timeout=30, hang=False)
         async with Orchestrator(sagas=[saga], log=log_url, lease=LEASE, claim_interval=0.2) as orch:
             with anyio.fail_after(30):
